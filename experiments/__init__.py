@@ -1,0 +1,1 @@
+"""absl binaries for the paper's experiments, built on the ``relscreen`` library."""

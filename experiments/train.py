@@ -1,0 +1,230 @@
+"""The supervised training loop shared by the binaries.
+
+``train_and_evaluate(config, workdir, task)`` trains ``config.model`` on fresh
+batches drawn from ``task``, and writes to ``workdir``:
+  config.json     the run's configuration (a rerun must agree with it)
+  metrics.jsonl   one JSON record per ``log_every`` updates
+  checkpoints/    Orbax checkpoints (params, optimiser state); reruns resume
+  eval.json       held-out evaluation at the end
+  curves.png      loss (relative to the memoryless baseline) and accuracy
+Batches are a pure function of (seed, step), so a resumed run is the same run.
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable, NamedTuple, Protocol
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+import relscreen as rs
+
+# Fields that may change between a run and its resumption; all others must match.
+RESUMABLE_FIELDS = ("steps", "log_every", "checkpoint_every", "eval_batches",
+                    "eval_batch_size")
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Task(Protocol):
+  input_size: int
+  num_classes: int
+
+  def batch(self, key: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]: ...
+  def baseline_loss(self) -> float: ...
+
+
+class TrainState(NamedTuple):
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass
+class Metrics:
+  """Loss, loss relative to the memoryless baseline, and recall accuracy."""
+
+  step: int
+  loss: float
+  rel_loss: float
+  accuracy: float
+
+  def line(self) -> str:
+    return (f"loss {self.loss:.4f} ({self.rel_loss:.3f}x memoryless) | "
+            f"recall acc {100 * self.accuracy:.1f}%")
+
+
+def build_model(config: ml_collections.ConfigDict, task: Task) -> rs.SequenceModel:
+  """The one place where a run's config becomes a model config."""
+  model_config = rs.model_config(
+      config.model, task.input_size, hidden=config.hidden, phi=config.phi, nu=config.nu,
+      rho=config.rho, k=config.k, attn=config.attn if "RNN" in config.model else 1.0,
+      r_init=config.r_init, i_init=config.i_init, remat_chunk=config.remat_chunk)
+  return rs.SequenceModel(model_config, task.num_classes)
+
+
+def make_loss_fn(model, task) -> Callable:
+  def loss_fn(params, x, y):
+    logits, _, _ = model.apply({"params": params}, x)
+    return rs.sequence_loss(logits, y), rs.recall_accuracy(logits, y, task.c_length)
+  return loss_fn
+
+
+def make_train_step(model, task, optimizer, batch_size: int):
+  loss_fn = make_loss_fn(model, task)
+
+  @jax.jit
+  def train_step(state: TrainState, key):
+    x, y = task.batch(key, batch_size)
+    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, y)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, acc
+
+  return train_step
+
+
+def evaluate(model, task, params, key, batches: int, batch_size: int) -> tuple[float, float]:
+  """Mean loss and recall accuracy over ``batches`` fresh held-out batches."""
+  loss_fn = jax.jit(make_loss_fn(model, task))
+  results = [loss_fn(params, *task.batch(jax.random.fold_in(key, i), batch_size))
+             for i in range(batches)]
+  losses, accs = zip(*jax.device_get(results))
+  return float(np.mean(losses)), float(np.mean(accs))
+
+
+def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict):
+  """Writes config.json, or checks a rerun agrees with the one already there."""
+  path = workdir / "config.json"
+  current = config.to_dict()
+  if path.exists():
+    try:
+      saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} is not valid JSON ({e}); move it away to start afresh") from e
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))
+    if changed:
+      diffs = ", ".join(f"--{k}: saved {saved.get(k)!r}, now {current.get(k)!r}"
+                        for k in changed)
+      raise ValueError(f"{workdir} holds a run with a different configuration ({diffs}); "
+                       "use another --workdir or the saved values")
+  path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+
+
+class MetricsLog:
+  """Appends records to metrics.jsonl; on resume drops records past the checkpoint."""
+
+  def __init__(self, path: pathlib.Path, resume_step: int):
+    self.path = path
+    if path.exists():
+      kept = [line for line in path.read_text().splitlines()
+              if line.strip() and json.loads(line)["step"] <= resume_step]
+      path.write_text("".join(line + "\n" for line in kept))
+
+  def write(self, record: dict):
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def read(self) -> list[dict]:
+    if not self.path.exists():
+      return []
+    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(records: list[dict], path: pathlib.Path, title: str):
+  """Loss relative to the memoryless baseline (log scale) and recall accuracy."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  train = [r for r in records if r.get("split") == "train"]
+  if not train:
+    return
+  steps = [r["step"] for r in train]
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+  ax1.semilogy(steps, [r["rel_loss"] for r in train])
+  ax1.axhline(1.0, color="gray", ls="--", lw=1, label="memoryless")
+  ax1.set(xlabel="update", ylabel="loss / memoryless loss", title=title)
+  ax1.legend()
+  ax2.plot(steps, [100 * r["accuracy"] for r in train])
+  ax2.set(xlabel="update", ylabel="recall accuracy (%)", ylim=(0, 101))
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _fmt_time(seconds: float) -> str:
+  m, s = divmod(int(seconds), 60)
+  return f"{m}m{s:02d}s"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict:
+  """Trains (resuming from ``workdir`` when it holds a checkpoint), evaluates, plots.
+
+  Returns the held-out evaluation record. Raises ``NonFiniteLossError`` when the
+  loss stops being finite; checkpoints already saved are left as they are.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  check_config(workdir, config)
+  model = build_model(config, task)
+  optimizer = rs.make_optimizer(config.optimizer, config.lr, config.alpha, config.clip)
+  root = jax.random.PRNGKey(config.seed)
+  init_key, data_key, eval_key = jax.random.split(root, 3)
+  x0, _ = task.batch(data_key, 1)
+  params = model.init(init_key, x0)["params"]
+  state = TrainState(params, optimizer.init(params))
+
+  manager = ocp.CheckpointManager(
+      workdir / "checkpoints",
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  start = manager.latest_step() or 0
+  if start:
+    state = manager.restore(start, args=ocp.args.StandardRestore(state))
+    logging.info("resumed from %s at update %d", workdir / "checkpoints", start)
+  log = MetricsLog(workdir / "metrics.jsonl", start)
+  baseline = task.baseline_loss()
+  train_step = make_train_step(model, task, optimizer, config.batch)
+
+  block_loss, block_acc, block_start, t0 = [], [], time.perf_counter(), time.perf_counter()
+  for step in range(start + 1, config.steps + 1):
+    state, loss, acc = train_step(state, jax.random.fold_in(data_key, step))
+    loss = float(loss)
+    if not math.isfinite(loss):
+      raise NonFiniteLossError(
+          f"loss became {loss} at update {step}; stopped. The last good checkpoint "
+          f"(update {manager.latest_step()}) is kept in {workdir / 'checkpoints'}; "
+          "try a lower --lr or --clip")
+    block_loss.append(loss)
+    block_acc.append(float(acc))
+    if step % config.log_every == 0 or step == config.steps:
+      m = Metrics(step, float(np.mean(block_loss)), float(np.mean(block_loss)) / baseline,
+                  float(np.mean(block_acc)))
+      rate = len(block_loss) / (time.perf_counter() - block_start)
+      log.write({"split": "train", **dataclasses.asdict(m), "steps_per_s": rate})
+      logging.info("update %d/%d | %s | %.1f updates/s | ETA %s", step, config.steps,
+                   m.line(), rate, _fmt_time((config.steps - step) / rate))
+      block_loss, block_acc, block_start = [], [], time.perf_counter()
+    if step % config.checkpoint_every == 0 or step == config.steps:
+      manager.save(step, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+
+  loss, acc = evaluate(model, task, state.params, eval_key, config.eval_batches,
+                       config.eval_batch_size)
+  record = {"split": "eval", "step": config.steps, "loss": loss,
+            "rel_loss": loss / baseline, "accuracy": acc,
+            "train_seconds": time.perf_counter() - t0}
+  (workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+  logging.info("held-out evaluation at update %d: %s", config.steps,
+               Metrics(config.steps, loss, loss / baseline, acc).line())
+  plot_curves(log.read(), workdir / "curves.png", f"{config.model}, T={config.T}")
+  return record

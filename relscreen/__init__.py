@@ -1,0 +1,25 @@
+"""relscreen: recurrent networks with sparse self-attention and relevancy screening.
+
+A JAX/Flax implementation of Kerg et al., "Untangling tradeoffs between
+recurrence and self-attention in neural networks" (NeurIPS 2020).
+"""
+
+from relscreen.attention import additive_attention, masked_softmax
+from relscreen.cells import Phi, apply_phi, lstm_step, modrelu, rnn_step
+from relscreen.initializers import InputInit, RecurrentInit
+from relscreen.models import (REGISTRY, CellType, MemoryType, ModelConfig, State, forward,
+                              init_state, model_config, step)
+from relscreen.modules import RecurrentCore, RelevanceCell, SequenceModel
+from relscreen.optim import make_optimizer, torch_rmsprop
+from relscreen.rsm import RSMState, Screened
+from relscreen.tasks import CopyTask, recall_accuracy, sequence_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "REGISTRY", "CellType", "CopyTask", "InputInit", "MemoryType", "ModelConfig", "Phi",
+    "RSMState", "RecurrentCore", "RecurrentInit", "RelevanceCell", "Screened",
+    "SequenceModel", "State", "additive_attention", "apply_phi", "forward", "init_state",
+    "lstm_step", "make_optimizer", "masked_softmax", "model_config", "modrelu",
+    "recall_accuracy", "rnn_step", "sequence_loss", "step", "torch_rmsprop",
+]

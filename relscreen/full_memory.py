@@ -1,0 +1,46 @@
+"""The full memory of MemRNN / MemLSTM: every stored state is attended (SPEC 2).
+
+A preallocated bank of ``capacity`` slots filled in order; its size is fixed for
+a given sequence length, and attention costs O(capacity) per step.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class FullMemory(NamedTuple):
+  vals: Array  # [b, m, h] stored states in order of storage
+  keys: Array  # [b, m, h] cached keys Ua m_j
+  time: Array  # [b, m] int32 time index of each state, -1 when empty
+  count: Array  # [b] int32 number of stored states
+
+
+def init(batch: int, hidden: int, capacity: int, dtype=jnp.float32) -> FullMemory:
+  return FullMemory(jnp.zeros((batch, capacity, hidden), dtype),
+                    jnp.zeros((batch, capacity, hidden), dtype),
+                    jnp.full((batch, capacity), -1, jnp.int32),
+                    jnp.zeros((batch,), jnp.int32))
+
+
+def slots(mem: FullMemory) -> tuple[Array, Array, Array, Array]:
+  return mem.vals, mem.keys, mem.time >= 0, mem.time
+
+
+def newest(mem: FullMemory) -> Array:
+  idx = jnp.maximum(mem.count - 1, 0)
+  return jnp.take_along_axis(mem.vals, idx[:, None, None], axis=1)[:, 0]
+
+
+def store(mem: FullMemory, value: Array, key: Array, t: Array, do: Array) -> FullMemory:
+  """Writes ``value`` [b, h] into the next free slot where ``do`` [b] (dropped when full)."""
+  capacity = mem.time.shape[1]
+  write = do[:, None] & (jnp.arange(capacity)[None, :] == mem.count[:, None])  # [b, m]
+  return FullMemory(
+      jnp.where(write[..., None], value[:, None], mem.vals),
+      jnp.where(write[..., None], key[:, None], mem.keys),
+      jnp.where(write, jnp.asarray(t, jnp.int32), mem.time),
+      mem.count + (do & (mem.count < capacity)).astype(jnp.int32))

@@ -1,0 +1,294 @@
+"""Whole-sequence models and the streaming API, as pure functions (SPEC 1-3).
+
+A model is a ``ModelConfig`` (static) plus a flat ``params`` dict:
+  RNN family:  U [i, h], b [h], V [h, h], mod_b [h] (modrelu only)
+  LSTM family: W [h + i, 4h] (gates f, i, o, g; state rows first), b [4h]
+  attentive:   Ua [h, h], Va [h, h], v [h]
+``forward`` scans ``step`` over time; ``step`` is also the streaming API, so the
+two give the same outputs by construction (and the tests check it).
+"""
+
+import dataclasses
+import enum
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from relscreen import attention, cells, full_memory, rsm
+from relscreen import scan as scan_lib
+from relscreen.cells import Phi
+from relscreen.initializers import InputInit, RecurrentInit
+
+Array = jax.Array
+
+
+class CellType(enum.Enum):
+  RNN = "rnn"
+  LSTM = "lstm"
+
+
+class MemoryType(enum.Enum):
+  NONE = "none"  # plain recurrence
+  FULL = "full"  # MemRNN / MemLSTM: attend to every stored state
+  RELEVANCE = "relevance"  # RelRNN / RelLSTM: short-term buffer + relevant set
+
+
+REGISTRY: dict[str, tuple[CellType, MemoryType]] = {
+    "RNN": (CellType.RNN, MemoryType.NONE),
+    "LSTM": (CellType.LSTM, MemoryType.NONE),
+    "MemRNN": (CellType.RNN, MemoryType.FULL),
+    "MemLSTM": (CellType.LSTM, MemoryType.FULL),
+    "RelRNN": (CellType.RNN, MemoryType.RELEVANCE),
+    "RelLSTM": (CellType.LSTM, MemoryType.RELEVANCE),
+}
+
+
+def _as_enum(kind, value, field: str):
+  if isinstance(value, kind):
+    return value
+  try:
+    return kind(value)
+  except ValueError:
+    choices = ", ".join(m.value for m in kind)
+    raise ValueError(f"{field}={value!r} is not one of: {choices}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Static description of a model. Build one with ``model_config(name, ...)``.
+
+  Attributes:
+    name: the registry name (RNN, LSTM, MemRNN, MemLSTM, RelRNN, RelLSTM).
+    cell: RNN or LSTM cell.
+    memory: NONE, FULL or RELEVANCE.
+    input_size: features per time step.
+    hidden: hidden units H.
+    phi: RNN nonlinearity (RNN family only).
+    nu: short-term buffer size (RelRNN / RelLSTM).
+    rho: relevant-set size (RelRNN / RelLSTM).
+    k: store every k-th state (attentive models).
+    attn: weight of the attended context in the mixed state (RNN family).
+    r_init: initialiser of the recurrent kernel V (RNN family).
+    i_init: initialiser of the input kernel U (RNN family).
+    remat_chunk: rematerialise the scan in chunks of this many steps (0: off).
+    diagnostics: also return per-step attention weights, scores, slot times and
+      screening decisions (off: nothing extra is computed).
+  """
+
+  name: str
+  cell: CellType
+  memory: MemoryType
+  input_size: int
+  hidden: int = 128
+  phi: Phi = Phi.TANH
+  nu: int = 10
+  rho: int = 15
+  k: int = 1
+  attn: float = 1.0
+  r_init: RecurrentInit = RecurrentInit.HENAFF
+  i_init: InputInit = InputInit.XAVIER
+  remat_chunk: int = 0
+  diagnostics: bool = False
+
+  def __post_init__(self):
+    for field, kind in (("cell", CellType), ("memory", MemoryType), ("phi", Phi),
+                        ("r_init", RecurrentInit), ("i_init", InputInit)):
+      object.__setattr__(self, field, _as_enum(kind, getattr(self, field), field))
+    for field in ("input_size", "hidden", "nu", "rho", "k"):
+      value = getattr(self, field)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+    if self.remat_chunk < 0:
+      raise ValueError(f"remat_chunk must be >= 0, got {self.remat_chunk!r}")
+    if self.cell is CellType.LSTM and self.attn != 1.0:
+      raise ValueError(f"attn={self.attn!r} is for the RNN family; LSTM models use 1.0")
+
+  @property
+  def attentive(self) -> bool:
+    return self.memory is not MemoryType.NONE
+
+  @property
+  def gates(self) -> int:
+    """Width of the projected input: H for RNN cells, 4H for LSTM cells."""
+    return self.hidden * (4 if self.cell is CellType.LSTM else 1)
+
+
+def model_config(name: str, input_size: int, **options: Any) -> ModelConfig:
+  """Looks ``name`` up in ``REGISTRY`` and returns its config with ``options``."""
+  if name not in REGISTRY:
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+  cell, memory = REGISTRY[name]
+  return ModelConfig(name=name, cell=cell, memory=memory, input_size=input_size, **options)
+
+
+class State(NamedTuple):
+  """The recurrent state between steps; its size never depends on elapsed time.
+
+  ``s`` is what the next step feeds to the cell: ``h_{t-1}`` for RNN/LSTM, the
+  mixed state ``s_{t-1}`` (whose projection is the next query) for attentive
+  models. ``t`` counts the steps taken, shared by the batch.
+  """
+
+  t: Array  # [] int32
+  s: Array  # [b, h]
+  c: Array | None  # [b, h] LSTM cell
+  memory: rsm.RSMState | full_memory.FullMemory | None
+
+
+def init_state(config: ModelConfig, batch: int, h0: Array | None = None,
+               c0: Array | None = None, capacity: int | None = None,
+               dtype=jnp.float32) -> State:
+  """A fresh state. ``capacity`` (states to keep) is required for MemRNN/MemLSTM."""
+  zeros = jnp.zeros((batch, config.hidden), dtype)
+  s = zeros if h0 is None else jnp.asarray(h0, dtype)
+  c = (zeros if c0 is None else jnp.asarray(c0, dtype)) if config.cell is CellType.LSTM else None
+  if config.memory is MemoryType.RELEVANCE:
+    memory = rsm.init(batch, config.hidden, config.nu, config.rho, dtype)
+  elif config.memory is MemoryType.FULL:
+    if capacity is None or capacity < 1:
+      raise ValueError(f"{config.name} needs capacity >= 1 (states to keep), got {capacity!r}")
+    memory = full_memory.init(batch, config.hidden, capacity, dtype)
+  else:
+    memory = None
+  return State(jnp.zeros((), jnp.int32), s, c, memory)
+
+
+def _mem_ops(config: ModelConfig):
+  return rsm if config.memory is MemoryType.RELEVANCE else full_memory
+
+
+def project_input(params: dict, config: ModelConfig, x: Array) -> Array:
+  """``x U + b`` (RNN) or ``x W_x + b`` (LSTM) for any leading shape: [..., gates]."""
+  kernel = params["U"] if config.cell is CellType.RNN else params["W"][config.hidden:]
+  return cells.add_bias(x @ kernel, params["b"])
+
+
+def _cell(params, config, xp, s, c):
+  """Returns ``(h, pre-activation or None, c)``."""
+  if config.cell is CellType.RNN:
+    h, a = cells.rnn_step(params, config.phi, xp, s)
+    return h, a, None
+  h, c = cells.lstm_step(params, xp, s, c)
+  return h, None, c
+
+
+def _store(params, config, memory, h, t):
+  """Stores ``h`` when ``t mod k == 0``; returns the memory and screening info."""
+  do = jnp.broadcast_to(t % config.k == 0, (h.shape[0],))
+  key = h @ params["Ua"]
+  if config.memory is MemoryType.RELEVANCE:
+    return rsm.store(memory, h, key, t, do)
+  return full_memory.store(memory, h, key, t, do), None
+
+
+def _diagnostics(config, values_time, attended, screened):
+  out = {"alpha": attended.alpha, "scores": attended.scores, "slot_time": values_time}
+  if screened is not None:
+    out.update(evicted_time=screened.time, evicted_score=screened.score,
+               admitted=screened.admitted)
+  return out
+
+
+def _first_step(params, config, state, xp, probe):
+  """Step 0 (SPEC 2): no attention. RNN: s_0 = a_0; LSTM: s_0 = h_init."""
+  h, a, c = _cell(params, config, xp, state.s, state.c)
+  h = h + probe
+  s = a if config.cell is CellType.RNN else state.s
+  _, _, valid, time = _mem_ops(config).slots(state.memory)
+  memory, screened = _store(params, config, state.memory, h, state.t)
+  out = {"h": h}
+  if config.diagnostics:
+    nothing = attention.Attended(None, jnp.zeros(valid.shape, h.dtype),
+                                 jnp.full(valid.shape, -jnp.inf, h.dtype))
+    out.update(_diagnostics(config, time, nothing, screened))
+  return State(state.t + 1, s, c, memory), out
+
+
+def _later_step(params, config, state, xp, probe):
+  """Step t >= 1: attend over the memory with query ``s_{t-1} Va``, mix, step the cell."""
+  ops = _mem_ops(config)
+  values, keys, valid, time = ops.slots(state.memory)
+  attended = attention.additive_attention(state.s @ params["Va"], keys, values, valid,
+                                          params["v"])
+  memory = rsm.accumulate(state.memory, attended.alpha) if ops is rsm else state.memory
+  attn = config.attn if config.cell is CellType.RNN else 1.0
+  s = 0.5 * (ops.newest(memory) + attn * attended.context)
+  h, _, c = _cell(params, config, xp, s, state.c)
+  h = h + probe
+  memory, screened = _store(params, config, memory, h, state.t)
+  out = {"h": h}
+  if config.diagnostics:
+    out.update(_diagnostics(config, time, attended, screened))
+  return State(state.t + 1, s, c, memory), out
+
+
+def _step(params, config, state, xp, probe):
+  if not config.attentive:
+    h, _, c = _cell(params, config, xp, state.s, state.c)
+    h = h + probe
+    return State(state.t + 1, h, c, None), {"h": h}
+  return jax.lax.cond(state.t == 0,
+                      lambda *a: _first_step(params, config, *a),
+                      lambda *a: _later_step(params, config, *a), state, xp, probe)
+
+
+def _check_input(config: ModelConfig, x: Array, ndim: int, what: str):
+  if x.ndim != ndim or x.shape[-1] != config.input_size:
+    want = "[batch, time, input]" if ndim == 3 else "[batch, input]"
+    raise ValueError(f"{what} must have shape {want} with input={config.input_size} "
+                     f"for {config.name}; got shape {tuple(x.shape)}")
+
+
+def step(params: dict, config: ModelConfig, state: State, x_t: Array,
+         probe: Array | None = None) -> tuple[State, dict]:
+  """Streaming API: advances ``state`` by one time step on ``x_t`` [b, i].
+
+  Returns the new state (same shapes as the old one) and the step's outputs:
+  ``{"h": [b, h]}`` plus the diagnostics when ``config.diagnostics``.
+  """
+  _check_input(config, x_t, 2, "x_t")
+  probe = jnp.zeros((), x_t.dtype) if probe is None else probe
+  return _step(params, config, state, project_input(params, config, x_t), probe)
+
+
+def forward(params: dict, config: ModelConfig, x: Array, state: State | None = None,
+            probes: Array | None = None) -> tuple[dict, State]:
+  """Runs the model over a sequence ``x`` [b, t, i] with ``lax.scan``.
+
+  Args:
+    params: the flat parameter dict (see the module docstring).
+    config: the model config.
+    x: inputs, batch-major [b, t, i].
+    state: state to start from (default: a fresh one; MemRNN/MemLSTM get room for
+      every stored state of ``x``).
+    probes: optional [b, t, h] added to each ``h_t``; pass zeros and
+      differentiate with respect to them to get ``dL/dh_t`` (SPEC 7).
+
+  Returns:
+    ``(outputs, final_state)``; ``outputs["h"]`` is [b, t, h] and diagnostics,
+    when on, are batch-major [b, t, ...] too.
+  """
+  _check_input(config, x, 3, "x")
+  batch, length = x.shape[:2]
+  if probes is not None and probes.shape != (batch, length, config.hidden):
+    raise ValueError(f"probes must have shape {(batch, length, config.hidden)}, "
+                     f"got {tuple(probes.shape)}")
+  xp = jnp.swapaxes(project_input(params, config, x), 0, 1)  # [t, b, gates]
+  pr = (jnp.zeros((length, 1, 1), x.dtype) if probes is None
+        else jnp.swapaxes(probes, 0, 1))  # [t, b, h]
+  fresh = state is None
+  if fresh:
+    state = init_state(config, batch, capacity=math.ceil(length / config.k),
+                       dtype=x.dtype)
+  if fresh and config.attentive:
+    # A fresh state is known to be at t = 0: peel step 0 off instead of a per-step cond.
+    state, first = _first_step(params, config, state, xp[0], pr[0])
+    body = lambda carry, inputs: _later_step(params, config, carry, *inputs)
+    state, outs = scan_lib.scan(body, state, (xp[1:], pr[1:]), config.remat_chunk)
+    outs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, outs)
+  else:
+    body = lambda carry, inputs: _step(params, config, carry, *inputs)
+    state, outs = scan_lib.scan(body, state, (xp, pr), config.remat_chunk)
+  return jax.tree_util.tree_map(lambda y: jnp.swapaxes(y, 0, 1), outs), state

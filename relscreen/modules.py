@@ -1,0 +1,101 @@
+"""Flax Linen modules: they own the parameters and call the pure functions.
+
+Linen (not NNX) on purpose: its variables are plain nested dicts, exactly the
+``params`` pytree the pure functions in ``models`` take, so a module's
+parameters go straight into ``jax.lax.scan``, ``jax.grad``, optax and Orbax with
+no conversion; and Linen's ``nn.RNN`` wrapper accepts our ``RelevanceCell``.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from relscreen import initializers as inits
+from relscreen import models
+from relscreen.cells import Phi
+from relscreen.models import CellType, ModelConfig
+
+
+class RecurrentCore(nn.Module):
+  """Any registered model over a whole sequence, and its streaming ``step``.
+
+  ``__call__(x [b, t, i])`` returns ``(outputs, final_state)`` as
+  ``models.forward``; ``step(state, x_t)`` as ``models.step``.
+  """
+
+  config: ModelConfig
+
+  def setup(self):
+    cfg, h, i = self.config, self.config.hidden, self.config.input_size
+    p = {}
+    if cfg.cell is CellType.RNN:
+      p["U"] = self.param("U", inits.input_kernel(cfg.i_init, i, h), (i, h))
+      p["b"] = self.param("b", inits.torch_bias(i), (h,))
+      p["V"] = self.param("V", inits.recurrent(cfg.r_init, h), (h, h))
+      if cfg.phi is Phi.MODRELU:
+        p["mod_b"] = self.param("mod_b", inits.uniform(0.01), (h,))
+    else:
+      p["W"] = self.param("W", inits.normal(math.sqrt(2.0 / (i + 2 * h))), (h + i, 4 * h))
+      p["b"] = self.param("b", inits.torch_bias(i + h), (4 * h,))
+    if cfg.attentive:
+      p["Ua"] = self.param("Ua", inits.uniform(1.0 / math.sqrt(h)), (h, h))
+      p["Va"] = self.param("Va", inits.uniform(1.0 / math.sqrt(h)), (h, h))
+      p["v"] = self.param("v", inits.normal(math.sqrt(2.0 / (h + 1))), (h,))
+    self.params_dict = p
+
+  def __call__(self, x, state=None, probes=None):
+    return models.forward(self.params_dict, self.config, x, state, probes)
+
+  def step(self, state, x_t, probe=None):
+    return models.step(self.params_dict, self.config, state, x_t, probe)
+
+
+class SequenceModel(nn.Module):
+  """A recurrent core with a linear head on every step's ``h_t`` (or on the last only)."""
+
+  config: ModelConfig
+  num_outputs: int
+  last_only: bool = False
+
+  def setup(self):
+    h = self.config.hidden
+    self.core = RecurrentCore(self.config)
+    self.head = nn.Dense(self.num_outputs, kernel_init=inits.xavier(h, self.num_outputs),
+                         bias_init=inits.torch_bias(h))
+
+  def __call__(self, x, state=None, probes=None):
+    """Returns ``(logits, outputs, final_state)``; logits [b, t, c] or [b, c]."""
+    outputs, state = self.core(x, state, probes)
+    h = outputs["h"][:, -1] if self.last_only else outputs["h"]
+    return self.head(h), outputs, state
+
+  def step(self, state, x_t):
+    state, out = self.core.step(state, x_t)
+    return self.head(out["h"]), out, state
+
+
+class RelevanceCell(nn.RNNCellBase):
+  """Any registered model as a Flax recurrent cell, for ``flax.linen.RNN``.
+
+  The carry is a ``models.State``; RelRNN/RelLSTM carries have a fixed size.
+  MemRNN/MemLSTM need ``capacity`` (how many states to keep).
+  """
+
+  config: ModelConfig
+  capacity: int | None = None
+
+  @nn.compact
+  def __call__(self, carry, x):
+    carry, out = RecurrentCore(self.config, name="core").step(carry, x)
+    return carry, out["h"]
+
+  def initialize_carry(self, rng, input_shape) -> Any:
+    del rng
+    return models.init_state(self.config, input_shape[0], capacity=self.capacity)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return 1

@@ -1,0 +1,116 @@
+"""The Relevancy Screening Mechanism's memory (SPEC section 3), vectorised.
+
+State per batch row: a short-term buffer S of the last ``nu`` stored states and a
+relevant set R of at most ``rho`` states. S is right-aligned: its newest state is
+at slot ``nu - 1``, its oldest at slot 0, and empty slots (time -1) sit on the
+left, so storing is a shift and the screening candidate is always slot 0.
+Every array has a fixed size: the state does not grow with the sequence length.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class RSMState(NamedTuple):
+  s_vals: Array  # [b, nu, h] short-term buffer S, oldest first
+  s_keys: Array  # [b, nu, h] cached keys Ua m_j
+  s_score: Array  # [b, nu] relevance accumulated while in S
+  s_time: Array  # [b, nu] int32 time index of each state, -1 when empty
+  r_vals: Array  # [b, rho, h] relevant set R
+  r_keys: Array  # [b, rho, h]
+  r_score: Array  # [b, rho] score frozen when the state entered R
+  r_time: Array  # [b, rho] int32, -1 when empty
+
+
+class Screened(NamedTuple):
+  """What screening did with the candidate (the state leaving S), per row."""
+
+  time: Array  # [b] int32 time index of the candidate, -1 when none
+  score: Array  # [b] its final relevance score (NaN when none)
+  admitted: Array  # [b] bool: it entered R
+
+
+def init(batch: int, hidden: int, nu: int, rho: int, dtype=jnp.float32) -> RSMState:
+  """An empty memory."""
+  def bank(n):
+    return (jnp.zeros((batch, n, hidden), dtype), jnp.zeros((batch, n, hidden), dtype),
+            jnp.zeros((batch, n), dtype), jnp.full((batch, n), -1, jnp.int32))
+  return RSMState(*bank(nu), *bank(rho))
+
+
+def slots(mem: RSMState) -> tuple[Array, Array, Array, Array]:
+  """The attended bank ``[S ; R]``: values, keys [b, nu+rho, h], valid, time [b, nu+rho]."""
+  values = jnp.concatenate([mem.s_vals, mem.r_vals], axis=1)
+  keys = jnp.concatenate([mem.s_keys, mem.r_keys], axis=1)
+  time = jnp.concatenate([mem.s_time, mem.r_time], axis=1)
+  return values, keys, time >= 0, time
+
+
+def newest(mem: RSMState) -> Array:
+  """The most recently stored state, [b, h]."""
+  return mem.s_vals[:, -1]
+
+
+def accumulate(mem: RSMState, alpha: Array) -> RSMState:
+  """Adds the weights S received this step to S's scores (no gradient).
+
+  Only S's part of ``alpha`` [b, nu+rho] counts; weights received in R are not
+  accumulated, and empty slots receive exactly 0.
+  """
+  nu = mem.s_score.shape[1]
+  return mem._replace(s_score=mem.s_score + jax.lax.stop_gradient(alpha[:, :nu]))
+
+
+def screen(mem: RSMState, do: Array) -> tuple[RSMState, Screened]:
+  """Offers S's oldest state to R, in rows where ``do`` [b] and S is full.
+
+  Streaming top-rho by score: while R has fewer than rho states the candidate
+  enters unconditionally; afterwards it replaces R's minimum only if its score is
+  strictly larger (the lowest slot among equal minima); otherwise it is dropped.
+  """
+  rho = mem.r_score.shape[1]
+  cand_time, cand_score = mem.s_time[:, 0], jax.lax.stop_gradient(mem.s_score[:, 0])
+  eligible = do & (cand_time >= 0)  # S is full exactly when its oldest slot is used
+  filled = mem.r_time >= 0  # [b, rho]: always a prefix, since R only fills at its end
+  count = jnp.sum(filled, axis=1)
+  slot_min = jnp.argmin(jnp.where(filled, mem.r_score, jnp.inf), axis=1)  # first of ties
+  min_score = jnp.take_along_axis(mem.r_score, slot_min[:, None], axis=1)[:, 0]
+  has_room = count < rho
+  admitted = eligible & (has_room | (cand_score > min_score))
+  slot = jnp.where(has_room, count, slot_min)
+  write = admitted[:, None] & (jnp.arange(rho)[None, :] == slot[:, None])  # [b, rho]
+
+  def put(bank, cand):
+    mask = write.reshape(write.shape + (1,) * (bank.ndim - 2))
+    return jnp.where(mask, jnp.expand_dims(cand, 1), bank)
+
+  mem = mem._replace(
+      r_vals=put(mem.r_vals, mem.s_vals[:, 0]), r_keys=put(mem.r_keys, mem.s_keys[:, 0]),
+      r_score=put(mem.r_score, cand_score), r_time=put(mem.r_time, cand_time))
+  info = Screened(jnp.where(eligible, cand_time, -1),
+                  jnp.where(eligible, cand_score, jnp.nan), admitted)
+  return mem, info
+
+
+def push(mem: RSMState, value: Array, key: Array, t: Array, do: Array) -> RSMState:
+  """Appends ``value`` [b, h] (key, score 0, time ``t``) to S where ``do`` [b]."""
+  def shift(bank, new):
+    moved = jnp.concatenate([bank[:, 1:], jnp.expand_dims(new, 1)], axis=1)
+    return jnp.where(do.reshape(do.shape + (1,) * (bank.ndim - 1)), moved, bank)
+
+  b = value.shape[0]
+  return mem._replace(
+      s_vals=shift(mem.s_vals, value), s_keys=shift(mem.s_keys, key),
+      s_score=shift(mem.s_score, jnp.zeros((b,), mem.s_score.dtype)),
+      s_time=shift(mem.s_time, jnp.broadcast_to(t, (b,)).astype(jnp.int32)))
+
+
+def store(mem: RSMState, value: Array, key: Array, t: Array,
+          do: Array) -> tuple[RSMState, Screened]:
+  """Screens S's oldest state (its score already holds this step's weight), then pushes."""
+  mem, info = screen(mem, do)
+  return push(mem, value, key, t, do), info

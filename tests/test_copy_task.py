@@ -1,0 +1,120 @@
+"""The copy task's data and the training binary (tiny configurations)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import relscreen as rs
+from experiments import train
+from experiments.configs import copy as copy_config
+
+
+def test_copy_layout():
+  task = rs.CopyTask(T=7, n_symbols=8, c_length=10)
+  x, y = task.batch(jax.random.PRNGKey(0), 4)
+  assert x.shape == (4, 27, 10) and y.shape == (4, 27)
+  tokens = np.argmax(np.asarray(x), -1)
+  assert np.all((tokens[:, :10] >= 1) & (tokens[:, :10] <= 8))
+  assert np.all(tokens[:, 16] == 9)  # marker at t = T + 9
+  assert np.all(tokens[:, 10:16] == 0) and np.all(tokens[:, 17:] == 0)
+  np.testing.assert_array_equal(y[:, 17:], tokens[:, :10])
+  assert np.all(y[:, :17] == 0)
+  assert task.num_classes == 9
+  assert task.baseline_loss() == pytest.approx(10 * math.log(8) / 27)
+
+
+def test_memoryless_optimum_equals_baseline():
+  """Predicting blank before the marker and uniform symbols after it scores the baseline."""
+  task = rs.CopyTask(T=5)
+  _, y = task.batch(jax.random.PRNGKey(1), 3)
+  logits = jnp.where(jnp.arange(task.length)[None, :, None] < task.length - 10,
+                     jnp.where(jnp.arange(9) == 0, 30.0, -30.0),
+                     jnp.where(jnp.arange(9) == 0, -30.0, 0.0))
+  logits = jnp.broadcast_to(logits, (3, task.length, 9))
+  assert float(rs.sequence_loss(logits, y)) == pytest.approx(task.baseline_loss(), rel=1e-4)
+
+
+def tiny_config(**overrides):
+  config = copy_config.get_config()
+  config.update(dict(model="RelRNN", T=5, steps=60, batch=8, hidden=16, nu=3, rho=3,
+                     lr=3e-3, log_every=20, checkpoint_every=20, eval_batches=2,
+                     eval_batch_size=16), **overrides)
+  return config
+
+
+def records(workdir):
+  return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_loss_and_writes_files(tmp_path):
+  result = train.train_and_evaluate(tiny_config(), tmp_path, rs.CopyTask(5))
+  recs = records(tmp_path)
+  assert [r["step"] for r in recs] == [20, 40, 60]
+  assert recs[-1]["loss"] < 0.8 * recs[0]["loss"]
+  for name in ("config.json", "eval.json", "curves.png"):
+    assert (tmp_path / name).stat().st_size > 0
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["40", "60"]
+  assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == result["accuracy"]
+
+
+def test_resumed_run_continues_and_equals_uninterrupted(tmp_path):
+  task = rs.CopyTask(5)
+  whole = train.train_and_evaluate(tiny_config(), tmp_path / "a", task)
+  train.train_and_evaluate(tiny_config(steps=40), tmp_path / "b", task)
+  assert [r["step"] for r in records(tmp_path / "b")] == [20, 40]
+  resumed = train.train_and_evaluate(tiny_config(), tmp_path / "b", task)
+  assert [r["step"] for r in records(tmp_path / "b")] == [20, 40, 60]
+  assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+  assert records(tmp_path / "b")[-1]["loss"] == pytest.approx(
+      records(tmp_path / "a")[-1]["loss"], rel=1e-5)
+
+
+def test_same_seed_same_result_other_seed_differs(tmp_path):
+  task = rs.CopyTask(5)
+  a = train.train_and_evaluate(tiny_config(steps=20), tmp_path / "a", task)
+  b = train.train_and_evaluate(tiny_config(steps=20), tmp_path / "b", task)
+  c = train.train_and_evaluate(tiny_config(steps=20, seed=1), tmp_path / "c", task)
+  assert a["loss"] == b["loss"] and a["loss"] != c["loss"]
+
+
+class PoisonedCopy(rs.CopyTask):
+  """A copy task whose inputs are NaN: the loss is never finite."""
+
+  def batch(self, key, batch):
+    x, y = super().batch(key, batch)
+    return x * jnp.nan, y
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  train.train_and_evaluate(tiny_config(steps=20), tmp_path, rs.CopyTask(5))
+  before = (tmp_path / "metrics.jsonl").read_text()
+  with pytest.raises(train.NonFiniteLossError, match="update 21.*update 20"):
+    train.train_and_evaluate(tiny_config(steps=40), tmp_path, PoisonedCopy(5))
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["20"]
+  assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_changed_config_is_refused_by_name(tmp_path):
+  train.train_and_evaluate(tiny_config(steps=20), tmp_path, rs.CopyTask(5))
+  with pytest.raises(ValueError, match="--nu: saved 3, now 4"):
+    train.train_and_evaluate(tiny_config(steps=20, nu=4), tmp_path, rs.CopyTask(5))
+
+
+def test_binary_runs_and_reports_bad_flags(tmp_path):
+  cmd = [sys.executable, "-m", "experiments.copy_task", f"--workdir={tmp_path}",
+         "--T=4", "--steps=4", "--hidden=8", "--log_every=2", "--checkpoint_every=2",
+         "--eval_batches=1", "--eval_batch_size=4", "--model=RelLSTM"]
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert "update 4/4" in done.stderr and "held-out evaluation" in done.stderr
+  bad = subprocess.run(cmd + ["--nu=0"], capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 1 and "--nu must be > 0" in bad.stderr
+  bad = subprocess.run(cmd + ["--model=GRU"], capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "model" in bad.stderr

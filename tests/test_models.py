@@ -1,0 +1,198 @@
+"""Whole models: NumPy reference forward, step-0 rule, causality, scan == streaming,
+jit == no jit, no retrace, fixed-size state, remat gradients, boundary checks."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import relscreen as rs
+from relscreen import models
+from tests import numpy_reference
+
+B, L, I, H = 3, 12, 4, 5
+ALL = tuple(rs.REGISTRY)
+
+
+def setup(name, length=L, **options):
+  options = {"nu": 2, "rho": 3, **options}
+  cfg = rs.model_config(name, I, hidden=H, **options)
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, length, I))
+  params = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(1), x)["params"]
+  return cfg, params, x
+
+
+@pytest.mark.parametrize("name,options", [
+    ("RNN", {}), ("LSTM", {}), ("MemRNN", {}), ("MemLSTM", {}),
+    ("RelRNN", {}), ("RelLSTM", {}),
+    ("RelRNN", {"phi": "modrelu", "k": 2}), ("RelLSTM", {"k": 3, "nu": 1, "rho": 1}),
+    ("MemRNN", {"k": 2, "attn": 0.5, "phi": "relu"}), ("RelRNN", {"nu": 1, "rho": 1}),
+])
+def test_forward_matches_numpy_reference(name, options):
+  cfg, params, x = setup(name, **options)
+  out, _ = rs.forward(params, cfg, x)
+  want = numpy_reference.forward(params, name, x, phi=cfg.phi.value, nu=cfg.nu,
+                                 rho=cfg.rho, k=cfg.k, attn=cfg.attn)
+  np.testing.assert_allclose(out["h"], want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["MemRNN", "RelRNN", "MemLSTM", "RelLSTM"])
+def test_second_step_mixed_state_is_first_hidden_state(name):
+  """At t = 1 the memory holds only h_0: alpha = 1 and s_1 = h_0 (SPEC 2)."""
+  cfg, params, x = setup(name, diagnostics=True)
+  state = rs.init_state(cfg, B, capacity=L)
+  state, out0 = rs.step(params, cfg, state, x[:, 0])
+  state, out1 = rs.step(params, cfg, state, x[:, 1])
+  np.testing.assert_allclose(state.s, out0["h"], atol=1e-6)
+  np.testing.assert_allclose(jnp.sum(out1["alpha"], -1), 1.0, atol=1e-6)
+  np.testing.assert_allclose(jnp.max(out1["alpha"], -1), 1.0, atol=1e-6)
+
+
+def test_step_zero_rule_is_observable_in_scores():
+  """RelRNN: s_0 is the pre-activation a_0, so the t = 1 query is a_0 Va."""
+  cfg, params, x = setup("RelRNN", diagnostics=True)
+  out, _ = rs.forward(params, cfg, x)
+  a0 = x[:, 0] @ params["U"] + params["b"][None]  # h_init = 0
+  h0 = out["h"][:, 0]
+  want = jnp.tanh(a0 @ params["Va"] + h0 @ params["Ua"]) @ params["v"]
+  np.testing.assert_allclose(out["scores"][:, 1, cfg.nu - 1], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_causal(name):
+  cfg, params, x = setup(name)
+  cut = 6
+  x2 = x.at[:, cut:].set(jax.random.normal(jax.random.PRNGKey(9), (B, L - cut, I)))
+  h1 = rs.forward(params, cfg, x)[0]["h"]
+  h2 = rs.forward(params, cfg, x2)[0]["h"]
+  np.testing.assert_array_equal(h1[:, :cut], h2[:, :cut])
+  assert not np.allclose(h1[:, cut:], h2[:, cut:])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_scan_equals_streaming(name):
+  cfg, params, x = setup(name, diagnostics=True)
+  out, final = rs.forward(params, cfg, x)
+  state = rs.init_state(cfg, B, capacity=L)
+  step = jax.jit(lambda s, xt: rs.step(params, cfg, s, xt))
+  for t in range(L):
+    state, o = step(state, x[:, t])
+    for key in o:
+      np.testing.assert_allclose(o[key], out[key][:, t], atol=1e-5, err_msg=key)
+  chex.assert_trees_all_close(state, final, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["RelRNN", "RelLSTM", "MemRNN"])
+def test_forward_continues_from_a_given_state(name):
+  cfg, params, x = setup(name)
+  full, _ = rs.forward(params, cfg, x)
+  first, state = rs.forward(params, cfg, x[:, :5], rs.init_state(cfg, B, capacity=L))
+  second, _ = rs.forward(params, cfg, x[:, 5:], state)
+  np.testing.assert_allclose(jnp.concatenate([first["h"], second["h"]], 1), full["h"],
+                             atol=1e-5)
+
+
+class JitTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_jit_equals_no_jit(self):
+    for name in ALL:
+      cfg, params, x = setup(name)
+      fwd = self.variant(lambda p, x: rs.forward(p, cfg, x)[0]["h"])
+      np.testing.assert_allclose(fwd(params, x), rs.forward(params, cfg, x)[0]["h"],
+                                 atol=1e-6)
+
+
+def test_no_retrace_on_second_call():
+  cfg, params, x = setup("RelRNN")
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def fwd(p, x):
+    return rs.forward(p, cfg, x)[0]["h"]
+
+  fwd(params, x)
+  fwd(params, x + 1.0)
+
+
+@pytest.mark.parametrize("name", ["RelRNN", "RelLSTM"])
+def test_state_size_independent_of_length(name):
+  def shapes(length):
+    cfg, params, x = setup(name, length=length)
+    _, state = jax.jit(lambda p, x: rs.forward(p, cfg, x))(params, x)
+    return [(leaf.shape, leaf.dtype) for leaf in jax.tree_util.tree_leaves(state)]
+  assert shapes(10) == shapes(1000)
+
+
+@pytest.mark.parametrize("name", ["RelRNN", "MemLSTM"])
+def test_rematerialised_scan_gradients_equal_plain(name):
+  cfg, params, x = setup(name, length=23)
+  remat = models.ModelConfig(**{**cfg.__dict__, "remat_chunk": 5})
+
+  def loss(p, c):
+    return jnp.sum(rs.forward(p, c, x)[0]["h"] ** 2)
+
+  chex.assert_trees_all_close(jax.grad(loss)(params, remat), jax.grad(loss)(params, cfg),
+                              atol=1e-5)
+
+
+def test_probes_give_gradient_with_respect_to_hidden_states():
+  """Through a plain RNN, dL/dh_{t} = V (dL/dh_{t+1} * phi') with L = sum(h_T)."""
+  cfg, params, x = setup("RNN", phi="identity")
+  probes = jnp.zeros((B, L, H))
+  grad = jax.grad(lambda pr: jnp.sum(rs.forward(params, cfg, x, probes=pr)[0]["h"][:, -1]))(
+      probes)
+  np.testing.assert_allclose(grad[:, -1], 1.0)
+  np.testing.assert_allclose(grad[:, -2], jnp.ones((B, H)) @ params["V"].T, rtol=1e-5)
+
+
+def test_attention_diagnostics_are_consistent():
+  cfg, params, x = setup("RelRNN", diagnostics=True, nu=2, rho=2)
+  out, _ = rs.forward(params, cfg, x)
+  alpha, times = np.asarray(out["alpha"]), np.asarray(out["slot_time"])
+  assert np.all(alpha[times < 0] == 0)
+  np.testing.assert_allclose(alpha[:, 1:].sum(-1), 1.0, atol=1e-6)
+  # Every slot holds a strictly earlier step; the buffer holds the last nu steps.
+  t = np.arange(L)[None, :, None]
+  assert np.all((times < t) | (times == -1))
+  np.testing.assert_array_equal(times[:, 5, :2], [[3, 4]] * B)
+  # What screening admits at step t is in R at step t + 1.
+  adm, ev = np.asarray(out["admitted"]), np.asarray(out["evicted_time"])
+  for b, s in zip(*np.nonzero(adm[:, :-1])):
+    assert ev[b, s] in times[b, s + 1, 2:]
+
+
+def test_masked_softmax_with_empty_relevant_set_is_short_term_softmax():
+  e = jax.random.normal(jax.random.PRNGKey(0), (4, 7))
+  valid = jnp.array([True] * 3 + [False] * 4)[None].repeat(4, 0)
+  np.testing.assert_allclose(rs.masked_softmax(e, valid)[:, :3], jax.nn.softmax(e[:, :3]),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(rs.masked_softmax(e, jnp.zeros_like(valid)), 0.0)
+
+
+def test_flax_rnn_wrapper_matches_forward():
+  cfg, params, x = setup("RelLSTM")
+  rnn = nn.RNN(rs.RelevanceCell(cfg))
+  out = rnn.apply({"params": {"cell": {"core": params}}}, x)
+  np.testing.assert_allclose(out, rs.forward(params, cfg, x)[0]["h"], atol=1e-5)
+
+
+@pytest.mark.parametrize("field,value", [("nu", 0), ("rho", 0), ("k", 0), ("hidden", -1),
+                                         ("phi", "gelu"), ("r_init", "ortho")])
+def test_bad_options_name_the_argument(field, value):
+  with pytest.raises(ValueError, match=field):
+    rs.model_config("RelRNN", I, **{field: value})
+
+
+def test_bad_shapes_and_names_are_clear():
+  cfg, params, x = setup("RelRNN")
+  with pytest.raises(ValueError, match="x must have shape"):
+    rs.forward(params, cfg, x[..., :2])
+  with pytest.raises(ValueError, match="x_t must have shape"):
+    rs.step(params, cfg, rs.init_state(cfg, B), x)
+  with pytest.raises(ValueError, match="unknown model 'GRU'"):
+    rs.model_config("GRU", I)
+  with pytest.raises(ValueError, match="capacity"):
+    rs.init_state(rs.model_config("MemRNN", I), B)
