@@ -31,6 +31,31 @@ def masked_softmax(scores: Array, valid: Array) -> Array:
   return unnorm / jnp.where(total > 0, total, 1.0)
 
 
+def additive_attention_banks(query: Array, banks, v: Array) -> Attended:
+  """Additive attention with one softmax over several banks of slots.
+
+  Same result as concatenating the banks first, without copying them every step.
+
+  Args:
+    query: [b, h].
+    banks: a sequence of ``(keys [b, m_i, h], values [b, m_i, h], valid [b, m_i])``.
+    v: [h].
+
+  Returns:
+    The context, and alpha and scores over the banks' slots in order [b, sum m_i].
+  """
+  scores = jnp.concatenate(
+      [jnp.tanh(query[:, None, :] + keys) @ v for keys, _, _ in banks], axis=1)
+  valid = jnp.concatenate([ok for _, _, ok in banks], axis=1)
+  alpha = masked_softmax(scores, valid)
+  context, start = 0.0, 0
+  for _, values, _ in banks:
+    m = values.shape[1]
+    context = context + jnp.einsum("bm,bmh->bh", alpha[:, start:start + m], values)
+    start += m
+  return Attended(context, alpha, jnp.where(valid, scores, -jnp.inf))
+
+
 def additive_attention(query: Array, keys: Array, values: Array, valid: Array,
                        v: Array) -> Attended:
   """``e_j = v . tanh(q + k_j)``, ``alpha = softmax(e)``, ``c = sum_j alpha_j m_j``.
@@ -42,7 +67,4 @@ def additive_attention(query: Array, keys: Array, values: Array, valid: Array,
     valid: which slots hold a state, [b, m] bool.
     v: the score vector, [h].
   """
-  scores = jnp.tanh(query[:, None, :] + keys) @ v  # [b, m]
-  alpha = masked_softmax(scores, valid)
-  context = jnp.einsum("bm,bmh->bh", alpha, values)
-  return Attended(context, alpha, jnp.where(valid, scores, -jnp.inf))
+  return additive_attention_banks(query, ((keys, values, valid),), v)

@@ -26,8 +26,13 @@ def init(batch: int, hidden: int, capacity: int, dtype=jnp.float32) -> FullMemor
                     jnp.zeros((batch,), jnp.int32))
 
 
-def slots(mem: FullMemory) -> tuple[Array, Array, Array, Array]:
-  return mem.vals, mem.keys, mem.time >= 0, mem.time
+def banks(mem: FullMemory):
+  """The attended bank as ``(keys, values, valid)``."""
+  return ((mem.keys, mem.vals, mem.time >= 0),)
+
+
+def slot_time(mem: FullMemory) -> Array:
+  return mem.time
 
 
 def newest(mem: FullMemory) -> Array:

@@ -196,12 +196,12 @@ def _first_step(params, config, state, xp, probe):
   h, a, c = _cell(params, config, xp, state.s, state.c)
   h = h + probe
   s = a if config.cell is CellType.RNN else state.s
-  _, _, valid, time = _mem_ops(config).slots(state.memory)
+  time = _mem_ops(config).slot_time(state.memory)
   memory, screened = _store(params, config, state.memory, h, state.t)
   out = {"h": h}
   if config.diagnostics:
-    nothing = attention.Attended(None, jnp.zeros(valid.shape, h.dtype),
-                                 jnp.full(valid.shape, -jnp.inf, h.dtype))
+    nothing = attention.Attended(None, jnp.zeros(time.shape, h.dtype),
+                                 jnp.full(time.shape, -jnp.inf, h.dtype))
     out.update(_diagnostics(config, time, nothing, screened))
   return State(state.t + 1, s, c, memory), out
 
@@ -209,9 +209,9 @@ def _first_step(params, config, state, xp, probe):
 def _later_step(params, config, state, xp, probe):
   """Step t >= 1: attend over the memory with query ``s_{t-1} Va``, mix, step the cell."""
   ops = _mem_ops(config)
-  values, keys, valid, time = ops.slots(state.memory)
-  attended = attention.additive_attention(state.s @ params["Va"], keys, values, valid,
-                                          params["v"])
+  attended = attention.additive_attention_banks(state.s @ params["Va"],
+                                                ops.banks(state.memory), params["v"])
+  time = ops.slot_time(state.memory) if config.diagnostics else None
   memory = rsm.accumulate(state.memory, attended.alpha) if ops is rsm else state.memory
   attn = config.attn if config.cell is CellType.RNN else 1.0
   s = 0.5 * (ops.newest(memory) + attn * attended.context)

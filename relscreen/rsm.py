@@ -42,12 +42,15 @@ def init(batch: int, hidden: int, nu: int, rho: int, dtype=jnp.float32) -> RSMSt
   return RSMState(*bank(nu), *bank(rho))
 
 
-def slots(mem: RSMState) -> tuple[Array, Array, Array, Array]:
-  """The attended bank ``[S ; R]``: values, keys [b, nu+rho, h], valid, time [b, nu+rho]."""
-  values = jnp.concatenate([mem.s_vals, mem.r_vals], axis=1)
-  keys = jnp.concatenate([mem.s_keys, mem.r_keys], axis=1)
-  time = jnp.concatenate([mem.s_time, mem.r_time], axis=1)
-  return values, keys, time >= 0, time
+def banks(mem: RSMState):
+  """The attended banks S then R, as ``(keys, values, valid)`` each."""
+  return ((mem.s_keys, mem.s_vals, mem.s_time >= 0),
+          (mem.r_keys, mem.r_vals, mem.r_time >= 0))
+
+
+def slot_time(mem: RSMState) -> Array:
+  """Time index held by each attended slot, S then R: [b, nu+rho], -1 when empty."""
+  return jnp.concatenate([mem.s_time, mem.r_time], axis=1)
 
 
 def newest(mem: RSMState) -> Array:

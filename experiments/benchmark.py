@@ -1,0 +1,154 @@
+"""Times training steps and forward passes of several models side by side.
+
+What it is for: the cost of attention as sequences grow. For every length L it
+compiles each model's copy-task training step (data, loss, gradients, RMSprop
+update: the function ``relscreen-copy`` runs) and its forward pass, reads XLA's
+memory plan of each compiled step (peak = arguments + outputs + temporaries),
+then times them round-robin (model after model, ``--repeats`` rounds) so that
+the machine's noise hits all of them alike, and reports medians and ratios to
+the first model.
+
+MemRNN/MemLSTM keep every state; a plain scan saves that growing memory at
+every step (O(L^2 B H)), so they run with ``--mem_remat_chunk`` (chunked
+rematerialisation) unless it is 0; configurations whose plan exceeds
+``--max_gb`` are reported but not run.
+
+Command (the issue-2 measurement, see docs/RESULTS.md):
+  relscreen-benchmark --models=RNN,RelRNN,MemRNN,LSTM,RelLSTM --lengths=1020 \
+      --workdir=runs/bench_L1020
+Writes benchmark.json and benchmark.png to --workdir.
+"""
+
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+
+from experiments import flags_lib
+from experiments import train
+import relscreen as rs
+
+_MODELS = flags.DEFINE_list("models", ["RNN", "RelRNN", "MemRNN"],
+                            "registered models; ratios are to the first")
+_LENGTHS = flags.DEFINE_list("lengths", ["1020"], "sequence lengths L (copy T = L - 20)")
+_BATCH = flags.DEFINE_integer("batch", 10, "batch size")
+_HIDDEN = flags.DEFINE_integer("hidden", 128, "hidden units")
+_NU = flags.DEFINE_integer("nu", 10, "short-term buffer size")
+_RHO = flags.DEFINE_integer("rho", 15, "relevant-set size")
+_REMAT = flags.DEFINE_integer("remat_chunk", 0, "remat chunk for RNN/LSTM/Rel* (0: off)")
+_MEM_REMAT = flags.DEFINE_integer("mem_remat_chunk", 32, "remat chunk for MemRNN/MemLSTM")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed rounds (after one warm-up)")
+_MAX_GB = flags.DEFINE_float("max_gb", 8.0, "skip running steps whose memory plan exceeds this")
+_WORKDIR = flags.DEFINE_string("workdir", None, "where benchmark.json/png go")
+flags.mark_flag_as_required("workdir")
+
+
+def build(name: str, length: int):
+  """Compiled (train step, forward) for one model and length, with their inputs."""
+  task = rs.CopyTask(length - 20)
+  chunk = _MEM_REMAT.value if name.startswith("Mem") else _REMAT.value
+  cfg = rs.model_config(name, task.input_size, hidden=_HIDDEN.value, nu=_NU.value,
+                        rho=_RHO.value, remat_chunk=chunk)
+  model = rs.SequenceModel(cfg, task.num_classes)
+  x, _ = task.batch(jax.random.PRNGKey(0), _BATCH.value)
+  params = model.init(jax.random.PRNGKey(1), x)["params"]
+  opt = rs.make_optimizer("rmsprop", 1e-3)
+  state = train.TrainState(params, opt.init(params))
+  step = train.make_train_step(model, task, opt, _BATCH.value)
+  step_c = step.lower(state, jax.random.PRNGKey(0)).compile()
+  fwd = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
+  fwd_c = fwd.lower(params, x).compile()
+  return {"train": (step_c, (state, jax.random.PRNGKey(0))), "forward": (fwd_c, (params, x)),
+          "remat_chunk": chunk}
+
+
+def peak_gb(compiled) -> float:
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes) / 2**30
+
+
+def time_once(fn, args) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - t0
+
+
+def bench_length(length: int) -> list[dict]:
+  built, records = {}, []
+  for name in _MODELS.value:
+    built[name] = build(name, length)
+  for kind in ("train", "forward"):
+    runnable = [n for n in _MODELS.value if peak_gb(built[n][kind][0]) <= _MAX_GB.value]
+    times = {n: [] for n in runnable}
+    for n in runnable:
+      time_once(*built[n][kind])  # warm-up
+    for _ in range(_REPEATS.value):
+      for n in runnable:
+        times[n].append(time_once(*built[n][kind]))
+    base = statistics.median(times[_MODELS.value[0]]) if _MODELS.value[0] in times else None
+    for n in _MODELS.value:
+      med = statistics.median(times[n]) if n in times else None
+      records.append({"L": length, "kind": kind, "model": n, "median_s": med,
+                      "times_s": times.get(n), "peak_gb": peak_gb(built[n][kind][0]),
+                      "remat_chunk": built[n]["remat_chunk"],
+                      "ratio_to_first": med / base if med and base else None})
+      logging.info("L=%d %-7s %-8s median %s  peak %.3f GB  ratio %s", length, kind, n,
+                   f"{med * 1e3:.1f} ms" if med else "not run", records[-1]["peak_gb"],
+                   f"{records[-1]['ratio_to_first']:.2f}x" if records[-1]["ratio_to_first"]
+                   else "-")
+  return records
+
+
+def plot(records, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  for ax, key, label in ((axes[0], "median_s", "train step (s)"),
+                         (axes[1], "peak_gb", "train step memory plan (GiB)")):
+    for name in _MODELS.value:
+      rows = [r for r in records if r["model"] == name and r["kind"] == "train"
+              and r[key] is not None]
+      ax.plot([r["L"] for r in rows], [r[key] for r in rows], "o-", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel=label)
+  axes[0].legend()
+  fig.suptitle(f"B={_BATCH.value}, H={_HIDDEN.value}, nu={_NU.value}, rho={_RHO.value}, "
+               f"{jax.devices()[0].platform}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  flags_lib.quiet_other_loggers()
+  try:
+    lengths = [int(v) for v in _LENGTHS.value]
+  except ValueError:
+    sys.exit(f"error: --lengths must be integers, got {_LENGTHS.value}")
+  bad = [n for n in _MODELS.value if n not in rs.REGISTRY]
+  if bad or any(v <= 20 for v in lengths):
+    sys.exit(f"error: unknown --models {bad}" if bad else "error: --lengths must be > 20")
+  workdir = pathlib.Path(_WORKDIR.value)
+  workdir.mkdir(parents=True, exist_ok=True)
+  records = [r for length in lengths for r in bench_length(length)]
+  meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,
+          "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value}
+  (workdir / "benchmark.json").write_text(json.dumps({"meta": meta, "records": records},
+                                                     indent=2) + "\n")
+  plot(records, workdir / "benchmark.png")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
