@@ -7,6 +7,7 @@ from it.
 
 import logging as py_logging
 import pathlib
+import sys
 
 from absl import flags
 from absl import logging
@@ -49,11 +50,38 @@ def config_from_flags(holders: dict[str, flags.FlagHolder]) -> ml_collections.Co
   return ml_collections.ConfigDict({name: h.value for name, h in holders.items()})
 
 
-def require_positive(config, *names: str, allow_zero: tuple[str, ...] = ()):
-  """Raises a ValueError naming the first flag that is not > 0 (>= 0 if allowed)."""
-  for name in names + allow_zero:
-    value = config[name]
-    low_ok = value >= 0 if name in allow_zero else value > 0
-    if not low_ok:
-      bound = ">= 0" if name in allow_zero else "> 0"
-      raise ValueError(f"--{name} must be {bound}, got {value!r}")
+def require_positive(config, positive=(), non_negative=()):
+  """Raises a ValueError naming the first flag that is not > 0 (or >= 0)."""
+  for names, ok, bound in ((positive, lambda v: v > 0, "> 0"),
+                           (non_negative, lambda v: v >= 0, ">= 0")):
+    for name in names:
+      if not ok(config[name]):
+        raise ValueError(f"--{name} must be {bound}, got {config[name]!r}")
+
+
+def define_workdir() -> flags.FlagHolder:
+  holder = flags.DEFINE_string("workdir", None, "directory for metrics, checkpoints, plots")
+  flags.mark_flag_as_required("workdir")
+  return holder
+
+
+def run_training(argv, holders, workdir: flags.FlagHolder, make_task):
+  """The body of a supervised binary: flags -> config -> task -> training.
+
+  Bad flags, files or a non-finite loss end the run with a one-line error and
+  exit status 1; what the work directory already holds is left as it is.
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments.configs import common  # pylint: disable=g-import-not-at-top
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  quiet_other_loggers()
+  config = config_from_flags(holders)
+  try:
+    require_positive(config, common.POSITIVE, common.NON_NEGATIVE)
+    train.train_and_evaluate(config, workdir.value, make_task(config))
+  except (ValueError, train.NonFiniteLossError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)

@@ -39,9 +39,9 @@ class NonFiniteLossError(RuntimeError):
 class Task(Protocol):
   input_size: int
   num_classes: int
+  n_symbols: int
 
-  def batch(self, key: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]: ...
-  def baseline_loss(self) -> float: ...
+  def batch(self, key: jax.Array, batch: int) -> rs.Batch: ...
 
 
 class TrainState(NamedTuple):
@@ -73,9 +73,12 @@ def build_model(config: ml_collections.ConfigDict, task: Task) -> rs.SequenceMod
 
 
 def make_loss_fn(model, task) -> Callable:
-  def loss_fn(params, x, y):
-    logits, _, _ = model.apply({"params": params}, x)
-    return rs.sequence_loss(logits, y), rs.recall_accuracy(logits, y, task.c_length)
+  """``(params, batch) -> (loss, (recall accuracy, memoryless loss of the batch))``."""
+  def loss_fn(params, batch: rs.Batch):
+    logits, _, _ = model.apply({"params": params}, batch.x)
+    return (rs.sequence_loss(logits, batch.y, batch.loss_mask),
+            (rs.recall_accuracy(logits, batch.y, batch.recall_mask),
+             rs.memoryless_loss(batch, task.n_symbols)))
   return loss_fn
 
 
@@ -84,21 +87,25 @@ def make_train_step(model, task, optimizer, batch_size: int):
 
   @jax.jit
   def train_step(state: TrainState, key):
-    x, y = task.batch(key, batch_size)
-    (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, y)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, aux), grads = grad_fn(state.params, task.batch(key, batch_size))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, acc
+    return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, aux
 
   return train_step
 
 
-def evaluate(model, task, params, key, batches: int, batch_size: int) -> tuple[float, float]:
-  """Mean loss and recall accuracy over ``batches`` fresh held-out batches."""
+def evaluate(model, task, params, key, batches: int, batch_size: int) -> dict:
+  """Loss, loss / memoryless loss and recall accuracy over fresh held-out batches."""
   loss_fn = jax.jit(make_loss_fn(model, task))
-  results = [loss_fn(params, *task.batch(jax.random.fold_in(key, i), batch_size))
-             for i in range(batches)]
-  losses, accs = zip(*jax.device_get(results))
-  return float(np.mean(losses)), float(np.mean(accs))
+  results = jax.device_get([loss_fn(params, task.batch(jax.random.fold_in(key, i),
+                                                        batch_size))
+                            for i in range(batches)])
+  losses = np.array([r[0] for r in results])
+  accs = np.array([r[1][0] for r in results])
+  baselines = np.array([r[1][1] for r in results])
+  return {"loss": float(losses.mean()), "rel_loss": float((losses / baselines).mean()),
+          "accuracy": float(accs.mean())}
 
 
 def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict):
@@ -162,6 +169,44 @@ def plot_curves(records: list[dict], path: pathlib.Path, title: str):
   plt.close(fig)
 
 
+def init_state(config, task, model) -> tuple[TrainState, Any, tuple]:
+  """Fresh parameters and optimiser state; returns (state, optimizer, (data, eval) keys)."""
+  optimizer = rs.make_optimizer(config.optimizer, config.lr, config.alpha, config.clip)
+  init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  params = model.init(init_key, task.batch(data_key, 1).x)["params"]
+  return TrainState(params, optimizer.init(params)), optimizer, (data_key, eval_key)
+
+
+def checkpoint_manager(workdir: pathlib.Path, create: bool = True) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      workdir / "checkpoints",
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=create))
+
+
+def load_trained(workdir, task_fn) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
+  """Loads a finished or interrupted run: ``(config, model, params, update)``.
+
+  ``task_fn(config)`` builds the task the run trained on (for shapes only).
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise ValueError(f"{path} not found: the directory must be the --workdir of a "
+                     "training run")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  if not (workdir / "checkpoints").is_dir():
+    raise ValueError(f"{workdir / 'checkpoints'} not found: the run saved no checkpoint")
+  manager = checkpoint_manager(workdir, create=False)
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f"{workdir / 'checkpoints'} holds no checkpoint")
+  task = task_fn(config)
+  model = build_model(config, task)
+  state, _, _ = init_state(config, task, model)
+  state = manager.restore(step, args=ocp.args.StandardRestore(state))
+  return config, model, state.params, step
+
+
 def _fmt_time(seconds: float) -> str:
   m, s = divmod(int(seconds), 60)
   return f"{m}m{s:02d}s"
@@ -177,27 +222,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict
   workdir.mkdir(parents=True, exist_ok=True)
   check_config(workdir, config)
   model = build_model(config, task)
-  optimizer = rs.make_optimizer(config.optimizer, config.lr, config.alpha, config.clip)
-  root = jax.random.PRNGKey(config.seed)
-  init_key, data_key, eval_key = jax.random.split(root, 3)
-  x0, _ = task.batch(data_key, 1)
-  params = model.init(init_key, x0)["params"]
-  state = TrainState(params, optimizer.init(params))
-
-  manager = ocp.CheckpointManager(
-      workdir / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  state, optimizer, (data_key, eval_key) = init_state(config, task, model)
+  manager = checkpoint_manager(workdir)
   start = manager.latest_step() or 0
   if start:
     state = manager.restore(start, args=ocp.args.StandardRestore(state))
     logging.info("resumed from %s at update %d", workdir / "checkpoints", start)
   log = MetricsLog(workdir / "metrics.jsonl", start)
-  baseline = task.baseline_loss()
   train_step = make_train_step(model, task, optimizer, config.batch)
 
-  block_loss, block_acc, block_start, t0 = [], [], time.perf_counter(), time.perf_counter()
+  block_loss, block_rel, block_acc = [], [], []
+  block_start = t0 = time.perf_counter()
   for step in range(start + 1, config.steps + 1):
-    state, loss, acc = train_step(state, jax.random.fold_in(data_key, step))
+    state, loss, (acc, baseline) = train_step(state, jax.random.fold_in(data_key, step))
     loss = float(loss)
     if not math.isfinite(loss):
       raise NonFiniteLossError(
@@ -205,26 +242,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict
           f"(update {manager.latest_step()}) is kept in {workdir / 'checkpoints'}; "
           "try a lower --lr or --clip")
     block_loss.append(loss)
+    block_rel.append(loss / float(baseline))
     block_acc.append(float(acc))
     if step % config.log_every == 0 or step == config.steps:
-      m = Metrics(step, float(np.mean(block_loss)), float(np.mean(block_loss)) / baseline,
+      m = Metrics(step, float(np.mean(block_loss)), float(np.mean(block_rel)),
                   float(np.mean(block_acc)))
       rate = len(block_loss) / (time.perf_counter() - block_start)
       log.write({"split": "train", **dataclasses.asdict(m), "steps_per_s": rate})
       logging.info("update %d/%d | %s | %.1f updates/s | ETA %s", step, config.steps,
                    m.line(), rate, _fmt_time((config.steps - step) / rate))
-      block_loss, block_acc, block_start = [], [], time.perf_counter()
+      block_loss, block_rel, block_acc, block_start = [], [], [], time.perf_counter()
     if step % config.checkpoint_every == 0 or step == config.steps:
       manager.save(step, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
 
-  loss, acc = evaluate(model, task, state.params, eval_key, config.eval_batches,
-                       config.eval_batch_size)
-  record = {"split": "eval", "step": config.steps, "loss": loss,
-            "rel_loss": loss / baseline, "accuracy": acc,
+  record = {"split": "eval", "step": config.steps,
+            **evaluate(model, task, state.params, eval_key, config.eval_batches,
+                       config.eval_batch_size),
             "train_seconds": time.perf_counter() - t0}
   (workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
   logging.info("held-out evaluation at update %d: %s", config.steps,
-               Metrics(config.steps, loss, loss / baseline, acc).line())
+               Metrics(config.steps, record["loss"], record["rel_loss"],
+                       record["accuracy"]).line())
   plot_curves(log.read(), workdir / "curves.png", f"{config.model}, T={config.T}")
   return record

@@ -12,12 +12,14 @@ from relscreen.models import (REGISTRY, CellType, MemoryType, ModelConfig, State
 from relscreen.modules import RecurrentCore, RelevanceCell, SequenceModel
 from relscreen.optim import make_optimizer, torch_rmsprop
 from relscreen.rsm import RSMState, Screened
-from relscreen.tasks import CopyTask, recall_accuracy, sequence_loss
+from relscreen.tasks import (Batch, CopyTask, DenoiseTask, VariableCopyTask, memoryless_loss,
+                             recall_accuracy, sequence_loss)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "REGISTRY", "CellType", "CopyTask", "InputInit", "MemoryType", "ModelConfig", "Phi",
+    "REGISTRY", "Batch", "CellType", "CopyTask", "DenoiseTask", "VariableCopyTask",
+    "memoryless_loss", "InputInit", "MemoryType", "ModelConfig", "Phi",
     "RSMState", "RecurrentCore", "RecurrentInit", "RelevanceCell", "Screened",
     "SequenceModel", "State", "additive_attention", "apply_phi", "forward", "init_state",
     "lstm_step", "make_optimizer", "masked_softmax", "model_config", "modrelu",

@@ -1,4 +1,9 @@
-"""Synthetic tasks of SPEC 6 as pure JAX generators, plus their losses and metrics."""
+"""Synthetic tasks of SPEC 6 as pure JAX generators, plus their losses and metrics.
+
+Every generator returns a ``Batch``: one-hot inputs, integer targets, and two
+masks, the steps that count in the loss and the recall steps whose accuracy is
+reported. Masks let sequences of different lengths share one padded shape.
+"""
 
 import math
 from typing import NamedTuple
@@ -8,6 +13,13 @@ import jax.numpy as jnp
 import optax
 
 Array = jax.Array
+
+
+class Batch(NamedTuple):
+  x: Array  # [b, t, i] float one-hot inputs
+  y: Array  # [b, t] int targets
+  loss_mask: Array  # [b, t] float: 1 where the step counts in the loss
+  recall_mask: Array  # [b, t] float: 1 on the recall steps
 
 
 class CopyTask(NamedTuple):
@@ -33,25 +45,115 @@ class CopyTask(NamedTuple):
   def num_classes(self) -> int:
     return self.n_symbols + 1
 
-  def batch(self, key: Array, batch: int) -> tuple[Array, Array]:
-    """Returns one-hot inputs [b, L, n+2] float32 and integer targets [b, L]."""
-    c = self.c_length
-    symbols = jax.random.randint(key, (batch, c), 1, self.n_symbols + 1)
-    tokens = jnp.zeros((batch, self.length), jnp.int32).at[:, :c].set(symbols)
-    tokens = tokens.at[:, self.T + c - 1].set(self.n_symbols + 1)
-    targets = jnp.zeros((batch, self.length), jnp.int32).at[:, self.T + c:].set(symbols)
-    return jax.nn.one_hot(tokens, self.input_size), targets
+  def batch(self, key: Array, batch: int) -> Batch:
+    return _copy_batch(key, batch, self.T, self.length, self.n_symbols, self.c_length,
+                       self.input_size)
 
   def baseline_loss(self) -> float:
     """Loss of the best memoryless model: ``c ln n / L``."""
     return self.c_length * math.log(self.n_symbols) / self.length
 
 
-def sequence_loss(logits: Array, targets: Array) -> Array:
-  """Mean over all steps and the batch of the cross-entropy."""
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+class VariableCopyTask(NamedTuple):
+  """Copy with ``T`` drawn per batch from ``[1, T_max - 1]``, padded to ``T_max + 2c``.
+
+  The padding comes after each sequence's recall window, so a causal model's
+  outputs on the real steps do not see it; it is masked out of the loss.
+  """
+
+  T_max: int
+  n_symbols: int = 8
+  c_length: int = 10
+
+  @property
+  def length(self) -> int:
+    return self.T_max + 2 * self.c_length
+
+  @property
+  def input_size(self) -> int:
+    return self.n_symbols + 2
+
+  @property
+  def num_classes(self) -> int:
+    return self.n_symbols + 1
+
+  def batch(self, key: Array, batch: int) -> Batch:
+    key_t, key = jax.random.split(key)
+    T = jax.random.randint(key_t, (), 1, max(self.T_max, 2))
+    return _copy_batch(key, batch, T, self.length, self.n_symbols, self.c_length,
+                       self.input_size)
 
 
-def recall_accuracy(logits: Array, targets: Array, c_length: int) -> Array:
-  """Accuracy over the last ``c_length`` (recall) steps only."""
-  return jnp.mean(jnp.argmax(logits[:, -c_length:], -1) == targets[:, -c_length:])
+def _copy_batch(key, batch, T, length, n_symbols, c, input_size) -> Batch:
+  """Copy sequences of delay ``T`` (may be traced), padded to ``length``."""
+  symbols = jax.random.randint(key, (batch, c), 1, n_symbols + 1)
+  t = jnp.arange(length)[None, :]  # [1, t]
+  recall = (t >= T + c) & (t < T + 2 * c)
+  marker = t == T + c - 1
+  first = jnp.take_along_axis(symbols, jnp.broadcast_to(jnp.minimum(t, c - 1), (batch, length)), 1)
+  later = jnp.take_along_axis(
+      symbols, jnp.broadcast_to(jnp.clip(t - (T + c), 0, c - 1), (batch, length)), 1)
+  tokens = jnp.where(t < c, first, jnp.where(marker, n_symbols + 1, 0))
+  targets = jnp.where(recall, later, 0)
+  loss_mask = jnp.broadcast_to(t < T + 2 * c, (batch, length)).astype(jnp.float32)
+  recall_mask = jnp.broadcast_to(recall, (batch, length)).astype(jnp.float32)
+  return Batch(jax.nn.one_hot(tokens, input_size), targets, loss_mask, recall_mask)
+
+
+class DenoiseTask(NamedTuple):
+  """Denoise (SPEC 6): ``c`` symbols at random sorted positions among the first
+  ``T + c - 1`` steps, the marker (n_symbols + 2) at ``T + c - 1``, then recall.
+
+  Inputs are one-hot of size n_symbols + 3; there are n_symbols + 2 classes (the
+  top one never occurs, as in the reference).
+  """
+
+  T: int
+  n_symbols: int = 8
+  c_length: int = 10
+
+  @property
+  def length(self) -> int:
+    return self.T + 2 * self.c_length
+
+  @property
+  def input_size(self) -> int:
+    return self.n_symbols + 3
+
+  @property
+  def num_classes(self) -> int:
+    return self.n_symbols + 2
+
+  def batch(self, key: Array, batch: int) -> Batch:
+    c, span = self.c_length, self.T + self.c_length - 1
+    key_s, key_p = jax.random.split(key)
+    symbols = jax.random.randint(key_s, (batch, c), 1, self.n_symbols + 1)
+    positions = jnp.sort(jax.vmap(
+        lambda k: jax.random.choice(k, span, (c,), replace=False))(
+            jax.random.split(key_p, batch)), axis=1)  # [b, c]
+    rows = jnp.arange(batch)[:, None]
+    tokens = jnp.zeros((batch, self.length), jnp.int32).at[rows, positions].set(symbols)
+    tokens = tokens.at[:, span].set(self.n_symbols + 2)
+    targets = jnp.zeros((batch, self.length), jnp.int32).at[:, -c:].set(symbols)
+    recall = jnp.zeros((batch, self.length)).at[:, -c:].set(1.0)
+    return Batch(jax.nn.one_hot(tokens, self.input_size), targets,
+                 jnp.ones((batch, self.length)), recall)
+
+
+def sequence_loss(logits: Array, targets: Array, mask: Array | None = None) -> Array:
+  """Cross-entropy averaged over the (masked) steps and the batch."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  if mask is None:
+    return jnp.mean(ce)
+  return jnp.sum(ce * mask) / jnp.sum(mask)
+
+
+def recall_accuracy(logits: Array, targets: Array, recall_mask: Array) -> Array:
+  """Accuracy over the recall steps only."""
+  hits = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return jnp.sum(hits * recall_mask) / jnp.sum(recall_mask)
+
+
+def memoryless_loss(batch: Batch, n_symbols: int) -> Array:
+  """The best memoryless loss on this batch: ``ln(n) * recall steps / loss steps``."""
+  return math.log(n_symbols) * jnp.sum(batch.recall_mask) / jnp.sum(batch.loss_mask)

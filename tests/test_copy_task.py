@@ -17,7 +17,7 @@ from experiments.configs import copy as copy_config
 
 def test_copy_layout():
   task = rs.CopyTask(T=7, n_symbols=8, c_length=10)
-  x, y = task.batch(jax.random.PRNGKey(0), 4)
+  x, y, loss_mask, recall_mask = task.batch(jax.random.PRNGKey(0), 4)
   assert x.shape == (4, 27, 10) and y.shape == (4, 27)
   tokens = np.argmax(np.asarray(x), -1)
   assert np.all((tokens[:, :10] >= 1) & (tokens[:, :10] <= 8))
@@ -26,13 +26,50 @@ def test_copy_layout():
   np.testing.assert_array_equal(y[:, 17:], tokens[:, :10])
   assert np.all(y[:, :17] == 0)
   assert task.num_classes == 9
+  assert np.all(loss_mask == 1) and np.all(recall_mask[:, 17:] == 1)
+  assert np.all(recall_mask[:, :17] == 0)
+  batch = task.batch(jax.random.PRNGKey(0), 4)
   assert task.baseline_loss() == pytest.approx(10 * math.log(8) / 27)
+  assert float(rs.memoryless_loss(batch, 8)) == pytest.approx(task.baseline_loss())
+
+
+def test_variable_copy_uses_each_batch_delay():
+  task = rs.VariableCopyTask(T_max=30)
+  seen = set()
+  for i in range(6):
+    x, y, loss_mask, recall_mask = task.batch(jax.random.PRNGKey(i), 3)
+    tokens = np.argmax(np.asarray(x), -1)
+    marker = int(np.nonzero(tokens[0] == 9)[0][0])
+    T = marker - 9
+    seen.add(T)
+    assert 1 <= T <= 29 and x.shape == (3, 50, 10)
+    np.testing.assert_array_equal(y[:, T + 10:T + 20], tokens[:, :10])
+    np.testing.assert_array_equal(recall_mask[0], (np.arange(50) >= T + 10)
+                                  & (np.arange(50) < T + 20))
+    np.testing.assert_array_equal(loss_mask[0], np.arange(50) < T + 20)
+    assert np.all(tokens[:, T + 20:] == 0) and np.all(y[:, :T + 10] == 0)
+  assert len(seen) > 1
+
+
+def test_denoise_layout():
+  task = rs.DenoiseTask(T=12)
+  x, y, loss_mask, recall_mask = task.batch(jax.random.PRNGKey(3), 5)
+  assert x.shape == (5, 32, 11) and task.num_classes == 10
+  tokens = np.argmax(np.asarray(x), -1)
+  assert np.all(tokens[:, 21] == 10)  # marker at T + c - 1
+  for row, target in zip(tokens, np.asarray(y)):
+    pos = np.nonzero(row[:21])[0]
+    assert len(pos) == 10  # 10 distinct positions among the first T + c - 1 steps
+    np.testing.assert_array_equal(target[-10:], row[pos])  # recalled in order
+    assert np.all(row[22:] == 0) and np.all(target[:-10] == 0)
+  starts = {tuple(np.nonzero(r[:21])[0]) for r in tokens}
+  assert len(starts) > 1  # positions differ between rows
 
 
 def test_memoryless_optimum_equals_baseline():
   """Predicting blank before the marker and uniform symbols after it scores the baseline."""
   task = rs.CopyTask(T=5)
-  _, y = task.batch(jax.random.PRNGKey(1), 3)
+  y = task.batch(jax.random.PRNGKey(1), 3).y
   logits = jnp.where(jnp.arange(task.length)[None, :, None] < task.length - 10,
                      jnp.where(jnp.arange(9) == 0, 30.0, -30.0),
                      jnp.where(jnp.arange(9) == 0, -30.0, 0.0))
@@ -88,8 +125,8 @@ class PoisonedCopy(rs.CopyTask):
   """A copy task whose inputs are NaN: the loss is never finite."""
 
   def batch(self, key, batch):
-    x, y = super().batch(key, batch)
-    return x * jnp.nan, y
+    b = super().batch(key, batch)
+    return b._replace(x=b.x * jnp.nan)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -118,3 +155,33 @@ def test_binary_runs_and_reports_bad_flags(tmp_path):
   assert bad.returncode == 1 and "--nu must be > 0" in bad.stderr
   bad = subprocess.run(cmd + ["--model=GRU"], capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "model" in bad.stderr
+  denoise = [sys.executable, "-m", "experiments.denoise_task", f"--workdir={tmp_path}/d",
+             "--T=4", "--steps=2", "--hidden=8", "--eval_batches=1", "--eval_batch_size=4"]
+  done = subprocess.run(denoise, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and "held-out evaluation" in done.stderr, done.stderr
+
+
+def test_denoise_and_variable_copy_train(tmp_path):
+  for name, task in (("denoise", rs.DenoiseTask(5)), ("vari", rs.VariableCopyTask(8))):
+    config = tiny_config(steps=40, variable=name == "vari")
+    train.train_and_evaluate(config, tmp_path / name, task)
+    recs = records(tmp_path / name)
+    assert recs[-1]["loss"] < recs[0]["loss"], name
+
+
+def test_transfer_evaluates_a_trained_copy_run(tmp_path):
+  from experiments import transfer_copy
+  train.train_and_evaluate(tiny_config(steps=20), tmp_path / "run", rs.CopyTask(5))
+  info, rows = transfer_copy.transfer(tmp_path / "run", [5, 40], batches=2, batch_size=8,
+                                      seed=0)
+  assert info["trained_updates"] == 20 and [r["T"] for r in rows] == [5, 40]
+  assert all(0 <= r["accuracy"] <= 1 for r in rows)
+  # The same checkpoint and sequences at the trained T reproduce train.evaluate.
+  _, model, params, _ = train.load_trained(tmp_path / "run", transfer_copy.copy_task_of)
+  again = train.evaluate(model, rs.CopyTask(5), params, jax.random.PRNGKey(0), 2, 8)
+  assert again["accuracy"] == rows[0]["accuracy"]
+  transfer_copy.write_outputs(tmp_path / "out", info, rows)
+  assert (tmp_path / "out" / "transfer.png").stat().st_size > 0
+  assert (tmp_path / "out" / "transfer.csv").read_text().startswith("T,loss,rel_loss")
+  with pytest.raises(ValueError, match="config.json not found"):
+    train.load_trained(tmp_path / "nothing", transfer_copy.copy_task_of)

@@ -1,0 +1,49 @@
+"""The field table shared by the supervised binaries (copy, denoise, ...).
+
+Each field is ``(name, default, help, choices or None)`` and becomes an absl
+flag of the same name; a binary's config module overrides the defaults.
+"""
+
+from relscreen.models import REGISTRY
+
+_BASE = (
+    ("model", "RelRNN", "registered model to train", tuple(REGISTRY)),
+    ("T", 100, "delay T of the task (sequence length T + 2 c_length)", None),
+    ("steps", 3000, "total training updates (rerun with a larger value to extend)", None),
+    ("seed", 100, "seed for parameters and data: same seed, same run", None),
+    ("batch", 10, "sequences per update", None),
+    ("hidden", 128, "hidden units H", None),
+    ("phi", "tanh", "RNN nonlinearity", ("tanh", "relu", "modrelu", "sigmoid", "identity")),
+    ("nu", 10, "short-term buffer size (RelRNN/RelLSTM)", None),
+    ("rho", 15, "relevant-set size (RelRNN/RelLSTM)", None),
+    ("k", 1, "store every k-th state (attentive models)", None),
+    ("attn", 1.0, "weight of the attended context in the mixed state (RNN family)", None),
+    ("r_init", "henaff", "recurrent kernel init",
+     ("henaff", "cayley", "random", "xavier", "kaiming", "identity")),
+    ("i_init", "xavier", "input kernel init", ("xavier", "kaiming")),
+    ("optimizer", "rmsprop", "torch-equivalent optimiser", ("rmsprop", "adam")),
+    ("lr", 1e-3, "learning rate", None),
+    ("alpha", 0.99, "RMSprop smoothing constant", None),
+    ("clip", 1.0, "clip gradients to this global norm (0: no clipping)", None),
+    ("n_symbols", 8, "alphabet size of the symbols to remember", None),
+    ("c_length", 10, "number of symbols to remember", None),
+    ("remat_chunk", 0, "rematerialise the scan in chunks of this many steps (0: off)", None),
+    ("log_every", 100, "updates between progress lines and metrics records", None),
+    ("checkpoint_every", 500, "updates between checkpoints", None),
+    ("eval_batches", 10, "held-out batches evaluated at the end", None),
+    ("eval_batch_size", 100, "sequences per held-out batch", None),
+)
+
+# Flags that must be > 0, and those that may also be 0.
+POSITIVE = ("T", "batch", "hidden", "nu", "rho", "k", "lr", "n_symbols", "c_length",
+            "log_every", "checkpoint_every", "eval_batch_size")
+NON_NEGATIVE = ("steps", "eval_batches", "clip", "remat_chunk")
+
+
+def fields(extra=(), **defaults):
+  """The shared table with ``defaults`` overridden, plus ``extra`` fields."""
+  names = {f[0] for f in _BASE}
+  unknown = set(defaults) - names
+  if unknown:
+    raise KeyError(f"unknown config fields {sorted(unknown)}")
+  return tuple((n, defaults.get(n, d), h, c) for n, d, h, c in _BASE) + tuple(extra)
