@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 import relscreen as rs
 
 # Fields that may change between a run and its resumption; all others must match.
-RESUMABLE_FIELDS = ("steps", "log_every", "checkpoint_every", "eval_batches",
+RESUMABLE_FIELDS = ("steps", "epochs", "log_every", "checkpoint_every", "eval_batches",
                     "eval_batch_size")
 
 
@@ -63,13 +63,14 @@ class Metrics:
             f"recall acc {100 * self.accuracy:.1f}%")
 
 
-def build_model(config: ml_collections.ConfigDict, task: Task) -> rs.SequenceModel:
+def build_model(config: ml_collections.ConfigDict, task: Task,
+                last_only: bool = False) -> rs.SequenceModel:
   """The one place where a run's config becomes a model config."""
   model_config = rs.model_config(
       config.model, task.input_size, hidden=config.hidden, phi=config.phi, nu=config.nu,
       rho=config.rho, k=config.k, attn=config.attn if "RNN" in config.model else 1.0,
       r_init=config.r_init, i_init=config.i_init, remat_chunk=config.remat_chunk)
-  return rs.SequenceModel(model_config, task.num_classes)
+  return rs.SequenceModel(model_config, task.num_classes, last_only)
 
 
 def make_loss_fn(model, task) -> Callable:
@@ -169,11 +170,12 @@ def plot_curves(records: list[dict], path: pathlib.Path, title: str):
   plt.close(fig)
 
 
-def init_state(config, task, model) -> tuple[TrainState, Any, tuple]:
+def init_state(config, task, model, example_x=None) -> tuple[TrainState, Any, tuple]:
   """Fresh parameters and optimiser state; returns (state, optimizer, (data, eval) keys)."""
   optimizer = rs.make_optimizer(config.optimizer, config.lr, config.alpha, config.clip)
   init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  params = model.init(init_key, task.batch(data_key, 1).x)["params"]
+  x = task.batch(data_key, 1).x if example_x is None else example_x
+  params = model.init(init_key, x)["params"]
   return TrainState(params, optimizer.init(params)), optimizer, (data_key, eval_key)
 
 

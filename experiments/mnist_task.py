@@ -1,0 +1,54 @@
+"""Trains a classifier on sequential / permuted MNIST or digits (SPEC 6).
+
+See ``experiments/configs/mnist.py``.
+
+  relscreen-mnist --model=RelLSTM --epochs=30 --workdir=runs/pdigits_rellstm
+  relscreen-mnist --dataset=mnist --data_dir=/data/mnist --model=RelLSTM --workdir=runs/pmnist
+"""
+
+import sys
+
+from absl import app
+
+from experiments import flags_lib
+from experiments import train
+from experiments import train_classifier
+from experiments.configs import mnist as mnist_config
+from relscreen import datasets
+
+_FLAGS = flags_lib.define_flags(mnist_config.FIELDS)
+_WORKDIR = flags_lib.define_workdir()
+
+
+def load(config) -> datasets.Splits:
+  if config.dataset == "mnist":
+    if not config.data_dir:
+      raise ValueError("--dataset=mnist needs --data_dir (the folder of the IDX files)")
+    splits = datasets.load_mnist(config.data_dir)
+  else:
+    if config.data_dir:
+      raise ValueError("--data_dir is only read with --dataset=mnist")
+    splits = datasets.load_digits()
+  return datasets.permute(splits) if config.permute else splits
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  flags_lib.quiet_other_loggers()
+  config = flags_lib.config_from_flags(_FLAGS)
+  try:
+    flags_lib.require_positive(config, mnist_config.POSITIVE, mnist_config.NON_NEGATIVE)
+    train_classifier.train_and_evaluate(config, _WORKDIR.value, load(config))
+  except (ValueError, train.NonFiniteLossError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def run():
+  """Console-script entry point."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,117 @@
+"""Loaders for the image-sequence tasks (SPEC 6): MNIST from standard IDX files,
+or scikit-learn's built-in 8x8 digits when no files are given. Nothing is
+downloaded; a missing or malformed file raises ``DatasetError`` naming it.
+"""
+
+import gzip
+import pathlib
+from typing import NamedTuple
+
+import numpy as np
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+PERMUTATION_SEED = 100  # numpy.random.RandomState(100).permutation, as the reference
+
+
+class DatasetError(ValueError):
+  """A data file is missing or not what it should be."""
+
+
+class Splits(NamedTuple):
+  """Pixel sequences [n, steps, 1] float32 in [0, 1] and labels [n] int32."""
+
+  train_x: np.ndarray
+  train_y: np.ndarray
+  val_x: np.ndarray
+  val_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+
+  @property
+  def steps(self) -> int:
+    return self.train_x.shape[1]
+
+
+def find_file(data_dir, stem: str) -> pathlib.Path:
+  """``stem`` or ``stem.gz`` in ``data_dir``."""
+  base = pathlib.Path(data_dir)
+  for name in (stem, stem + ".gz"):
+    if (base / name).is_file():
+      return base / name
+  raise DatasetError(f"{base / stem} not found (nor {stem}.gz): --data_dir must hold the "
+                     "four standard MNIST IDX files, raw or gzipped")
+
+
+def read_idx(path: pathlib.Path, ndim: int) -> np.ndarray:
+  """Reads an IDX file of unsigned bytes with ``ndim`` dimensions."""
+  opener = gzip.open if path.suffix == ".gz" else open
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as e:
+    raise DatasetError(f"{path} could not be read ({e})") from e
+  header = 4 + 4 * ndim
+  if len(data) < header or data[:2] != b"\0\0" or data[2] != 0x08 or data[3] != ndim:
+    raise DatasetError(f"{path} is not an IDX file of unsigned bytes with {ndim} "
+                       f"dimensions (expected magic 0x0000080{ndim}, got "
+                       f"0x{data[:4].hex() if len(data) >= 4 else 'short file'})")
+  dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  if len(data) - header != int(np.prod(dims)):
+    raise DatasetError(f"{path} should hold {int(np.prod(dims))} bytes of data for shape "
+                       f"{dims}, but holds {len(data) - header}")
+  return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def _as_sequences(images: np.ndarray, scale: float) -> np.ndarray:
+  return (images.reshape(len(images), -1, 1) / scale).astype(np.float32)
+
+
+def load_mnist(data_dir, n_val: int = 10_000) -> Splits:
+  """MNIST: the first 50k training images train, the last 10k validate; t10k tests."""
+  arrays = {k: read_idx(find_file(data_dir, stem), 3 if "images" in k else 1)
+            for k, stem in MNIST_FILES.items()}
+  for split in ("train", "test"):
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    if len(images) != len(labels):
+      raise DatasetError(f"{split}: {len(images)} images but {len(labels)} labels in "
+                         f"{data_dir}")
+    if labels.max(initial=0) > 9:
+      raise DatasetError(f"{split} labels in {data_dir} exceed 9")
+  if len(arrays["train_images"]) <= n_val:
+    raise DatasetError(f"the training set in {data_dir} has "
+                       f"{len(arrays['train_images'])} images; need more than {n_val}")
+  x = _as_sequences(arrays["train_images"], 255.0)
+  y = arrays["train_labels"].astype(np.int32)
+  return Splits(x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:],
+                _as_sequences(arrays["test_images"], 255.0),
+                arrays["test_labels"].astype(np.int32))
+
+
+def load_digits() -> Splits:
+  """scikit-learn's 1797 8x8 digits (64 steps): 1000 train, 297 validation, 500 test."""
+  from sklearn.datasets import load_digits as sk_digits  # pylint: disable=g-import-not-at-top
+  digits = sk_digits()
+  x, y = _as_sequences(digits.images, 16.0), digits.target.astype(np.int32)
+  return Splits(x[:1000], y[:1000], x[1000:1297], y[1000:1297], x[1297:], y[1297:])
+
+
+def permute(splits: Splits, seed: int = PERMUTATION_SEED) -> Splits:
+  """The same fixed permutation of the pixel order for every split."""
+  order = np.random.RandomState(seed).permutation(splits.steps)
+  return Splits(*(a[:, order] if a.ndim == 3 else a for a in splits))
+
+
+def write_idx(path, array: np.ndarray):
+  """Writes ``array`` (uint8) as an IDX file, gzipped if ``path`` ends in .gz."""
+  path = pathlib.Path(path)
+  array = np.asarray(array, np.uint8)
+  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+      int(d).to_bytes(4, "big") for d in array.shape)
+  opener = gzip.open if path.suffix == ".gz" else open
+  with opener(path, "wb") as f:
+    f.write(header + array.tobytes())
