@@ -9,7 +9,7 @@ from relscreen.cells import Phi, apply_phi, lstm_step, modrelu, rnn_step
 from relscreen.initializers import InputInit, RecurrentInit
 from relscreen.models import (REGISTRY, CellType, MemoryType, ModelConfig, State, forward,
                               init_state, model_config, step)
-from relscreen.modules import RecurrentCore, RelevanceCell, SequenceModel
+from relscreen.modules import LanguageModel, RecurrentCore, RelevanceCell, SequenceModel
 from relscreen.optim import make_optimizer, torch_rmsprop
 from relscreen.rsm import RSMState, Screened
 from relscreen.tasks import (Batch, CopyTask, DenoiseTask, VariableCopyTask, memoryless_loss,
@@ -18,7 +18,7 @@ from relscreen.tasks import (Batch, CopyTask, DenoiseTask, VariableCopyTask, mem
 __version__ = "0.1.0"
 
 __all__ = [
-    "REGISTRY", "Batch", "CellType", "CopyTask", "DenoiseTask", "VariableCopyTask",
+    "REGISTRY", "Batch", "CellType", "LanguageModel", "CopyTask", "DenoiseTask", "VariableCopyTask",
     "memoryless_loss", "InputInit", "MemoryType", "ModelConfig", "Phi",
     "RSMState", "RecurrentCore", "RecurrentInit", "RelevanceCell", "Screened",
     "SequenceModel", "State", "additive_attention", "apply_phi", "forward", "init_state",

@@ -43,8 +43,7 @@ def find_file(data_dir, stem: str) -> pathlib.Path:
   for name in (stem, stem + ".gz"):
     if (base / name).is_file():
       return base / name
-  raise DatasetError(f"{base / stem} not found (nor {stem}.gz): --data_dir must hold the "
-                     "four standard MNIST IDX files, raw or gzipped")
+  raise DatasetError(f"{base / stem} not found (nor {stem}.gz) in --data_dir")
 
 
 def read_idx(path: pathlib.Path, ndim: int) -> np.ndarray:
@@ -115,3 +114,66 @@ def write_idx(path, array: np.ndarray):
   opener = gzip.open if path.suffix == ".gz" else open
   with opener(path, "wb") as f:
     f.write(header + array.tobytes())
+
+
+# --- Character-level Penn Treebank -------------------------------------------------
+
+PTB_SPLITS = ("train", "valid", "test")
+EOS = "<eos>"
+
+
+def ptb_chars_from_words(text: str) -> list[str]:
+  """Mikolov word-level PTB text -> the standard char-PTB token stream.
+
+  Each non-empty line becomes its characters with ``_`` at word boundaries,
+  followed by one end-of-line symbol.
+  """
+  tokens = []
+  for line in text.splitlines():
+    words = line.split()
+    if words:
+      tokens.extend("_".join(words))
+      tokens.append(EOS)
+  return tokens
+
+
+def ptb_chars_from_char_file(path: pathlib.Path) -> list[str]:
+  """A ``ptb.char.*.txt`` file (space-separated characters) -> token stream."""
+  try:
+    text = path.read_text()
+  except (OSError, UnicodeDecodeError) as e:
+    raise DatasetError(f"{path} could not be read as text ({e})") from e
+  tokens = []
+  for line in text.splitlines():
+    chars = line.split()
+    if chars:
+      tokens.extend(chars)
+      tokens.append(EOS)
+  if not tokens:
+    raise DatasetError(f"{path} holds no characters")
+  return tokens
+
+
+def load_ptb_chars(data_dir=None) -> tuple[dict[str, np.ndarray], list[str]]:
+  """Char-PTB splits as int32 arrays, and the vocabulary (built over all splits).
+
+  With ``data_dir``: ``ptb.char.{train,valid,test}.txt`` from it. Without: derived
+  from the word-level PTB that the ``treebank`` package ships.
+  """
+  if data_dir:
+    streams = {s: ptb_chars_from_char_file(find_file(data_dir, f"ptb.char.{s}.txt"))
+               for s in PTB_SPLITS}
+  else:
+    import treebank  # pylint: disable=g-import-not-at-top
+    streams = {s: ptb_chars_from_words(treebank.penn[s]) for s in PTB_SPLITS}
+  vocab = sorted(set().union(*streams.values()))
+  index = {c: i for i, c in enumerate(vocab)}
+  return {s: np.array([index[c] for c in v], np.int32) for s, v in streams.items()}, vocab
+
+
+def batchify(stream: np.ndarray, batch: int) -> np.ndarray:
+  """Cuts a token stream into ``batch`` contiguous columns: [batch, n] (rest dropped)."""
+  n = len(stream) // batch
+  if n < 2:
+    raise DatasetError(f"a stream of {len(stream)} tokens is too short for batch {batch}")
+  return stream[:n * batch].reshape(batch, n)

@@ -254,15 +254,16 @@ def step(params: dict, config: ModelConfig, state: State, x_t: Array,
 
 
 def forward(params: dict, config: ModelConfig, x: Array, state: State | None = None,
-            probes: Array | None = None) -> tuple[dict, State]:
+            probes: Array | None = None, h0: Array | None = None,
+            c0: Array | None = None) -> tuple[dict, State]:
   """Runs the model over a sequence ``x`` [b, t, i] with ``lax.scan``.
 
   Args:
     params: the flat parameter dict (see the module docstring).
     config: the model config.
     x: inputs, batch-major [b, t, i].
-    state: state to start from (default: a fresh one; MemRNN/MemLSTM get room for
-      every stored state of ``x``).
+    state: state to continue from. Default: a fresh state (MemRNN/MemLSTM get room
+      for every stored state of ``x``), starting from ``h0`` / ``c0`` if given.
     probes: optional [b, t, h] added to each ``h_t``; pass zeros and
       differentiate with respect to them to get ``dL/dh_t`` (SPEC 7).
 
@@ -280,7 +281,7 @@ def forward(params: dict, config: ModelConfig, x: Array, state: State | None = N
         else jnp.swapaxes(probes, 0, 1))  # [t, b, h]
   fresh = state is None
   if fresh:
-    state = init_state(config, batch, capacity=math.ceil(length / config.k),
+    state = init_state(config, batch, h0, c0, capacity=math.ceil(length / config.k),
                        dtype=x.dtype)
   if fresh and config.attentive:
     # A fresh state is known to be at t = 0: peel step 0 off instead of a per-step cond.

@@ -46,8 +46,8 @@ class RecurrentCore(nn.Module):
       p["v"] = self.param("v", inits.normal(math.sqrt(2.0 / (h + 1))), (h,))
     self.params_dict = p
 
-  def __call__(self, x, state=None, probes=None):
-    return models.forward(self.params_dict, self.config, x, state, probes)
+  def __call__(self, x, state=None, probes=None, h0=None, c0=None):
+    return models.forward(self.params_dict, self.config, x, state, probes, h0, c0)
 
   def step(self, state, x_t, probe=None):
     return models.step(self.params_dict, self.config, state, x_t, probe)
@@ -99,3 +99,26 @@ class RelevanceCell(nn.RNNCellBase):
   @property
   def num_feature_axes(self) -> int:
     return 1
+
+
+class LanguageModel(nn.Module):
+  """Embedding -> recurrent core -> linear decoder over the vocabulary (char-PTB).
+
+  Inits follow the reference: embedding and decoder weights U(-0.1, 0.1),
+  decoder bias 0. ``__call__(tokens [b, t], state)`` returns
+  ``(logits [b, t, V], outputs, final_state)``.
+  """
+
+  config: ModelConfig
+  vocab_size: int
+
+  def setup(self):
+    self.embed = nn.Embed(self.vocab_size, self.config.input_size,
+                          embedding_init=inits.uniform(0.1))
+    self.core = RecurrentCore(self.config)
+    self.decoder = nn.Dense(self.vocab_size, kernel_init=inits.uniform(0.1),
+                            bias_init=nn.initializers.zeros)
+
+  def __call__(self, tokens, state=None, h0=None, c0=None):
+    outputs, state = self.core(self.embed(tokens), state, h0=h0, c0=c0)
+    return self.decoder(outputs["h"]), outputs, state

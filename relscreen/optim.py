@@ -29,7 +29,7 @@ def make_optimizer(name: str | Optimizer, learning_rate: float, alpha: float = 0
     kind = Optimizer(name)
   except ValueError:
     raise ValueError(f"optimizer={name!r} is not one of: rmsprop, adam") from None
-  if learning_rate <= 0:
+  if isinstance(learning_rate, (int, float)) and learning_rate <= 0:
     raise ValueError(f"learning rate must be > 0, got {learning_rate!r}")
   opt = (torch_rmsprop(learning_rate, alpha) if kind is Optimizer.RMSPROP
          else optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8))
