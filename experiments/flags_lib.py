@@ -65,7 +65,7 @@ def define_workdir() -> flags.FlagHolder:
   return holder
 
 
-def run_training(argv, holders, workdir: flags.FlagHolder, make_task):
+def run_training(argv, holders, workdir: flags.FlagHolder, make_task, positive=None):
   """The body of a supervised binary: flags -> config -> task -> training.
 
   Bad flags, files or a non-finite loss end the run with a one-line error and
@@ -80,7 +80,7 @@ def run_training(argv, holders, workdir: flags.FlagHolder, make_task):
   quiet_other_loggers()
   config = config_from_flags(holders)
   try:
-    require_positive(config, common.POSITIVE, common.NON_NEGATIVE)
+    require_positive(config, positive or common.POSITIVE, common.NON_NEGATIVE)
     train.train_and_evaluate(config, workdir.value, make_task(config))
   except (ValueError, train.NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr)

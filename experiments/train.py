@@ -38,10 +38,10 @@ class NonFiniteLossError(RuntimeError):
 
 class Task(Protocol):
   input_size: int
-  num_classes: int
-  n_symbols: int
+  num_classes: int  # outputs of the head
 
   def batch(self, key: jax.Array, batch: int) -> rs.Batch: ...
+  def metrics(self, logits: jax.Array, batch: rs.Batch) -> tuple[jax.Array, tuple]: ...
 
 
 class TrainState(NamedTuple):
@@ -51,7 +51,7 @@ class TrainState(NamedTuple):
 
 @dataclasses.dataclass
 class Metrics:
-  """Loss, loss relative to the memoryless baseline, and recall accuracy."""
+  """Loss, loss relative to the memoryless baseline, and accuracy (recall steps)."""
 
   step: int
   loss: float
@@ -60,7 +60,7 @@ class Metrics:
 
   def line(self) -> str:
     return (f"loss {self.loss:.4f} ({self.rel_loss:.3f}x memoryless) | "
-            f"recall acc {100 * self.accuracy:.1f}%")
+            f"accuracy {100 * self.accuracy:.1f}%")
 
 
 def build_model(config: ml_collections.ConfigDict, task: Task,
@@ -74,12 +74,10 @@ def build_model(config: ml_collections.ConfigDict, task: Task,
 
 
 def make_loss_fn(model, task) -> Callable:
-  """``(params, batch) -> (loss, (recall accuracy, memoryless loss of the batch))``."""
+  """``(params, batch) -> (loss, (accuracy, memoryless loss of the batch))``."""
   def loss_fn(params, batch: rs.Batch):
     logits, _, _ = model.apply({"params": params}, batch.x)
-    return (rs.sequence_loss(logits, batch.y, batch.loss_mask),
-            (rs.recall_accuracy(logits, batch.y, batch.recall_mask),
-             rs.memoryless_loss(batch, task.n_symbols)))
+    return task.metrics(logits, batch)
   return loss_fn
 
 
@@ -164,7 +162,7 @@ def plot_curves(records: list[dict], path: pathlib.Path, title: str):
   ax1.set(xlabel="update", ylabel="loss / memoryless loss", title=title)
   ax1.legend()
   ax2.plot(steps, [100 * r["accuracy"] for r in train])
-  ax2.set(xlabel="update", ylabel="recall accuracy (%)", ylim=(0, 101))
+  ax2.set(xlabel="update", ylabel="accuracy (%)", ylim=(0, 101))
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -12,13 +12,13 @@ from relscreen.models import (REGISTRY, CellType, MemoryType, ModelConfig, State
 from relscreen.modules import LanguageModel, RecurrentCore, RelevanceCell, SequenceModel
 from relscreen.optim import make_optimizer, torch_rmsprop
 from relscreen.rsm import RSMState, Screened
-from relscreen.tasks import (Batch, CopyTask, DenoiseTask, VariableCopyTask, memoryless_loss,
+from relscreen.tasks import (AddingTask, Batch, CopyTask, DenoiseTask, VariableCopyTask, memoryless_loss,
                              recall_accuracy, sequence_loss)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "REGISTRY", "Batch", "CellType", "LanguageModel", "CopyTask", "DenoiseTask", "VariableCopyTask",
+    "REGISTRY", "AddingTask", "Batch", "CellType", "LanguageModel", "CopyTask", "DenoiseTask", "VariableCopyTask",
     "memoryless_loss", "InputInit", "MemoryType", "ModelConfig", "Phi",
     "RSMState", "RecurrentCore", "RecurrentInit", "RelevanceCell", "Screened",
     "SequenceModel", "State", "additive_attention", "apply_phi", "forward", "init_state",

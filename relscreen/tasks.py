@@ -53,6 +53,10 @@ class CopyTask(NamedTuple):
     """Loss of the best memoryless model: ``c ln n / L``."""
     return self.c_length * math.log(self.n_symbols) / self.length
 
+  def metrics(self, logits: Array, batch: Batch):
+    """``(loss, (recall accuracy, memoryless loss))`` of a batch."""
+    return classification_metrics(logits, batch, self.n_symbols)
+
 
 class VariableCopyTask(NamedTuple):
   """Copy with ``T`` drawn per batch from ``[1, T_max - 1]``, padded to ``T_max + 2c``.
@@ -82,6 +86,10 @@ class VariableCopyTask(NamedTuple):
     T = jax.random.randint(key_t, (), 1, max(self.T_max, 2))
     return _copy_batch(key, batch, T, self.length, self.n_symbols, self.c_length,
                        self.input_size)
+
+  def metrics(self, logits: Array, batch: Batch):
+    """``(loss, (recall accuracy, memoryless loss))`` of a batch."""
+    return classification_metrics(logits, batch, self.n_symbols)
 
 
 def _copy_batch(key, batch, T, length, n_symbols, c, input_size) -> Batch:
@@ -139,6 +147,49 @@ class DenoiseTask(NamedTuple):
     return Batch(jax.nn.one_hot(tokens, self.input_size), targets,
                  jnp.ones((batch, self.length)), recall)
 
+  def metrics(self, logits: Array, batch: Batch):
+    """``(loss, (recall accuracy, memoryless loss))`` of a batch."""
+    return classification_metrics(logits, batch, self.n_symbols)
+
+
+class AddingTask(NamedTuple):
+  """The adding problem (Hochreiter & Schmidhuber 1997; the authors' addtask.py).
+
+  Length 2T, one input feature: the first T steps carry values U(0, 1); the
+  second T steps are 0 except for markers 1.0 at T + a, a in [0, T/2), and
+  T + b, b in [T/2, T). The target, read from the last step's output, is the
+  sum of the values at a and b. Predicting the mean, 1, scores MSE 1/6 (the
+  memoryless baseline); "accuracy" counts answers within 0.04 of the target.
+  """
+
+  T: int
+  tolerance: float = 0.04
+  input_size: int = 1
+  num_classes: int = 1  # one regression output
+
+  @property
+  def length(self) -> int:
+    return 2 * self.T
+
+  def batch(self, key: Array, batch: int) -> Batch:
+    key_v, key_a, key_b = jax.random.split(key, 3)
+    half = max(self.T // 2, 1)
+    values = jax.random.uniform(key_v, (batch, self.T))
+    a = jax.random.randint(key_a, (batch,), 0, half)
+    b = jax.random.randint(key_b, (batch,), half, max(self.T, half + 1))
+    t = jnp.arange(self.T)[None, :]
+    markers = ((t == a[:, None]) | (t == b[:, None])).astype(jnp.float32)
+    x = jnp.concatenate([values, markers], axis=1)[..., None]  # [b, 2T, 1]
+    target = jnp.sum(values * markers, axis=1)  # [b]
+    ones = jnp.ones((batch, self.length))
+    return Batch(x, target, ones, ones)
+
+  def metrics(self, logits: Array, batch: Batch):
+    """``(MSE, (fraction within tolerance, memoryless MSE 1/6))`` of the last output."""
+    err = logits[:, -1, 0] - batch.y
+    within = jnp.mean((jnp.abs(err) < self.tolerance).astype(jnp.float32))
+    return jnp.mean(err ** 2), (within, jnp.asarray(1.0 / 6.0))
+
 
 def sequence_loss(logits: Array, targets: Array, mask: Array | None = None) -> Array:
   """Cross-entropy averaged over the (masked) steps and the batch."""
@@ -152,6 +203,13 @@ def recall_accuracy(logits: Array, targets: Array, recall_mask: Array) -> Array:
   """Accuracy over the recall steps only."""
   hits = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   return jnp.sum(hits * recall_mask) / jnp.sum(recall_mask)
+
+
+def classification_metrics(logits: Array, batch: Batch, n_symbols: int):
+  """``(cross-entropy, (recall accuracy, memoryless loss))`` of a masked batch."""
+  return (sequence_loss(logits, batch.y, batch.loss_mask),
+          (recall_accuracy(logits, batch.y, batch.recall_mask),
+           memoryless_loss(batch, n_symbols)))
 
 
 def memoryless_loss(batch: Batch, n_symbols: int) -> Array:

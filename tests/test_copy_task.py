@@ -185,3 +185,29 @@ def test_transfer_evaluates_a_trained_copy_run(tmp_path):
   assert (tmp_path / "out" / "transfer.csv").read_text().startswith("T,loss,rel_loss")
   with pytest.raises(ValueError, match="config.json not found"):
     train.load_trained(tmp_path / "nothing", transfer_copy.copy_task_of)
+
+
+def test_adding_layout_and_metrics(tmp_path):
+  task = rs.AddingTask(T=10)
+  batch = task.batch(jax.random.PRNGKey(2), 6)
+  x = np.asarray(batch.x[..., 0])
+  assert x.shape == (6, 20)
+  for row, target in zip(x, np.asarray(batch.y)):
+    marks = np.nonzero(row[10:])[0]
+    assert len(marks) == 2 and marks[0] < 5 <= marks[1] < 10
+    assert np.all(row[10:][marks] == 1.0)
+    assert target == pytest.approx(row[marks].sum(), rel=1e-6)
+  perfect = jnp.broadcast_to(batch.y[:, None, None], (6, 20, 1))
+  loss, (acc, baseline) = task.metrics(perfect, batch)
+  assert float(loss) == 0.0 and float(acc) == 1.0 and float(baseline) == pytest.approx(1 / 6)
+  mean_guess = jnp.ones((6, 20, 1))
+  loss, (acc, _) = task.metrics(mean_guess, batch)
+  assert float(loss) == pytest.approx(float(jnp.mean((batch.y - 1.0) ** 2)))
+  from experiments.configs import adding
+  config = adding.get_config()
+  config.update(dict(T=5, steps=40, batch=16, hidden=16, nu=2, rho=2, lr=3e-3,
+                     log_every=20, checkpoint_every=20, eval_batches=2,
+                     eval_batch_size=16))
+  train.train_and_evaluate(config, tmp_path, task._replace(T=5))
+  recs = records(tmp_path)
+  assert recs[-1]["loss"] < recs[0]["loss"]

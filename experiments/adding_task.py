@@ -1,0 +1,27 @@
+"""Trains a model on the adding problem. See ``experiments/configs/adding.py``.
+
+  relscreen-adding --model=RelRNN --T=100 --steps=5000 --workdir=runs/adding_relrnn
+"""
+
+from absl import app
+
+from experiments import flags_lib
+from experiments.configs import adding as adding_config
+import relscreen as rs
+
+_FLAGS = flags_lib.define_flags(adding_config.FIELDS)
+_WORKDIR = flags_lib.define_workdir()
+
+
+def main(argv):
+  flags_lib.run_training(argv, _FLAGS, _WORKDIR, lambda config: rs.AddingTask(config.T),
+                         positive=adding_config.POSITIVE)
+
+
+def run():
+  """Console-script entry point."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
