@@ -14,7 +14,7 @@ _WORKDIR = flags_lib.define_workdir()
 
 
 def main(argv):
-  flags_lib.run_training(argv, _FLAGS, _WORKDIR, lambda config: rs.AddingTask(config.T),
+  flags_lib.run_online_training(argv, _FLAGS, _WORKDIR, lambda config: rs.AddingTask(config.T),
                          positive=adding_config.POSITIVE)
 
 

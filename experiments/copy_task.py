@@ -21,7 +21,7 @@ def make_task(config):
 
 
 def main(argv):
-  flags_lib.run_training(argv, _FLAGS, _WORKDIR, make_task)
+  flags_lib.run_online_training(argv, _FLAGS, _WORKDIR, make_task)
 
 
 def run():

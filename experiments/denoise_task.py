@@ -16,7 +16,7 @@ _WORKDIR = flags_lib.define_workdir()
 
 
 def main(argv):
-  flags_lib.run_training(
+  flags_lib.run_online_training(
       argv, _FLAGS, _WORKDIR,
       lambda config: rs.DenoiseTask(config.T, config.n_symbols, config.c_length))
 

@@ -65,23 +65,33 @@ def define_workdir() -> flags.FlagHolder:
   return holder
 
 
-def run_training(argv, holders, workdir: flags.FlagHolder, make_task, positive=None):
-  """The body of a supervised binary: flags -> config -> task -> training.
+def run_training(argv, holders, workdir: flags.FlagHolder, train_fn,
+                 positive=(), non_negative=()):
+  """The body of a training binary: flags -> config -> ``train_fn(config, workdir)``.
 
   Bad flags, files or a non-finite loss end the run with a one-line error and
   exit status 1; what the work directory already holds is left as it is.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
   from experiments import train  # pylint: disable=g-import-not-at-top
-  from experiments.configs import common  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   quiet_other_loggers()
   config = config_from_flags(holders)
   try:
-    require_positive(config, positive or common.POSITIVE, common.NON_NEGATIVE)
-    train.train_and_evaluate(config, workdir.value, make_task(config))
+    require_positive(config, positive, non_negative)
+    train_fn(config, workdir.value)
   except (ValueError, train.NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+
+
+def run_online_training(argv, holders, workdir: flags.FlagHolder, make_task,
+                        positive=None):
+  """``run_training`` for the online tasks (copy, denoise, adding)."""
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments.configs import common  # pylint: disable=g-import-not-at-top
+  run_training(argv, holders, workdir,
+               lambda config, wd: train.train_and_evaluate(config, wd, make_task(config)),
+               positive or common.POSITIVE, common.NON_NEGATIVE)

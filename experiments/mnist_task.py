@@ -6,12 +6,9 @@ See ``experiments/configs/mnist.py``.
   relscreen-mnist --dataset=mnist --data_dir=/data/mnist --model=RelLSTM --workdir=runs/pmnist
 """
 
-import sys
-
 from absl import app
 
 from experiments import flags_lib
-from experiments import train
 from experiments import train_classifier
 from experiments.configs import mnist as mnist_config
 from relscreen import datasets
@@ -33,16 +30,10 @@ def load(config) -> datasets.Splits:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  flags_lib.quiet_other_loggers()
-  config = flags_lib.config_from_flags(_FLAGS)
-  try:
-    flags_lib.require_positive(config, mnist_config.POSITIVE, mnist_config.NON_NEGATIVE)
-    train_classifier.train_and_evaluate(config, _WORKDIR.value, load(config))
-  except (ValueError, train.NonFiniteLossError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  flags_lib.run_training(
+      argv, _FLAGS, _WORKDIR,
+      lambda config, wd: train_classifier.train_and_evaluate(config, wd, load(config)),
+      mnist_config.POSITIVE, mnist_config.NON_NEGATIVE)
 
 
 def run():

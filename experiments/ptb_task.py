@@ -6,12 +6,9 @@ See ``experiments/configs/ptb.py``.
       --epochs=3 --max_windows=200 --workdir=runs/ptb_relrnn
 """
 
-import sys
-
 from absl import app
 
 from experiments import flags_lib
-from experiments import train
 from experiments import train_lm
 from experiments.configs import ptb as ptb_config
 from relscreen import datasets
@@ -20,18 +17,14 @@ _FLAGS = flags_lib.define_flags(ptb_config.FIELDS)
 _WORKDIR = flags_lib.define_workdir()
 
 
+def train_fn(config, workdir):
+  splits, vocab = datasets.load_ptb_chars(config.data_dir or None)
+  return train_lm.train_and_evaluate(config, workdir, splits, vocab)
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  flags_lib.quiet_other_loggers()
-  config = flags_lib.config_from_flags(_FLAGS)
-  try:
-    flags_lib.require_positive(config, ptb_config.POSITIVE, ptb_config.NON_NEGATIVE)
-    splits, vocab = datasets.load_ptb_chars(config.data_dir or None)
-    train_lm.train_and_evaluate(config, _WORKDIR.value, splits, vocab)
-  except (ValueError, train.NonFiniteLossError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  flags_lib.run_training(argv, _FLAGS, _WORKDIR, train_fn, ptb_config.POSITIVE,
+                         ptb_config.NON_NEGATIVE)
 
 
 def run():

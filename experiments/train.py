@@ -183,6 +183,20 @@ def checkpoint_manager(workdir: pathlib.Path, create: bool = True) -> ocp.Checkp
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=create))
 
 
+def resume(workdir: pathlib.Path, template, unit: str = "update"):
+  """Restores the latest checkpoint of ``workdir`` into ``template``'s structure.
+
+  Returns ``(restored or template, last saved step or 0, manager, metrics log)``;
+  the log drops records written after that checkpoint.
+  """
+  manager = checkpoint_manager(workdir)
+  start = manager.latest_step() or 0
+  if start:
+    template = manager.restore(start, args=ocp.args.StandardRestore(template))
+    logging.info("resumed from %s after %s %d", workdir / "checkpoints", unit, start)
+  return template, start, manager, MetricsLog(workdir / "metrics.jsonl", start)
+
+
 def load_trained(workdir, task_fn) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
   """Loads a finished or interrupted run: ``(config, model, params, update)``.
 
@@ -207,6 +221,23 @@ def load_trained(workdir, task_fn) -> tuple[ml_collections.ConfigDict, Any, Any,
   return config, model, state.params, step
 
 
+def plot_epochs(records: list[dict], path: pathlib.Path, title: str, series, ylabel: str,
+                scale: float = 1.0):
+  """One line per ``(record key, label)`` in ``series`` against the epoch."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  epochs = [r["epoch"] for r in records]
+  fig, ax = plt.subplots(figsize=(5.5, 3.6))
+  for key, label in series:
+    ax.plot(epochs, [scale * r[key] for r in records], label=label)
+  ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def _fmt_time(seconds: float) -> str:
   m, s = divmod(int(seconds), 60)
   return f"{m}m{s:02d}s"
@@ -223,12 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict
   check_config(workdir, config)
   model = build_model(config, task)
   state, optimizer, (data_key, eval_key) = init_state(config, task, model)
-  manager = checkpoint_manager(workdir)
-  start = manager.latest_step() or 0
-  if start:
-    state = manager.restore(start, args=ocp.args.StandardRestore(state))
-    logging.info("resumed from %s at update %d", workdir / "checkpoints", start)
-  log = MetricsLog(workdir / "metrics.jsonl", start)
+  state, start, manager, log = resume(workdir, state)
   train_step = make_train_step(model, task, optimizer, config.batch)
 
   block_loss, block_rel, block_acc = [], [], []

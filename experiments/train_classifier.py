@@ -72,21 +72,6 @@ def evaluate(eval_step, params, x, y, batch_size: int) -> dict:
           "accuracy": float(np.average(accs, weights=sizes))}
 
 
-def plot(records: list[dict], path: pathlib.Path, title: str):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  epochs = [r["epoch"] for r in records]
-  fig, ax = plt.subplots(figsize=(5.5, 3.6))
-  ax.plot(epochs, [100 * r["train_accuracy"] for r in records], label="train")
-  ax.plot(epochs, [100 * r["val_accuracy"] for r in records], label="validation")
-  ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
 def train_and_evaluate(config, workdir, splits) -> dict:
   """Trains for ``config.epochs`` epochs (resuming when possible); returns eval.json."""
   workdir = pathlib.Path(workdir).absolute()
@@ -95,12 +80,7 @@ def train_and_evaluate(config, workdir, splits) -> dict:
   model = train.build_model(config, Shapes(splits.train_x.shape[-1], 10), last_only=True)
   state, optimizer, _ = train.init_state(config, None, model, splits.train_x[:1])
   progress = Progress(state, state.params, jnp.array(-1.0))
-  manager = train.checkpoint_manager(workdir)
-  start = manager.latest_step() or 0
-  if start:
-    progress = manager.restore(start, args=ocp.args.StandardRestore(progress))
-    logging.info("resumed from %s after epoch %d", workdir / "checkpoints", start)
-  log = train.MetricsLog(workdir / "metrics.jsonl", start)
+  progress, start, manager, log = train.resume(workdir, progress, "epoch")
   train_step, eval_step = make_steps(model, optimizer)
   n, bs = len(splits.train_x), config.batch
   t0 = time.perf_counter()
@@ -146,5 +126,7 @@ def train_and_evaluate(config, workdir, splits) -> dict:
                100 * result["best_val_accuracy"], result["best_epoch"],
                100 * result["test_accuracy"])
   if records:
-    plot(records, workdir / "curves.png", f"{config.model}, {config.dataset}")
+    train.plot_epochs(records, workdir / "curves.png", f"{config.model}, {config.dataset}",
+                      (("train_accuracy", "train"), ("val_accuracy", "validation")),
+                      "accuracy (%)", scale=100.0)
   return result

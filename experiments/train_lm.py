@@ -108,21 +108,6 @@ def evaluate(model, eval_step, params, data, config) -> float:
   return total / count / math.log(2)
 
 
-def plot(records, path, title):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5.5, 3.6))
-  epochs = [r["epoch"] for r in records]
-  ax.plot(epochs, [r["train_bpc"] for r in records], label="train")
-  ax.plot(epochs, [r["val_bpc"] for r in records], label="validation")
-  ax.set(xlabel="epoch", ylabel="bits per character", title=title)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
 def train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict:
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -137,12 +122,7 @@ def train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict:
   params = model.init(key, train_data[:1, :2])["params"]
   state = train.TrainState(params, optimizer.init(params))
   progress = Progress(state, params, jnp.array(jnp.inf), jnp.array(config.lr, jnp.float32))
-  manager = train.checkpoint_manager(workdir)
-  start = manager.latest_step() or 0
-  if start:
-    progress = manager.restore(start, args=ocp.args.StandardRestore(progress))
-    logging.info("resumed from %s after epoch %d", workdir / "checkpoints", start)
-  log = train.MetricsLog(workdir / "metrics.jsonl", start)
+  progress, start, manager, log = train.resume(workdir, progress, "epoch")
   train_step, eval_step = make_steps(model, optimizer, config.carry_memory)
   n_windows = math.ceil((train_data.shape[1] - 1) / config.bptt)
   if config.max_windows:
@@ -192,6 +172,8 @@ def train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict:
                result["test_bpc"])
   records = log.read()
   if records:
-    plot(records, workdir / "curves.png", f"{config.model}, char-PTB")
+    train.plot_epochs(records, workdir / "curves.png", f"{config.model}, char-PTB",
+                      (("train_bpc", "train"), ("val_bpc", "validation")),
+                      "bits per character")
   return result
 

@@ -5,6 +5,7 @@ masks, the steps that count in the loss and the recall steps whose accuracy is
 reported. Masks let sequences of different lengths share one padded shape.
 """
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -22,12 +23,10 @@ class Batch(NamedTuple):
   recall_mask: Array  # [b, t] float: 1 on the recall steps
 
 
-class CopyTask(NamedTuple):
-  """Copy (SPEC 6): ``c`` symbols, ``T - 1`` blanks, a marker, ``c`` blanks.
-
-  The target is class 0 until the marker has been read, then the ``c`` symbols.
-  Blank is 0, symbols are 1..n_symbols, the marker is n_symbols + 1.
-  """
+@dataclasses.dataclass(frozen=True)
+class RecallTask:
+  """Shared by the symbol-recall tasks: ``c_length`` symbols from 1..n_symbols,
+  recalled in the last ``c_length`` steps, scored by cross-entropy and accuracy."""
 
   T: int
   n_symbols: int = 8
@@ -45,6 +44,19 @@ class CopyTask(NamedTuple):
   def num_classes(self) -> int:
     return self.n_symbols + 1
 
+  def metrics(self, logits: Array, batch: Batch):
+    """``(loss, (recall accuracy, memoryless loss))`` of a batch."""
+    return classification_metrics(logits, batch, self.n_symbols)
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyTask(RecallTask):
+  """Copy (SPEC 6): ``c`` symbols, ``T - 1`` blanks, a marker, ``c`` blanks.
+
+  The target is class 0 until the marker has been read, then the ``c`` symbols.
+  Blank is 0, symbols are 1..n_symbols, the marker is n_symbols + 1.
+  """
+
   def batch(self, key: Array, batch: int) -> Batch:
     return _copy_batch(key, batch, self.T, self.length, self.n_symbols, self.c_length,
                        self.input_size)
@@ -53,43 +65,25 @@ class CopyTask(NamedTuple):
     """Loss of the best memoryless model: ``c ln n / L``."""
     return self.c_length * math.log(self.n_symbols) / self.length
 
-  def metrics(self, logits: Array, batch: Batch):
-    """``(loss, (recall accuracy, memoryless loss))`` of a batch."""
-    return classification_metrics(logits, batch, self.n_symbols)
 
-
-class VariableCopyTask(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class VariableCopyTask(RecallTask):
   """Copy with ``T`` drawn per batch from ``[1, T_max - 1]``, padded to ``T_max + 2c``.
 
   The padding comes after each sequence's recall window, so a causal model's
-  outputs on the real steps do not see it; it is masked out of the loss.
+  outputs on the real steps do not see it; it is masked out of the loss. Here
+  ``T`` is that largest delay, ``T_max``.
   """
 
-  T_max: int
-  n_symbols: int = 8
-  c_length: int = 10
-
   @property
-  def length(self) -> int:
-    return self.T_max + 2 * self.c_length
-
-  @property
-  def input_size(self) -> int:
-    return self.n_symbols + 2
-
-  @property
-  def num_classes(self) -> int:
-    return self.n_symbols + 1
+  def T_max(self) -> int:
+    return self.T
 
   def batch(self, key: Array, batch: int) -> Batch:
     key_t, key = jax.random.split(key)
     T = jax.random.randint(key_t, (), 1, max(self.T_max, 2))
     return _copy_batch(key, batch, T, self.length, self.n_symbols, self.c_length,
                        self.input_size)
-
-  def metrics(self, logits: Array, batch: Batch):
-    """``(loss, (recall accuracy, memoryless loss))`` of a batch."""
-    return classification_metrics(logits, batch, self.n_symbols)
 
 
 def _copy_batch(key, batch, T, length, n_symbols, c, input_size) -> Batch:
@@ -108,21 +102,14 @@ def _copy_batch(key, batch, T, length, n_symbols, c, input_size) -> Batch:
   return Batch(jax.nn.one_hot(tokens, input_size), targets, loss_mask, recall_mask)
 
 
-class DenoiseTask(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class DenoiseTask(RecallTask):
   """Denoise (SPEC 6): ``c`` symbols at random sorted positions among the first
   ``T + c - 1`` steps, the marker (n_symbols + 2) at ``T + c - 1``, then recall.
 
   Inputs are one-hot of size n_symbols + 3; there are n_symbols + 2 classes (the
   top one never occurs, as in the reference).
   """
-
-  T: int
-  n_symbols: int = 8
-  c_length: int = 10
-
-  @property
-  def length(self) -> int:
-    return self.T + 2 * self.c_length
 
   @property
   def input_size(self) -> int:
@@ -147,12 +134,9 @@ class DenoiseTask(NamedTuple):
     return Batch(jax.nn.one_hot(tokens, self.input_size), targets,
                  jnp.ones((batch, self.length)), recall)
 
-  def metrics(self, logits: Array, batch: Batch):
-    """``(loss, (recall accuracy, memoryless loss))`` of a batch."""
-    return classification_metrics(logits, batch, self.n_symbols)
 
-
-class AddingTask(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class AddingTask:
   """The adding problem (Hochreiter & Schmidhuber 1997; the authors' addtask.py).
 
   Length 2T, one input feature: the first T steps carry values U(0, 1); the

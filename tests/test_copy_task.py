@@ -34,7 +34,7 @@ def test_copy_layout():
 
 
 def test_variable_copy_uses_each_batch_delay():
-  task = rs.VariableCopyTask(T_max=30)
+  task = rs.VariableCopyTask(30)
   seen = set()
   for i in range(6):
     x, y, loss_mask, recall_mask = task.batch(jax.random.PRNGKey(i), 3)
@@ -208,6 +208,6 @@ def test_adding_layout_and_metrics(tmp_path):
   config.update(dict(T=5, steps=40, batch=16, hidden=16, nu=2, rho=2, lr=3e-3,
                      log_every=20, checkpoint_every=20, eval_batches=2,
                      eval_batch_size=16))
-  train.train_and_evaluate(config, tmp_path, task._replace(T=5))
+  train.train_and_evaluate(config, tmp_path, rs.AddingTask(5))
   recs = records(tmp_path)
   assert recs[-1]["loss"] < recs[0]["loss"]
