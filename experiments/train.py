@@ -29,7 +29,7 @@ import relscreen as rs
 
 # Fields that may change between a run and its resumption; all others must match.
 RESUMABLE_FIELDS = ("steps", "epochs", "log_every", "checkpoint_every", "eval_batches",
-                    "eval_batch_size")
+                    "eval_batch_size", "diag_every")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -92,6 +92,23 @@ def make_train_step(model, task, optimizer, batch_size: int):
     return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, aux
 
   return train_step
+
+
+def make_diagnose(model, task, config, workdir: pathlib.Path, key, start: int):
+  """A function ``(step, params)`` that appends one gradient-flow record to
+  gradients.jsonl: ``||dL/dh_t||`` for every t and ``||dL/dV||``, for the task's
+  diagnostic loss (the recall loss) on a fresh batch (SPEC 7: an extra reverse pass, diagnostic steps only)."""
+  log = MetricsLog(workdir / "gradients.jsonl", start)
+  apply_fn = lambda p, x, pr: model.apply({"params": p}, x, probes=pr)[0]
+  flow = jax.jit(lambda p, batch: rs.gradient_flow(apply_fn, p, model.config, batch,
+                                                   task.diagnostic_loss))
+
+  def diagnose(step: int, params):
+    g = jax.device_get(flow(params, task.batch(jax.random.fold_in(key, step), config.batch)))
+    log.write({"step": step, "recall_loss": float(g.loss),
+               "recurrent_grad_norm": float(g.recurrent_norm),
+               "hidden_grad_norms": [float(v) for v in g.hidden_norms]})
+  return diagnose
 
 
 def evaluate(model, task, params, key, batches: int, batch_size: int) -> dict:
@@ -256,6 +273,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict
   state, optimizer, (data_key, eval_key) = init_state(config, task, model)
   state, start, manager, log = resume(workdir, state)
   train_step = make_train_step(model, task, optimizer, config.batch)
+  diag_every = config.get("diag_every", 0)
+  if diag_every:
+    diagnose = make_diagnose(model, task, config, workdir, jax.random.fold_in(eval_key, 1),
+                             start)
+    if start == 0:
+      diagnose(0, state.params)
 
   block_loss, block_rel, block_acc = [], [], []
   block_start = t0 = time.perf_counter()
@@ -278,6 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict
       logging.info("update %d/%d | %s | %.1f updates/s | ETA %s", step, config.steps,
                    m.line(), rate, _fmt_time((config.steps - step) / rate))
       block_loss, block_rel, block_acc, block_start = [], [], [], time.perf_counter()
+    if diag_every and (step % diag_every == 0 or step == config.steps):
+      diagnose(step, state.params)
     if step % config.checkpoint_every == 0 or step == config.steps:
       manager.save(step, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()

@@ -6,6 +6,7 @@ recurrence and self-attention in neural networks" (NeurIPS 2020).
 
 from relscreen.attention import additive_attention, masked_softmax
 from relscreen.cells import Phi, apply_phi, lstm_step, modrelu, rnn_step
+from relscreen.diagnostics import GradientFlow, gradient_flow
 from relscreen.initializers import InputInit, RecurrentInit
 from relscreen.models import (REGISTRY, CellType, MemoryType, ModelConfig, State, forward,
                               init_state, model_config, step)
@@ -13,13 +14,14 @@ from relscreen.modules import LanguageModel, RecurrentCore, RelevanceCell, Seque
 from relscreen.optim import make_optimizer, torch_rmsprop
 from relscreen.rsm import RSMState, Screened
 from relscreen.tasks import (AddingTask, Batch, CopyTask, DenoiseTask, VariableCopyTask, memoryless_loss,
-                             recall_accuracy, sequence_loss)
+                             recall_accuracy, recall_loss, sequence_loss)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "REGISTRY", "AddingTask", "Batch", "CellType", "LanguageModel", "CopyTask", "DenoiseTask", "VariableCopyTask",
     "memoryless_loss", "InputInit", "MemoryType", "ModelConfig", "Phi",
+    "GradientFlow", "gradient_flow", "recall_loss",
     "RSMState", "RecurrentCore", "RecurrentInit", "RelevanceCell", "Screened",
     "SequenceModel", "State", "additive_attention", "apply_phi", "forward", "init_state",
     "lstm_step", "make_optimizer", "masked_softmax", "model_config", "modrelu",

@@ -235,6 +235,9 @@ def _step(params, config, state, xp, probe):
 
 
 def _check_input(config: ModelConfig, x: Array, ndim: int, what: str):
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f"{what} must be floating point (one-hot or features), got "
+                     f"{x.dtype}; embed integer tokens first")
   if x.ndim != ndim or x.shape[-1] != config.input_size:
     want = "[batch, time, input]" if ndim == 3 else "[batch, input]"
     raise ValueError(f"{what} must have shape {want} with input={config.input_size} "

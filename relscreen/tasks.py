@@ -48,6 +48,10 @@ class RecallTask:
     """``(loss, (recall accuracy, memoryless loss))`` of a batch."""
     return classification_metrics(logits, batch, self.n_symbols)
 
+  def diagnostic_loss(self, logits: Array, batch: Batch) -> Array:
+    """The loss whose gradient flow is measured: the recall steps' (``loss2``)."""
+    return recall_loss(logits, batch)
+
 
 @dataclasses.dataclass(frozen=True)
 class CopyTask(RecallTask):
@@ -174,6 +178,9 @@ class AddingTask:
     within = jnp.mean((jnp.abs(err) < self.tolerance).astype(jnp.float32))
     return jnp.mean(err ** 2), (within, jnp.asarray(1.0 / 6.0))
 
+  def diagnostic_loss(self, logits: Array, batch: Batch) -> Array:
+    return self.metrics(logits, batch)[0]
+
 
 def sequence_loss(logits: Array, targets: Array, mask: Array | None = None) -> Array:
   """Cross-entropy averaged over the (masked) steps and the batch."""
@@ -187,6 +194,13 @@ def recall_accuracy(logits: Array, targets: Array, recall_mask: Array) -> Array:
   """Accuracy over the recall steps only."""
   hits = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   return jnp.sum(hits * recall_mask) / jnp.sum(recall_mask)
+
+
+def recall_loss(logits: Array, batch: Batch) -> Array:
+  """The reference's ``loss2``: cross-entropy summed over the recall steps, divided
+  by the number of loss steps (L for copy and denoise), averaged over the batch."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.y)
+  return jnp.sum(ce * batch.recall_mask) / jnp.sum(batch.loss_mask)
 
 
 def classification_metrics(logits: Array, batch: Batch, n_symbols: int):

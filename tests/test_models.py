@@ -190,6 +190,8 @@ def test_bad_shapes_and_names_are_clear():
   cfg, params, x = setup("RelRNN")
   with pytest.raises(ValueError, match="x must have shape"):
     rs.forward(params, cfg, x[..., :2])
+  with pytest.raises(ValueError, match="x must be floating point"):
+    rs.forward(params, cfg, x.astype(jnp.int32))
   with pytest.raises(ValueError, match="x_t must have shape"):
     rs.step(params, cfg, rs.init_state(cfg, B), x)
   with pytest.raises(ValueError, match="unknown model 'GRU'"):

@@ -32,12 +32,14 @@ _BASE = (
     ("checkpoint_every", 500, "updates between checkpoints", None),
     ("eval_batches", 10, "held-out batches evaluated at the end", None),
     ("eval_batch_size", 100, "sequences per held-out batch", None),
+    ("diag_every", 0, "updates between gradient-flow diagnostics, written to "
+     "gradients.jsonl (0: off)", None),
 )
 
 # Flags that must be > 0, and those that may also be 0.
 POSITIVE = ("T", "batch", "hidden", "nu", "rho", "k", "lr", "n_symbols", "c_length",
             "log_every", "checkpoint_every", "eval_batch_size")
-NON_NEGATIVE = ("steps", "eval_batches", "clip", "remat_chunk")
+NON_NEGATIVE = ("steps", "eval_batches", "clip", "remat_chunk", "diag_every")
 
 
 def fields(extra=(), **defaults):
