@@ -63,13 +63,14 @@ class Metrics:
             f"accuracy {100 * self.accuracy:.1f}%")
 
 
-def build_model(config: ml_collections.ConfigDict, task: Task,
-                last_only: bool = False) -> rs.SequenceModel:
+def build_model(config: ml_collections.ConfigDict, task: Task, last_only: bool = False,
+                diagnostics: bool = False) -> rs.SequenceModel:
   """The one place where a run's config becomes a model config."""
   model_config = rs.model_config(
       config.model, task.input_size, hidden=config.hidden, phi=config.phi, nu=config.nu,
       rho=config.rho, k=config.k, attn=config.attn if "RNN" in config.model else 1.0,
-      r_init=config.r_init, i_init=config.i_init, remat_chunk=config.remat_chunk)
+      r_init=config.r_init, i_init=config.i_init, remat_chunk=config.remat_chunk,
+      diagnostics=diagnostics)
   return rs.SequenceModel(model_config, task.num_classes, last_only)
 
 

@@ -103,3 +103,23 @@ def test_recurrent_norm_matches_direct_gradient():
       float(jnp.linalg.norm(direct["core"]["W"])), rel=1e-5)
   assert float(flow.loss) == pytest.approx(
       float(rs.recall_loss(model.apply({"params": params}, batch.x)[0], batch)), rel=1e-6)
+
+
+def test_attention_maps_from_a_trained_run(tmp_path):
+  from experiments import attention_maps
+  config = copy_config.get_config()
+  config.update(dict(model="RelRNN", T=6, steps=10, batch=4, hidden=8, nu=2, rho=3,
+                     log_every=10, checkpoint_every=10, eval_batches=1, eval_batch_size=4))
+  train.train_and_evaluate(config, tmp_path / "run", rs.CopyTask(6))
+  info = attention_maps.collect(tmp_path / "run", sequences=5, seed=0)
+  weights = info["weights"]
+  assert weights.shape == (26, 26)
+  np.testing.assert_allclose(weights[1:].sum(1), 1.0, atol=1e-5)  # each step's weights
+  assert np.all(np.triu(weights) == 0)  # only strictly earlier positions are attended
+  np.testing.assert_array_equal(info["symbol_positions"], np.arange(10))
+  assert len(info["final_r"]) == 3 and 0.0 <= info["symbols_in_final_r"] <= 1.0
+  # R fills unconditionally from the first stored states: after 26 steps it is full.
+  assert np.all(info["final_r_all"] >= 0)
+  attention_maps.draw(info, tmp_path)
+  for name in ("attention.png", "relevance.png", "relevant_set.png"):
+    assert (tmp_path / name).stat().st_size > 0
