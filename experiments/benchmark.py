@@ -23,7 +23,6 @@ import json
 import pathlib
 import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -31,7 +30,7 @@ from absl import logging
 import jax
 
 from experiments import flags_lib
-from experiments import train
+from experiments import timing
 import relscreen as rs
 
 _MODELS = flags.DEFINE_list("models", ["RNN", "RelRNN", "MemRNN"],
@@ -49,54 +48,21 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where benchmark.json/png go")
 flags.mark_flag_as_required("workdir")
 
 
-def build(name: str, length: int):
-  """Compiled (train step, forward) for one model and length, with their inputs."""
-  task = rs.CopyTask(length - 20)
-  chunk = _MEM_REMAT.value if name.startswith("Mem") else _REMAT.value
-  cfg = rs.model_config(name, task.input_size, hidden=_HIDDEN.value, nu=_NU.value,
-                        rho=_RHO.value, remat_chunk=chunk)
-  model = rs.SequenceModel(cfg, task.num_classes)
-  x, _ = task.batch(jax.random.PRNGKey(0), _BATCH.value)
-  params = model.init(jax.random.PRNGKey(1), x)["params"]
-  opt = rs.make_optimizer("rmsprop", 1e-3)
-  state = train.TrainState(params, opt.init(params))
-  step = train.make_train_step(model, task, opt, _BATCH.value)
-  step_c = step.lower(state, jax.random.PRNGKey(0)).compile()
-  fwd = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
-  fwd_c = fwd.lower(params, x).compile()
-  return {"train": (step_c, (state, jax.random.PRNGKey(0))), "forward": (fwd_c, (params, x)),
-          "remat_chunk": chunk}
-
-
-def peak_gb(compiled) -> float:
-  m = compiled.memory_analysis()
-  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-          - m.alias_size_in_bytes) / 2**30
-
-
-def time_once(fn, args) -> float:
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  return time.perf_counter() - t0
-
-
 def bench_length(length: int) -> list[dict]:
   built, records = {}, []
   for name in _MODELS.value:
-    built[name] = build(name, length)
+    chunk = _MEM_REMAT.value if name.startswith("Mem") else _REMAT.value
+    built[name] = timing.build(name, length, _BATCH.value, _HIDDEN.value, _NU.value, _RHO.value,
+                        chunk)
   for kind in ("train", "forward"):
-    runnable = [n for n in _MODELS.value if peak_gb(built[n][kind][0]) <= _MAX_GB.value]
-    times = {n: [] for n in runnable}
-    for n in runnable:
-      time_once(*built[n][kind])  # warm-up
-    for _ in range(_REPEATS.value):
-      for n in runnable:
-        times[n].append(time_once(*built[n][kind]))
+    runnable = {n: built[n][kind] for n in _MODELS.value
+                if timing.peak_gb(built[n][kind][0]) <= _MAX_GB.value}
+    times = timing.time_round_robin(runnable, _REPEATS.value)
     base = statistics.median(times[_MODELS.value[0]]) if _MODELS.value[0] in times else None
     for n in _MODELS.value:
       med = statistics.median(times[n]) if n in times else None
       records.append({"L": length, "kind": kind, "model": n, "median_s": med,
-                      "times_s": times.get(n), "peak_gb": peak_gb(built[n][kind][0]),
+                      "times_s": times.get(n), "peak_gb": timing.peak_gb(built[n][kind][0]),
                       "remat_chunk": built[n]["remat_chunk"],
                       "ratio_to_first": med / base if med and base else None})
       logging.info("L=%d %-7s %-8s median %s  peak %.3f GB  ratio %s", length, kind, n,
