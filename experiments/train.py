@@ -26,10 +26,11 @@ import optax
 import orbax.checkpoint as ocp
 
 import relscreen as rs
+from relscreen import parallel as rs_parallel
 
 # Fields that may change between a run and its resumption; all others must match.
 RESUMABLE_FIELDS = ("steps", "epochs", "log_every", "checkpoint_every", "eval_batches",
-                    "eval_batch_size", "diag_every")
+                    "eval_batch_size", "diag_every", "data_parallel")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -82,13 +83,18 @@ def make_loss_fn(model, task) -> Callable:
   return loss_fn
 
 
-def make_train_step(model, task, optimizer, batch_size: int):
+def make_train_step(model, task, optimizer, batch_size: int, mesh=None):
+  """The jitted update. With a ``mesh``, each batch is split over its devices
+  (data parallelism; the state must be replicated on the mesh)."""
   loss_fn = make_loss_fn(model, task)
 
   @jax.jit
   def train_step(state: TrainState, key):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, aux), grads = grad_fn(state.params, task.batch(key, batch_size))
+    batch = task.batch(key, batch_size)
+    if mesh is not None:
+      batch = rs_parallel.constrain_batch(batch, mesh)
+    (loss, aux), grads = grad_fn(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, aux
 
@@ -273,7 +279,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict
   model = build_model(config, task)
   state, optimizer, (data_key, eval_key) = init_state(config, task, model)
   state, start, manager, log = resume(workdir, state)
-  train_step = make_train_step(model, task, optimizer, config.batch)
+  mesh = None
+  if config.get("data_parallel", False):
+    mesh = rs_parallel.batch_mesh()
+    rs_parallel.check_divisible(config.batch, mesh, "--batch")
+    state = rs_parallel.replicate(state, mesh)
+    logging.info("data parallel over %d devices", mesh.devices.size)
+  train_step = make_train_step(model, task, optimizer, config.batch, mesh)
   diag_every = config.get("diag_every", 0)
   if diag_every:
     diagnose = make_diagnose(model, task, config, workdir, jax.random.fold_in(eval_key, 1),

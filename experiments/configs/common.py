@@ -34,6 +34,8 @@ _BASE = (
     ("eval_batch_size", 100, "sequences per held-out batch", None),
     ("diag_every", 0, "updates between gradient-flow diagnostics, written to "
      "gradients.jsonl (0: off)", None),
+    ("data_parallel", False, "split each batch over all devices (jax.sharding); the "
+     "result equals the single-device run", None),
 )
 
 # Flags that must be > 0, and those that may also be 0.
