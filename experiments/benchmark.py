@@ -16,6 +16,8 @@ rematerialisation) unless it is 0; configurations whose plan exceeds
 Command (the issue-2 measurement, see docs/RESULTS.md):
   relscreen-benchmark --models=RNN,RelRNN,MemRNN,LSTM,RelLSTM --lengths=1020 \
       --workdir=runs/bench_L1020
+With ``--streaming_batches=1,256`` it also times the jitted streaming ``step``
+(median latency per step, and stream-steps per second over the batch).
 Writes benchmark.json and benchmark.png to --workdir.
 """
 
@@ -44,6 +46,9 @@ _REMAT = flags.DEFINE_integer("remat_chunk", 0, "remat chunk for RNN/LSTM/Rel* (
 _MEM_REMAT = flags.DEFINE_integer("mem_remat_chunk", 32, "remat chunk for MemRNN/MemLSTM")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed rounds (after one warm-up)")
 _MAX_GB = flags.DEFINE_float("max_gb", 8.0, "skip running steps whose memory plan exceeds this")
+_STREAM = flags.DEFINE_list("streaming_batches", [],
+                            "also time the streaming step at these batch sizes "
+                            "(e.g. 1,256)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where benchmark.json/png go")
 flags.mark_flag_as_required("workdir")
 
@@ -105,10 +110,16 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   records = [r for length in lengths for r in bench_length(length)]
+  stream = []
+  for b in (int(v) for v in _STREAM.value):
+    for name in _MODELS.value:
+      stream.append(timing.streaming(name, b, _HIDDEN.value, _NU.value, _RHO.value))
+      logging.info("streaming %-7s batch %4d: %.0f us per step, %.0f stream-steps/s", name,
+                   b, stream[-1]["median_step_us"], stream[-1]["stream_steps_per_s"])
   meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,
           "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value}
-  (workdir / "benchmark.json").write_text(json.dumps({"meta": meta, "records": records},
-                                                     indent=2) + "\n")
+  (workdir / "benchmark.json").write_text(json.dumps(
+      {"meta": meta, "records": records, "streaming": stream}, indent=2) + "\n")
   plot(records, workdir / "benchmark.png")
 
 

@@ -49,3 +49,27 @@ def time_once(fn, args) -> float:
   t0 = time.perf_counter()
   jax.block_until_ready(fn(*args))
   return time.perf_counter() - t0
+
+
+def streaming(name: str, batch: int, hidden: int, nu: int, rho: int, steps: int = 200,
+              repeats: int = 5) -> dict:
+  """Latency of one jitted streaming ``step`` (median over ``steps`` calls, each
+  waited for, in ``repeats`` rounds) and the resulting steps/s over all streams."""
+  task = rs.CopyTask(10)
+  cfg = rs.model_config(name, task.input_size, hidden=hidden, nu=nu, rho=rho)
+  core = rs.RecurrentCore(cfg)
+  x = task.batch(jax.random.PRNGKey(0), batch).x[:, 0]
+  params = core.init(jax.random.PRNGKey(1), x[:, None])["params"]
+  capacity = steps * (repeats + 1) + 1 if cfg.memory is rs.MemoryType.FULL else None
+  state = rs.init_state(cfg, batch, capacity=capacity)
+  step = jax.jit(lambda s, xt: rs.step(params, cfg, s, xt))
+  state, _ = jax.block_until_ready(step(state, x))
+  latencies = []
+  for _ in range(repeats):
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      state, out = jax.block_until_ready(step(state, x))
+      latencies.append(time.perf_counter() - t0)
+  median = sorted(latencies)[len(latencies) // 2]
+  return {"model": name, "batch": batch, "median_step_us": 1e6 * median,
+          "stream_steps_per_s": batch / median}

@@ -133,3 +133,10 @@ def test_timing_core_measures_memory_and_time():
   assert timing.peak_gb(remat["train"][0]) < 0.5 * timing.peak_gb(plain["train"][0])
   times = timing.time_round_robin({"plain": plain["train"], "remat": remat["train"]}, 2)
   assert all(len(v) == 2 and min(v) > 0 for v in times.values())
+
+
+def test_streaming_timing_runs_every_memory_kind():
+  from experiments import timing
+  for name in ("RelRNN", "MemLSTM"):
+    r = timing.streaming(name, batch=2, hidden=8, nu=2, rho=2, steps=3, repeats=1)
+    assert r["median_step_us"] > 0 and r["stream_steps_per_s"] > 0
