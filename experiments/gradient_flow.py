@@ -28,8 +28,7 @@ import numpy as np
 
 from experiments import flags_lib
 from experiments import train
-from experiments.configs import copy as copy_config
-from experiments.configs import denoise as denoise_config
+from experiments.configs import recall
 import relscreen as rs
 
 _MODELS = flags.DEFINE_list("models", ["RNN", "LSTM", "MemRNN", "RelRNN", "RelLSTM"],
@@ -41,18 +40,14 @@ _DIAG_EVERY = flags.DEFINE_integer("diag_every", 100, "updates between diagnosti
 _SEED = flags.DEFINE_integer("seed", 100, "seed of parameters and data")
 _WORKDIR = flags_lib.define_workdir()
 
-_TASKS = {"copy": (copy_config, rs.CopyTask), "denoise": (denoise_config, rs.DenoiseTask)}
-
 
 def run_model(name: str, workdir: pathlib.Path) -> list[dict]:
   """Trains (or resumes) one model with diagnostics on; returns its gradient records."""
-  config_module, task_cls = _TASKS[_TASK.value]
-  config = config_module.get_config()
+  config = recall.default_config(_TASK.value)
   config.update(dict(model=name, T=_T.value, steps=_STEPS.value, seed=_SEED.value,
                      diag_every=_DIAG_EVERY.value, eval_batches=1, eval_batch_size=10,
                      checkpoint_every=max(_DIAG_EVERY.value, 1)))
-  task = task_cls(config.T, config.n_symbols, config.c_length)
-  train.train_and_evaluate(config, workdir / name, task)
+  train.train_and_evaluate(config, workdir / name, recall.make_task(_TASK.value, config))
   return train.MetricsLog(workdir / name / "gradients.jsonl", 10**12).read()
 
 

@@ -31,8 +31,7 @@ import numpy as np
 from experiments import flags_lib
 from experiments import timing
 from experiments import train
-from experiments.configs import copy as copy_config
-from experiments.configs import denoise as denoise_config
+from experiments.configs import recall
 import relscreen as rs
 
 _TASK = flags.DEFINE_enum("task", "denoise", ["copy", "denoise"], "task (binary defaults)")
@@ -46,13 +45,11 @@ _SEED = flags.DEFINE_integer("seed", 100, "seed")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed rounds per configuration")
 _WORKDIR = flags_lib.define_workdir()
 
-_TASKS = {"copy": (copy_config, rs.CopyTask), "denoise": (denoise_config, rs.DenoiseTask)}
-
 
 def configurations() -> list[dict]:
   grid = [{"model": _MODEL.value, "nu": int(nu), "rho": int(rho)}
           for nu, rho in itertools.product(_NUS.value, _RHOS.value)]
-  defaults = _TASKS[_TASK.value][0].get_config()
+  defaults = recall.default_config(_TASK.value)
   base = [{"model": m, "nu": defaults.nu, "rho": defaults.rho} for m in _BASELINES.value]
   for c in grid + base:
     c["label"] = (f"{c['model']} nu={c['nu']} rho={c['rho']}"
@@ -62,13 +59,12 @@ def configurations() -> list[dict]:
 
 
 def train_one(c: dict, workdir: pathlib.Path) -> dict:
-  module, task_cls = _TASKS[_TASK.value]
-  config = module.get_config()
+  config = recall.default_config(_TASK.value)
   config.update(dict(model=c["model"], nu=c["nu"], rho=c["rho"], T=_T.value,
                      steps=_STEPS.value, seed=_SEED.value, diag_every=max(_STEPS.value, 1),
                      checkpoint_every=max(_STEPS.value // 4, 1)))
-  task = task_cls(config.T, config.n_symbols, config.c_length)
-  result = train.train_and_evaluate(config, workdir / c["dir"], task)
+  result = train.train_and_evaluate(config, workdir / c["dir"],
+                                    recall.make_task(_TASK.value, config))
   grads = train.MetricsLog(workdir / c["dir"] / "gradients.jsonl", 10**12).read()
   norms = np.array(grads[-1]["hidden_grad_norms"])
   return {**{k: v for k, v in c.items() if k != "dir"}, "accuracy": result["accuracy"],

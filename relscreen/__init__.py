@@ -13,13 +13,13 @@ from relscreen.models import (REGISTRY, CellType, MemoryType, ModelConfig, State
 from relscreen.modules import LanguageModel, RecurrentCore, RelevanceCell, SequenceModel
 from relscreen.optim import make_optimizer, torch_rmsprop
 from relscreen.rsm import RSMState, Screened
-from relscreen.tasks import (AddingTask, Batch, CopyTask, DenoiseTask, VariableCopyTask, memoryless_loss,
+from relscreen.tasks import (AddingTask, Batch, CopyTask, RecallTask, DenoiseTask, VariableCopyTask, memoryless_loss,
                              recall_accuracy, recall_loss, sequence_loss)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "REGISTRY", "AddingTask", "Batch", "CellType", "LanguageModel", "CopyTask", "DenoiseTask", "VariableCopyTask",
+    "REGISTRY", "AddingTask", "Batch", "RecallTask", "CellType", "LanguageModel", "CopyTask", "DenoiseTask", "VariableCopyTask",
     "memoryless_loss", "InputInit", "MemoryType", "ModelConfig", "Phi",
     "GradientFlow", "gradient_flow", "recall_loss",
     "RSMState", "RecurrentCore", "RecurrentInit", "RelevanceCell", "Screened",
