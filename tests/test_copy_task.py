@@ -170,7 +170,7 @@ def test_denoise_and_variable_copy_train(tmp_path):
 
 
 def test_transfer_evaluates_a_trained_copy_run(tmp_path):
-  from experiments import transfer_copy
+  from experiments import transfer_lib as transfer_copy
   train.train_and_evaluate(tiny_config(steps=20), tmp_path / "run", rs.CopyTask(5))
   info, rows = transfer_copy.transfer(tmp_path / "run", [5, 40], batches=2, batch_size=8,
                                       seed=0)

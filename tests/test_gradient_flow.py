@@ -106,7 +106,7 @@ def test_recurrent_norm_matches_direct_gradient():
 
 
 def test_attention_maps_from_a_trained_run(tmp_path):
-  from experiments import attention_maps
+  from experiments import attention_lib as attention_maps
   config = copy_config.get_config()
   config.update(dict(model="RelRNN", T=6, steps=10, batch=4, hidden=8, nu=2, rho=3,
                      log_every=10, checkpoint_every=10, eval_batches=1, eval_batch_size=4))
