@@ -142,7 +142,7 @@ def test_streaming_timing_runs_every_memory_kind():
     assert r["median_step_us"] > 0 and r["stream_steps_per_s"] > 0
 
 
-def test_gradflow_and_sweep_binaries_end_to_end(tmp_path):
+def test_gradflow_binary_end_to_end_and_sweep_flag_errors(tmp_path):
   import json
   import subprocess
   import sys
@@ -152,14 +152,10 @@ def test_gradflow_and_sweep_binaries_end_to_end(tmp_path):
   assert done.returncode == 0, done.stderr
   rows = json.loads((tmp_path / "gf" / "gradflow.json").read_text())["rows"]
   assert [r["model"] for r in rows] == ["RelRNN"] and rows[0]["step"] == 2
-  sw = [sys.executable, "-m", "experiments.sweep", "--T=3", "--nus=2", "--rhos=1",
-        "--baselines=LSTM", "--steps=2", "--repeats=1", f"--workdir={tmp_path}/sw"]
-  done = subprocess.run(sw, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr
-  rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())
-  assert [r["label"] for r in rows] == ["RelRNN nu=2 rho=1", "LSTM"]
-  assert all(r["step_ms"] > 0 and r["peak_gb"] > 0 for r in rows)
-  assert (tmp_path / "sw" / "sweep_tradeoff.png").stat().st_size > 0
+  # The sweep's parts (training with diagnostics, the timing core) are tested
+  # above; here only its flag checking, which needs no compilation.
+  sw = [sys.executable, "-m", "experiments.sweep", "--T=3", "--steps=2",
+        f"--workdir={tmp_path}/sw"]
   bad = subprocess.run(sw[:-1] + ["--baselines=GRU", f"--workdir={tmp_path}/bad"],
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1 and "--baselines: unknown ['GRU']" in bad.stderr
