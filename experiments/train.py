@@ -19,7 +19,6 @@ from typing import Any, Callable, NamedTuple, Protocol
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax

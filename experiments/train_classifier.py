@@ -8,7 +8,6 @@ Writes config.json, metrics.jsonl (one record per epoch), checkpoints/,
 eval.json and curves.png to the work directory.
 """
 
-import dataclasses
 import json
 import math
 import pathlib
@@ -23,7 +22,6 @@ import optax
 import orbax.checkpoint as ocp
 
 from experiments import train
-import relscreen as rs
 
 
 class Shapes(NamedTuple):

@@ -10,8 +10,6 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 
 from relscreen import initializers as inits
 from relscreen import models
