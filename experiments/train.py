@@ -130,8 +130,10 @@ def evaluate(model, task, params, key, batches: int, batch_size: int) -> dict:
           "accuracy": float(accs.mean())}
 
 
-def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict):
-  """Writes config.json, or checks a rerun agrees with the one already there."""
+def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                 resumable=RESUMABLE_FIELDS):
+  """Writes config.json, or checks a rerun agrees with the one already there
+  (only the ``resumable`` fields may differ)."""
   path = workdir / "config.json"
   current = config.to_dict()
   if path.exists():
@@ -140,7 +142,7 @@ def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict):
     except json.JSONDecodeError as e:
       raise ValueError(f"{path} is not valid JSON ({e}); move it away to start afresh") from e
     changed = sorted(k for k in set(saved) | set(current)
-                     if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))
+                     if k not in resumable and saved.get(k) != current.get(k))
     if changed:
       diffs = ", ".join(f"--{k}: saved {saved.get(k)!r}, now {current.get(k)!r}"
                         for k in changed)

@@ -244,16 +244,67 @@ def _check_input(config: ModelConfig, x: Array, ndim: int, what: str):
                      f"for {config.name}; got shape {tuple(x.shape)}")
 
 
+def reset_rows(config: ModelConfig, state: State, reset: Array) -> State:
+  """Rows where ``reset`` [b] get a fresh zero state (empty memory); others are kept.
+
+  ``t`` is shared by the batch and is left as it is.
+  """
+  capacity = (state.memory.time.shape[1] if config.memory is MemoryType.FULL else None)
+  fresh = init_state(config, state.s.shape[0], capacity=capacity, dtype=state.s.dtype)
+
+  def pick(new, old):
+    return jnp.where(reset.reshape(reset.shape + (1,) * (old.ndim - 1)), new, old)
+
+  rows = jax.tree_util.tree_map(pick, fresh._replace(t=None), state._replace(t=None))
+  return rows._replace(t=state.t)
+
+
+def _step_with_reset(params, config, state, xp, probe, reset):
+  """``_step`` where rows flagged in ``reset`` start a new sequence (SPEC 7, RL)."""
+  if config.attentive and config.k != 1:
+    raise ValueError(f"per-row resets need k=1 ({config.name} has k={config.k}): with "
+                     "k > 1 which steps are stored depends on each row's own clock")
+  state = reset_rows(config, state, reset)
+  if not config.attentive or config.cell is CellType.LSTM:
+    # From a zero state, step 0 equals a later step over an empty memory: the
+    # mixed state is 0.5 (0 + 0) = 0 = h_init and nothing is attended.
+    return _step(params, config, state, xp, probe)
+  # RNN family: step 0 keeps the pre-activation as s_0; pick it per restarted row.
+  first_state, first_out = _first_step(params, config, state, xp, probe)
+  later_state, later_out = jax.lax.cond(
+      state.t == 0, lambda *a: _first_step(params, config, *a),
+      lambda *a: _later_step(params, config, *a), state, xp, probe)
+
+  def pick(a, b):
+    if a.ndim == 0:
+      return b
+    return jnp.where(reset.reshape(reset.shape + (1,) * (a.ndim - 1)), a, b)
+
+  return (jax.tree_util.tree_map(pick, first_state, later_state),
+          jax.tree_util.tree_map(pick, first_out, later_out))
+
+
 def step(params: dict, config: ModelConfig, state: State, x_t: Array,
-         probe: Array | None = None) -> tuple[State, dict]:
+         probe: Array | None = None, reset: Array | None = None) -> tuple[State, dict]:
   """Streaming API: advances ``state`` by one time step on ``x_t`` [b, i].
+
+  ``reset`` [b] bool (optional) restarts the flagged rows from a fresh zero state
+  before the step, as at the start of a new episode: the row's output then equals
+  that of a fresh state (used by RL, where each environment resets on its own).
 
   Returns the new state (same shapes as the old one) and the step's outputs:
   ``{"h": [b, h]}`` plus the diagnostics when ``config.diagnostics``.
   """
   _check_input(config, x_t, 2, "x_t")
   probe = jnp.zeros((), x_t.dtype) if probe is None else probe
-  return _step(params, config, state, project_input(params, config, x_t), probe)
+  xp = project_input(params, config, x_t)
+  if reset is None:
+    return _step(params, config, state, xp, probe)
+  reset = jnp.asarray(reset)
+  if reset.shape != (x_t.shape[0],) or reset.dtype != jnp.bool_:
+    raise ValueError(f"reset must be a bool array of shape ({x_t.shape[0]},), got "
+                     f"{reset.dtype}{list(reset.shape)}")
+  return _step_with_reset(params, config, state, xp, probe, reset)
 
 
 def forward(params: dict, config: ModelConfig, x: Array, state: State | None = None,

@@ -47,8 +47,8 @@ class RecurrentCore(nn.Module):
   def __call__(self, x, state=None, probes=None, h0=None, c0=None):
     return models.forward(self.params_dict, self.config, x, state, probes, h0, c0)
 
-  def step(self, state, x_t, probe=None):
-    return models.step(self.params_dict, self.config, state, x_t, probe)
+  def step(self, state, x_t, probe=None, reset=None):
+    return models.step(self.params_dict, self.config, state, x_t, probe, reset)
 
 
 class SequenceModel(nn.Module):

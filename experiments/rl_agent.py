@@ -1,0 +1,106 @@
+"""The recurrent actor-critic of the RL experiments (REFERENCE 3.9, ported).
+
+Observation -> encoder (64 features) -> recurrent core (LSTM, RelLSTM or MemLSTM,
+hidden 64) -> actor ``Linear(64) tanh Linear(actions)`` and critic
+``Linear(64) tanh Linear(1)``. One call is one time step of every environment;
+``reset`` [b] restarts the core of the environments whose episode just began.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import relscreen as rs
+from relscreen import models
+
+EMBEDDING = 64
+GRID_CODES = 16  # xminigrid tile and colour codes are < 16
+
+
+def row_normalized(key, shape, dtype=jnp.float32):
+  """The reference's ``init_params``: each unit's incoming weights ~ N(0, 1), unit L2 norm."""
+  w = jax.random.normal(key, shape, dtype)  # [in, out]: one column per output unit
+  return w / jnp.linalg.norm(w, axis=0, keepdims=True)
+
+
+def _dense(features: int) -> nn.Dense:
+  return nn.Dense(features, kernel_init=row_normalized, bias_init=nn.initializers.zeros)
+
+
+class Encoder(nn.Module):
+  """``conv``: the reference trunk for 7x7 grids (integer codes, not normalised);
+  ``mlp``: one-hot codes (grids) or raw features (vectors), then ``Linear(64)`` ReLU."""
+
+  kind: str  # "conv" or "mlp"
+  grid: bool
+
+  @nn.compact
+  def __call__(self, obs):
+    b = obs.shape[0]
+    if self.kind == "conv":
+      x = obs.astype(jnp.float32)
+      x = nn.relu(nn.Conv(16, (2, 2), padding="VALID")(x))
+      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = nn.relu(nn.Conv(32, (2, 2), padding="VALID")(x))
+      x = nn.relu(nn.Conv(64, (2, 2), padding="VALID")(x))
+      return x.reshape(b, -1)
+    if self.grid:
+      x = jax.nn.one_hot(obs.astype(jnp.int32), GRID_CODES).reshape(b, -1)
+    else:
+      x = obs.reshape(b, -1).astype(jnp.float32)
+    return nn.relu(_dense(EMBEDDING)(x))
+
+
+def conv_fits(obs_shape) -> bool:
+  """The reference trunk needs a view of at least 7x7 (three 2x2 convs and a 2x2 pool)."""
+  return len(obs_shape) == 3 and min(obs_shape[:2]) >= 7
+
+
+class ActorCritic(nn.Module):
+  """``(core_state, obs [b, ...], reset [b]) -> (core_state, logits [b, A], value [b])``."""
+
+  core: models.ModelConfig  # input_size = the encoder's output width
+  num_actions: int
+  encoder: str
+  grid: bool
+
+  def setup(self):
+    self.encode = Encoder(self.encoder, self.grid)
+    self.memory = rs.RecurrentCore(self.core)
+    self.actor = [_dense(64), _dense(self.num_actions)]
+    self.critic = [_dense(64), _dense(1)]
+
+  def __call__(self, state, obs, reset):
+    x = self.encode(obs)
+    state, out = self.memory.step(state, x, reset=reset)
+    h = out["h"]
+    logits = self.actor[1](jnp.tanh(self.actor[0](h)))
+    value = self.critic[1](jnp.tanh(self.critic[0](h)))[:, 0]
+    return state, logits, value
+
+
+def core_config(model: str, obs_shape, encoder: str, hidden: int, nu: int,
+                rho: int) -> models.ModelConfig:
+  """The recurrent core's config; ``encoder`` decides its input width."""
+  if model not in ("LSTM", "RelLSTM", "MemLSTM"):
+    raise ValueError(f"--model={model!r}: the RL agent's core is LSTM, RelLSTM or MemLSTM")
+  width = EMBEDDING if encoder == "mlp" else 64 * ((min(obs_shape[:2]) - 1) // 2 - 2) ** 2
+  return rs.model_config(model, width, hidden=hidden, nu=nu, rho=rho)
+
+
+def initial_state(core: models.ModelConfig, batch: int, capacity: int) -> models.State:
+  """A fresh core state; MemLSTM keeps up to ``capacity`` states per environment."""
+  return models.init_state(core, batch, capacity=capacity)
+
+
+def log_prob(logits, actions):
+  return jnp.take_along_axis(jax.nn.log_softmax(logits), actions[..., None], axis=-1)[..., 0]
+
+
+def check_capacity(capacity: int, max_episode_steps: int, model: str) -> int:
+  """MemLSTM's memory size: the given one, or one episode's worth when 0."""
+  if model != "MemLSTM":
+    return 1
+  return capacity or int(math.ceil(max_episode_steps))

@@ -1,0 +1,192 @@
+"""PPO (GAE, loss), per-environment memory resets, and the RL binary's loop."""
+
+import json
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import relscreen as rs
+from relscreen import models
+from relscreen import ppo
+from experiments import rl_envs
+from experiments import train_ppo
+from experiments.configs import ppo as ppo_config
+
+
+def test_gae_hand_worked():
+  # gamma 0.9, lambda 0.8; the episode ends with step 1, so step 0 bootstraps from
+  # V_1 but step 1 does not bootstrap at all; step 2 bootstraps from last_value.
+  rewards = jnp.array([[1.0], [0.0], [2.0]])
+  values = jnp.array([[0.5], [1.0], [0.2]])
+  dones = jnp.array([[False], [True], [False]])
+  adv, ret = ppo.gae(rewards, values, dones, jnp.array([3.0]), 0.9, 0.8)
+  # t=2: 2 + 0.9*3 - 0.2 = 4.5
+  # t=1: 0 - 1.0 = -1.0 (no bootstrap, no carry)
+  # t=0: delta 1 + 0.9*1.0 - 0.5 = 1.4; A = 1.4 + 0.9*0.8*(-1.0) = 0.68
+  np.testing.assert_allclose(adv[:, 0], [0.68, -1.0, 4.5], rtol=1e-6)
+  np.testing.assert_allclose(ret[:, 0], [1.18, 0.0, 4.7], rtol=1e-6)
+
+
+def test_ppo_loss_hand_worked():
+  logits = jnp.array([[0.0, 0.0], [math.log(3.0), 0.0]])  # p = (.5, .5), (.75, .25)
+  actions = jnp.array([0, 1])
+  old_log_probs = jnp.log(jnp.array([0.25, 0.5]))  # ratios 2 and 0.5
+  advantages = jnp.array([1.0, -2.0])
+  values, old_values = jnp.array([1.0, 0.0]), jnp.array([0.5, 0.1])
+  returns = jnp.array([2.0, 0.05])
+  terms = ppo.ppo_loss(logits, values, actions, old_log_probs, old_values, advantages,
+                       returns, clip_eps=0.2, entropy_coef=0.01, value_coef=0.5)
+  # policy: min(2*1, 1.2*1) = 1.2 and min(0.5*-2, 0.8*-2) = -1.6 -> -(1.2 - 1.6)/2
+  np.testing.assert_allclose(terms.policy_loss, 0.2, rtol=1e-6)
+  # value: step 0 max((1-2)^2, (0.7-2)^2) = 1.69; step 1 both (0.05)^2
+  np.testing.assert_allclose(terms.value_loss, (1.69 + 0.0025) / 2, rtol=1e-6)
+  entropy = (math.log(2) - 0.75 * math.log(0.75) - 0.25 * math.log(0.25)) / 2
+  np.testing.assert_allclose(terms.entropy, entropy, rtol=1e-6)
+  np.testing.assert_allclose(terms.loss, 0.2 - 0.01 * entropy + 0.5 * 0.84625, rtol=1e-6)
+  np.testing.assert_allclose(terms.clip_fraction, 1.0)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "RelLSTM", "MemLSTM", "RNN", "RelRNN", "MemRNN"])
+def test_reset_row_equals_fresh_state(name):
+  """Row 0 restarts at step 5: from then on it matches a fresh run on its inputs
+  (and its memory right after the reset is a fresh memory); row 1 never notices."""
+  cfg = rs.model_config(name, 3, hidden=6, nu=2, rho=2)
+  params = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((2, 4, 3)))["params"]
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 12, 3))
+  resets = jnp.zeros((12, 2), bool).at[5, 0].set(True)
+
+  @jax.jit
+  def run(state):
+    def body(state, inputs):
+      x_t, reset = inputs
+      cleared = models.reset_rows(cfg, state, reset)
+      state, out = models.step(params, cfg, state, x_t, reset=reset)
+      return state, (out["h"], cleared)
+    return jax.lax.scan(body, state, (jnp.swapaxes(x, 0, 1), resets))[1]
+
+  hs, cleared = run(models.init_state(cfg, 2, capacity=12))
+  hs = jnp.swapaxes(hs, 0, 1)
+  fresh = models.init_state(cfg, 1, capacity=12)
+  chex.assert_trees_all_equal(jax.tree_util.tree_map(lambda a: a[5, :1], cleared[1:]),
+                              tuple(fresh[1:]))
+  whole, _ = models.forward(params, cfg, x, capacity_state(cfg, 2, 12))
+  restarted, _ = models.forward(params, cfg, x[:1, 5:], capacity_state(cfg, 1, 12))
+  np.testing.assert_allclose(hs[1], whole["h"][1], atol=1e-6)
+  np.testing.assert_allclose(hs[0, :5], whole["h"][0, :5], atol=1e-6)
+  np.testing.assert_allclose(hs[0, 5:], restarted["h"][0], atol=1e-6)
+
+
+def capacity_state(cfg, batch, capacity):
+  return models.init_state(cfg, batch, capacity=capacity)
+
+
+def test_reset_rejects_bad_mask():
+  cfg = rs.model_config("RelLSTM", 3, hidden=4, nu=2, rho=2)
+  params = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((2, 3, 3)))["params"]
+  with pytest.raises(ValueError, match="reset must be a bool array of shape"):
+    models.step(params, cfg, models.init_state(cfg, 2), jnp.zeros((2, 3)),
+                reset=jnp.zeros((3,), bool))
+
+
+def _tiny(**overrides):
+  config = ppo_config.get_config()
+  config.update(env="MemoryChain-bsuite", memory_length=3, model="RelLSTM", hidden=8,
+                nu=2, rho=2, num_envs=2, frames_per_env=8, recurrence=4, batch_size=8,
+                epochs=2, frames=96, checkpoint_every=2, eval_episodes=4)
+  config.update(**overrides)
+  return config
+
+
+@pytest.mark.parametrize("model", ["RelLSTM", "MemLSTM"])
+def test_learning_replays_acting(model):
+  """Windows rerun from the stored core states, with the stored episode resets
+  (MemoryChain length 3 ends episodes inside windows), reproduce the acting
+  policy's log-probabilities and values exactly, shifted windows included."""
+  setup = train_ppo.build(_tiny(model=model))
+  state = train_ppo.initial_run_state(setup)
+  _, cores, steps = train_ppo.rollout(setup, state.params, state.carry, state.key)
+  assert int(steps.done.sum()) >= 4 and not bool(steps.done[:4].all())
+  t0 = jnp.array([0, 4, 2, 2])
+  env = jnp.array([0, 1, 0, 1])
+  logits, values, seq = train_ppo.replay(setup, state.params, cores, steps, t0, env)
+  log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), seq.action[..., None], -1)
+  np.testing.assert_allclose(log_probs[..., 0], seq.log_prob, atol=1e-5)
+  np.testing.assert_allclose(values, seq.value, atol=1e-5)
+
+
+def test_window_starts_cover_rollout():
+  config = _tiny(num_envs=4, frames_per_env=8, recurrence=4, batch_size=8)
+  t0, env = train_ppo._windows(config, False, jax.random.PRNGKey(0))  # pylint: disable=protected-access
+  assert t0.shape == (4, 2)  # 8 windows of 4 steps, 2 per minibatch
+  assert sorted(zip(np.ravel(t0).tolist(), np.ravel(env).tolist())) == [
+      (t, e) for t in (0, 4) for e in range(4)]
+  t0, env = train_ppo._windows(config, True, jax.random.PRNGKey(0))  # pylint: disable=protected-access
+  assert sorted(np.ravel(t0).tolist()) == [2] * 4  # shifted by half; 6 would cross the end
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("recurrence", 3, "--recurrence=3 must be even"),
+    ("batch_size", 6, "--batch_size=6 must be a multiple"),
+    ("num_envs", 0, "--num_envs must be >= 1"),
+    ("env", "CartPole-v1", "--env='CartPole-v1' is not supported"),
+    ("env", "MiniGrid-Nope", "--env='MiniGrid-Nope' is not an xminigrid environment"),
+    ("model", "RelRNN", "--model='RelRNN'"),
+])
+def test_bad_flags_are_named(flag, value, message):
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    train_ppo.build(_tiny(**{flag: value}))
+
+
+def test_training_smoke_and_resume(tmp_path):
+  """MemoryChain, 6 tiny updates: files written, metrics sane; a run resumed
+  after 4 updates ends exactly where an uninterrupted run ends."""
+  record = train_ppo.train_and_evaluate(_tiny(model="LSTM", epochs=1), tmp_path / "whole")
+  lines = [json.loads(l) for l in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6]
+  assert all(0.0 <= r["success"] <= 1.0 and r["fps"] > 0 for r in lines)
+  assert all(np.isfinite(r["loss"]) and r["entropy"] <= math.log(2) + 1e-6 for r in lines)
+  assert record["episodes"] == 4 and (tmp_path / "whole/curves.png").exists()
+  train_ppo.train_and_evaluate(_tiny(model="LSTM", epochs=1, frames=64), tmp_path / "split")
+  train_ppo.train_and_evaluate(_tiny(model="LSTM", epochs=1), tmp_path / "split")
+  split = [json.loads(l) for l in (tmp_path / "split/metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in split] == [1, 2, 3, 4, 5, 6]
+  for a, b in zip(lines, split):
+    assert {k: v for k, v in a.items() if k != "fps"} == {
+        k: v for k, v in b.items() if k != "fps"}
+
+
+def test_resume_refuses_changed_hyperparameters(tmp_path):
+  train_ppo.check_config(_tiny())
+  from experiments import train as train_lib
+  train_lib.check_config(tmp_path, _tiny(), train_ppo.RESUMABLE_FIELDS)
+  train_lib.check_config(tmp_path, _tiny(frames=96), train_ppo.RESUMABLE_FIELDS)
+  with pytest.raises(ValueError, match="--epochs: saved 2, now 4"):
+    train_lib.check_config(tmp_path, _tiny(epochs=4), train_ppo.RESUMABLE_FIELDS)
+
+
+def test_minigrid_agent_acts():
+  """DoorKey-5x5 through xminigrid with the reference conv trunk: one rollout."""
+  setup = train_ppo.build(_tiny(env="MiniGrid-DoorKey-5x5", model="LSTM"))
+  assert setup.agent.encoder == "conv" and setup.env.obs_shape == (7, 7, 2)
+  state = train_ppo.initial_run_state(setup)
+  _, _, steps = jax.jit(lambda p, c, k: train_ppo.rollout(setup, p, c, k))(
+      state.params, state.carry, state.key)
+  assert steps.action.shape == (8, 2) and int(steps.action.max()) < setup.env.num_actions
+  assert bool(steps.reset[0].all()) and not bool(steps.reset[1:].any())
+
+
+def test_memory_chain_env_contract():
+  """The bit shows in the first observation; only the final action is rewarded."""
+  env = rl_envs.make_env("MemoryChain-bsuite", 3)
+  state, obs = env.reset(jax.random.PRNGKey(3))
+  bit = int(obs[2] > 0)
+  rewards, dones = [], []
+  for i in range(4):
+    state, obs, reward, done = env.step(state, jnp.int32(bit), jax.random.PRNGKey(i))
+    rewards.append(float(reward))
+    dones.append(bool(done))
+  assert rewards == [0.0, 0.0, 0.0, 1.0] and dones == [False, False, False, True]
