@@ -10,6 +10,7 @@ two give the same outputs by construction (and the tests check it).
 
 import dataclasses
 import enum
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -73,6 +74,9 @@ class ModelConfig:
     r_init: initialiser of the recurrent kernel V (RNN family).
     i_init: initialiser of the input kernel U (RNN family).
     remat_chunk: rematerialise the scan in chunks of this many steps (0: off).
+    custom_vjp: differentiate attentive models (k = 1, fresh state, no probes or
+      diagnostics) with the hand-built reverse pass of ``_attentive_scan`` instead
+      of autodiff through the memory; same gradients, O(t b h) memory.
     diagnostics: also return per-step attention weights, scores, slot times and
       screening decisions (off: nothing extra is computed).
   """
@@ -91,6 +95,7 @@ class ModelConfig:
   i_init: InputInit = InputInit.XAVIER
   remat_chunk: int = 0
   diagnostics: bool = False
+  custom_vjp: bool = True
 
   def __post_init__(self):
     for field, kind in (("cell", CellType), ("memory", MemoryType), ("phi", Phi),
@@ -307,6 +312,124 @@ def step(params: dict, config: ModelConfig, state: State, x_t: Array,
   return _step_with_reset(params, config, state, xp, probe, reset)
 
 
+# -- A custom reverse pass for attentive models ------------------------------------
+#
+# Autodiff through ``lax.scan`` carries the cotangent of the whole memory (every
+# slot's value and key) from step to step and transposes each shift, screening
+# write and select. But the memory only ever holds earlier hidden states, so its
+# gradient can be routed to where those states live: a buffer dH [t, b, h],
+# indexed by the time of each slot. The forward pass keeps h_t, s_t, c_t and (RSM)
+# the time held by each attended slot; the reverse pass re-runs one step at a
+# time with ``jax.vjp`` on the step's own inputs (previous mixed state, cell,
+# attended states gathered from h by time) and scatters the attended states'
+# cotangents into dH. Memory O(t b h), no carried bank cotangents.
+
+
+def _attended(config, h_hist, times, t):
+  """The states step ``t`` attends to and their validity, [b, m, h] and [b, m]."""
+  if config.memory is MemoryType.FULL:
+    states = jnp.swapaxes(h_hist, 0, 1)  # slot j holds h_j (k = 1)
+    return states, jnp.broadcast_to(jnp.arange(states.shape[1])[None, :] < t,
+                                    states.shape[:2])
+  valid = times >= 0
+  rows = jnp.arange(times.shape[0])[:, None]
+  return h_hist[jnp.maximum(times, 0), rows], valid
+
+
+def _local_later(config, p, s_prev, c_prev, xp_t, states, valid, newest):
+  """Step t >= 1 as a function of its own inputs only: (h_t, s_t, c_t)."""
+  keys = states @ p["Ua"]
+  attended = attention.additive_attention_banks(s_prev @ p["Va"], ((keys, states, valid),),
+                                                p["v"])
+  attn = config.attn if config.cell is CellType.RNN else 1.0
+  s = 0.5 * (newest + attn * attended.context)
+  h, _, c = _cell(p, config, xp_t, s, c_prev)
+  return h, s, (jnp.zeros_like(h) if c is None else c)
+
+
+def _local_first(config, p, s_init, c_init, xp_0):
+  h, a, c = _cell(p, config, xp_0, s_init, c_init)
+  s = a if config.cell is CellType.RNN else s_init
+  return h, s, (jnp.zeros_like(h) if c is None else c)
+
+
+def _attentive_forward(params, config, xp, s_init, c_init):
+  """The plain forward scan; also returns what the custom reverse pass needs."""
+  state = init_state(config, xp.shape[1], s_init, c_init, capacity=xp.shape[0],
+                     dtype=xp.dtype)
+  zero = jnp.zeros((), xp.dtype)
+  state, first = _first_step(params, config, state, xp[0], zero)
+
+  def body(state, xp_t):
+    times = rsm.slot_time(state.memory) if config.memory is MemoryType.RELEVANCE else None
+    new, out = _later_step(params, config, state, xp_t, zero)
+    c = jnp.zeros_like(new.s) if new.c is None else new.c
+    return new, (out["h"], new.s, c, times)
+
+  final, (h, s, c, times) = jax.lax.scan(body, state, xp[1:])
+  c0 = jnp.zeros_like(state.s) if state.c is None else state.c
+  cat = lambda a, b: jnp.concatenate([a[None], b])
+  return final, cat(first["h"], h), cat(state.s, s), cat(c0, c), times
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _attentive_scan(params, config, xp, s_init, c_init):
+  final, h, _, _, _ = _attentive_forward(params, config, xp, s_init, c_init)
+  return h, final
+
+
+def _attentive_scan_fwd(params, config, xp, s_init, c_init):
+  final, h, s, c, times = _attentive_forward(params, config, xp, s_init, c_init)
+  return (h, final), (params, xp, s_init, c_init, h, s, c, times)
+
+
+def _attentive_scan_bwd(config, residuals, cotangents):
+  params, xp, s_init, c_init, h, s, c, times = residuals
+  g_h, _ = cotangents  # the final state's cotangent is zero: ``forward`` stops it
+  length, batch = h.shape[:2]
+  local = {k: params[k] for k in ("V", "W", "mod_b", "Ua", "Va", "v") if k in params}
+  rows = jnp.arange(batch)[:, None]
+
+  def body(carry, inputs):
+    d_hist, ds_next, dc_next, dp = carry
+    t, xp_t, g_t, s_prev, c_prev, newest, times_t = inputs
+    states, valid = _attended(config, h, times_t, t)
+    _, pullback = jax.vjp(
+        lambda p, sp, cp, x, m, n: _local_later(config, p, sp, cp, x, m, valid, n),
+        local, s_prev, c_prev, xp_t, states, newest)
+    dh = g_t + d_hist[t]
+    dp_t, ds_prev, dc_prev, dxp_t, d_states, d_newest = pullback((dh, ds_next, dc_next))
+    d_states = jnp.where(valid[..., None], d_states, 0.0)
+    if config.memory is MemoryType.FULL:
+      d_hist = d_hist + jnp.swapaxes(d_states, 0, 1)
+    else:
+      d_hist = d_hist.at[jnp.maximum(times_t, 0), rows].add(d_states)
+    d_hist = d_hist.at[t - 1].add(d_newest)
+    dp = jax.tree_util.tree_map(jnp.add, dp, dp_t)
+    return (d_hist, ds_prev, dc_prev, dp), dxp_t
+
+  steps = jnp.arange(1, length)
+  times_in = times if times is not None else jnp.zeros((length - 1, 0), jnp.int32)
+  zeros = jnp.zeros_like(h[0])
+  carry = (jnp.zeros_like(h), zeros, zeros, jax.tree_util.tree_map(jnp.zeros_like, local))
+  (d_hist, ds_next, dc_next, dp), dxp_later = jax.lax.scan(
+      body, carry, (steps, xp[1:], g_h[1:], s[:-1], c[:-1], h[:-1], times_in), reverse=True)
+  _, pullback = jax.vjp(lambda p, si, ci, x: _local_first(config, p, si, ci, x),
+                        local, s_init, c_init, xp[0])
+  dp0, ds_init, dc_init, dxp0 = pullback((g_h[0] + d_hist[0], ds_next, dc_next))
+  dp = jax.tree_util.tree_map(jnp.add, dp, dp0)
+  d_params = {k: dp.get(k, jnp.zeros_like(v)) for k, v in params.items()}
+  return d_params, jnp.concatenate([dxp0[None], dxp_later]), ds_init, dc_init
+
+
+_attentive_scan.defvjp(_attentive_scan_fwd, _attentive_scan_bwd)
+
+
+def _uses_custom_vjp(config: ModelConfig, fresh: bool, probes) -> bool:
+  return (config.custom_vjp and config.attentive and config.k == 1 and fresh
+          and probes is None and not config.diagnostics)
+
+
 def forward(params: dict, config: ModelConfig, x: Array, state: State | None = None,
             probes: Array | None = None, h0: Array | None = None,
             c0: Array | None = None) -> tuple[dict, State]:
@@ -334,6 +457,14 @@ def forward(params: dict, config: ModelConfig, x: Array, state: State | None = N
   pr = (jnp.zeros((length, 1, 1), x.dtype) if probes is None
         else jnp.swapaxes(probes, 0, 1))  # [t, b, h]
   fresh = state is None
+  if _uses_custom_vjp(config, fresh, probes) and length > 1:
+    zeros = jnp.zeros((batch, config.hidden), x.dtype)
+    s_init = zeros if h0 is None else jnp.asarray(h0, x.dtype)
+    c_init = zeros if (c0 is None or config.cell is CellType.RNN) else jnp.asarray(c0, x.dtype)
+    h, final = _attentive_scan(params, config, xp, s_init, c_init)
+    if config.cell is CellType.RNN:
+      final = final._replace(c=None)
+    return {"h": jnp.swapaxes(h, 0, 1)}, jax.lax.stop_gradient(final)
   if fresh:
     state = init_state(config, batch, h0, c0, capacity=math.ceil(length / config.k),
                        dtype=x.dtype)

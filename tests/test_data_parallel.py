@@ -16,3 +16,28 @@ def test_sharded_training_equals_single_device():
                         env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stdout + done.stderr
   assert "data parallel ok" in done.stdout
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_single_device():
+  """``relscreen-distributed`` with 2 processes on localhost (jax.distributed, gloo):
+  both processes end with the parameters a single device computes."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  args = [sys.executable, "-m", "experiments.distributed", "--num_processes=2",
+          f"--coordinator=localhost:{_free_port()}", "--T=5", "--hidden=8", "--steps=3",
+          "--batch=4"]
+  procs = [subprocess.Popen(args + [f"--process_id={i}"], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for i, (p, (out, err)) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, out + err
+    line = next(l for l in out.splitlines() if l.startswith(f"process {i}:"))
+    assert float(line.rsplit(" ", 1)[1]) < 1e-5, line
