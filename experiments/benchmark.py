@@ -8,10 +8,13 @@ then times them round-robin (model after model, ``--repeats`` rounds) so that
 the machine's noise hits all of them alike, and reports medians and ratios to
 the first model.
 
-MemRNN/MemLSTM keep every state; a plain scan saves that growing memory at
-every step (O(L^2 B H)), so they run with ``--mem_remat_chunk`` (chunked
-rematerialisation) unless it is 0; configurations whose plan exceeds
-``--max_gb`` are reported but not run.
+Attentive models train with the custom reverse pass (``ModelConfig.custom_vjp``,
+memory O(L B H)); name a model ``RelRNN@autodiff`` to time autodiff through the
+scan instead, side by side. Autodiff through MemRNN/MemLSTM's growing memory
+saves it at every step (O(L^2 B H)), so ``@autodiff`` Mem models run with
+``--mem_remat_chunk`` (chunked rematerialisation) unless it is 0.
+Configurations whose plan exceeds ``--max_gb`` are reported but not run.
+``max_rss_gb`` in benchmark.json is the process's peak resident memory.
 
 Command (the issue-2 measurement, see docs/RESULTS.md):
   relscreen-benchmark --models=RNN,RelRNN,MemRNN,LSTM,RelLSTM --lengths=1020 \
@@ -23,6 +26,7 @@ Writes benchmark.json and benchmark.png to --workdir.
 
 import json
 import pathlib
+import resource
 import statistics
 import sys
 
@@ -33,7 +37,6 @@ import jax
 
 from experiments import flags_lib
 from experiments import timing
-import relscreen as rs
 
 _MODELS = flags.DEFINE_list("models", ["RNN", "RelRNN", "MemRNN"],
                             "registered models; ratios are to the first")
@@ -56,7 +59,8 @@ flags.mark_flag_as_required("workdir")
 def bench_length(length: int) -> list[dict]:
   built, records = {}, []
   for name in _MODELS.value:
-    chunk = _MEM_REMAT.value if name.startswith("Mem") else _REMAT.value
+    autodiff = name.endswith("@autodiff")
+    chunk = _MEM_REMAT.value if name.startswith("Mem") and autodiff else _REMAT.value
     built[name] = timing.build(name, length, _BATCH.value, _HIDDEN.value, _NU.value, _RHO.value,
                         chunk)
   for kind in ("train", "forward"):
@@ -69,6 +73,7 @@ def bench_length(length: int) -> list[dict]:
       records.append({"L": length, "kind": kind, "model": n, "median_s": med,
                       "times_s": times.get(n), "peak_gb": timing.peak_gb(built[n][kind][0]),
                       "remat_chunk": built[n]["remat_chunk"],
+                      "per_step_us": 1e6 * med / length if med else None,
                       "ratio_to_first": med / base if med and base else None})
       logging.info("L=%d %-7s %-8s median %s  peak %.3f GB  ratio %s", length, kind, n,
                    f"{med * 1e3:.1f} ms" if med else "not run", records[-1]["peak_gb"],
@@ -104,9 +109,13 @@ def main(argv):
     lengths = [int(v) for v in _LENGTHS.value]
   except ValueError:
     sys.exit(f"error: --lengths must be integers, got {_LENGTHS.value}")
-  bad = [n for n in _MODELS.value if n not in rs.REGISTRY]
-  if bad or any(v <= 20 for v in lengths):
-    sys.exit(f"error: unknown --models {bad}" if bad else "error: --lengths must be > 20")
+  for n in _MODELS.value:
+    try:
+      timing.parse_model(n)
+    except ValueError as e:
+      sys.exit(f"error: --models: {e}")
+  if any(v <= 20 for v in lengths):
+    sys.exit("error: --lengths must be > 20")
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   records = [r for length in lengths for r in bench_length(length)]
@@ -117,7 +126,8 @@ def main(argv):
       logging.info("streaming %-7s batch %4d: %.0f us per step, %.0f stream-steps/s", name,
                    b, stream[-1]["median_step_us"], stream[-1]["stream_steps_per_s"])
   meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,
-          "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value}
+          "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value,
+          "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
   (workdir / "benchmark.json").write_text(json.dumps(
       {"meta": meta, "records": records, "streaming": stream}, indent=2) + "\n")
   plot(records, workdir / "benchmark.png")

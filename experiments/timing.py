@@ -9,12 +9,23 @@ from experiments import train
 import relscreen as rs
 
 
-def build(name: str, length: int, batch: int, hidden: int, nu: int, rho: int,
+def parse_model(spec: str) -> tuple[str, bool]:
+  """``"RelRNN"`` or ``"RelRNN@autodiff"`` (autodiff through the scan instead of the
+  custom reverse pass) -> (registry name, custom_vjp)."""
+  name, _, variant = spec.partition("@")
+  if name not in rs.REGISTRY or variant not in ("", "autodiff"):
+    raise ValueError(f"unknown model {spec!r}: a registered model ({', '.join(rs.REGISTRY)}), "
+                     "optionally with @autodiff")
+  return name, variant != "autodiff"
+
+
+def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
           remat_chunk: int) -> dict:
   """Compiled (train step, forward) for one model and length, with their inputs."""
+  name, custom_vjp = parse_model(spec)
   task = rs.CopyTask(length - 20)
   cfg = rs.model_config(name, task.input_size, hidden=hidden, nu=nu, rho=rho,
-                        remat_chunk=remat_chunk)
+                        remat_chunk=remat_chunk, custom_vjp=custom_vjp)
   model = rs.SequenceModel(cfg, task.num_classes)
   x = task.batch(jax.random.PRNGKey(0), batch).x
   params = model.init(jax.random.PRNGKey(1), x)["params"]

@@ -325,20 +325,29 @@ def step(params: dict, config: ModelConfig, state: State, x_t: Array,
 # cotangents into dH. Memory O(t b h), no carried bank cotangents.
 
 
-def _attended(config, h_hist, times, t):
-  """The states step ``t`` attends to and their validity, [b, m, h] and [b, m]."""
+def _attended(config, hist, times, t):
+  """The slots step ``t`` attends to, [b, m, ...], from the history ``hist``
+  [t, b, ...], and their validity [b, m]."""
   if config.memory is MemoryType.FULL:
-    states = jnp.swapaxes(h_hist, 0, 1)  # slot j holds h_j (k = 1)
-    return states, jnp.broadcast_to(jnp.arange(states.shape[1])[None, :] < t,
-                                    states.shape[:2])
-  valid = times >= 0
+    slots = jnp.swapaxes(hist, 0, 1)  # slot j holds h_j (k = 1)
+    return slots, jnp.broadcast_to(jnp.arange(slots.shape[1])[None, :] < t, slots.shape[:2])
   rows = jnp.arange(times.shape[0])[:, None]
-  return h_hist[jnp.maximum(times, 0), rows], valid
+  return hist[jnp.maximum(times, 0), rows], times >= 0
 
 
-def _local_later(config, p, s_prev, c_prev, xp_t, states, valid, newest):
+def _scatter(config, buffer, d_slots, times):
+  """Adds the slots' cotangents [b, m, ...] to the history rows they came from.
+
+  Empty slots get exactly zero cotangent (zero weight, masked scores), so their
+  placeholder row 0 receives nothing."""
+  if config.memory is MemoryType.FULL:
+    return buffer + jnp.swapaxes(d_slots, 0, 1)
+  rows = jnp.arange(times.shape[0])[:, None]
+  return buffer.at[jnp.maximum(times, 0), rows].add(d_slots)
+
+
+def _local_later(config, p, s_prev, c_prev, xp_t, states, keys, valid, newest):
   """Step t >= 1 as a function of its own inputs only: (h_t, s_t, c_t)."""
-  keys = states @ p["Ua"]
   attended = attention.additive_attention_banks(s_prev @ p["Va"], ((keys, states, valid),),
                                                 p["v"])
   attn = config.attn if config.cell is CellType.RNN else 1.0
@@ -386,38 +395,40 @@ def _attentive_scan_fwd(params, config, xp, s_init, c_init):
 def _attentive_scan_bwd(config, residuals, cotangents):
   params, xp, s_init, c_init, h, s, c, times = residuals
   g_h, _ = cotangents  # the final state's cotangent is zero: ``forward`` stops it
-  length, batch = h.shape[:2]
-  local = {k: params[k] for k in ("V", "W", "mod_b", "Ua", "Va", "v") if k in params}
-  rows = jnp.arange(batch)[:, None]
+  length = h.shape[0]
+  ua = params["Ua"]
+  local = {k: params[k] for k in ("V", "W", "mod_b", "Va", "v") if k in params}
+  keys_hist = h @ ua  # every key once, as the forward pass cached them
 
   def body(carry, inputs):
-    d_hist, ds_next, dc_next, dp = carry
+    d_hist, d_khist, ds_next, dc_next, dp = carry
     t, xp_t, g_t, s_prev, c_prev, newest, times_t = inputs
     states, valid = _attended(config, h, times_t, t)
+    keys, _ = _attended(config, keys_hist, times_t, t)
     _, pullback = jax.vjp(
-        lambda p, sp, cp, x, m, n: _local_later(config, p, sp, cp, x, m, valid, n),
-        local, s_prev, c_prev, xp_t, states, newest)
-    dh = g_t + d_hist[t]
-    dp_t, ds_prev, dc_prev, dxp_t, d_states, d_newest = pullback((dh, ds_next, dc_next))
-    d_states = jnp.where(valid[..., None], d_states, 0.0)
-    if config.memory is MemoryType.FULL:
-      d_hist = d_hist + jnp.swapaxes(d_states, 0, 1)
-    else:
-      d_hist = d_hist.at[jnp.maximum(times_t, 0), rows].add(d_states)
-    d_hist = d_hist.at[t - 1].add(d_newest)
+        lambda p, sp, cp, x, m, k, n: _local_later(config, p, sp, cp, x, m, k, valid, n),
+        local, s_prev, c_prev, xp_t, states, keys, newest)
+    dh = g_t + d_hist[t] + d_khist[t] @ ua.T
+    dp_t, ds_prev, dc_prev, dxp_t, d_states, d_keys, d_newest = pullback(
+        (dh, ds_next, dc_next))
+    d_hist = _scatter(config, d_hist, d_states, times_t).at[t - 1].add(d_newest)
+    d_khist = _scatter(config, d_khist, d_keys, times_t)
     dp = jax.tree_util.tree_map(jnp.add, dp, dp_t)
-    return (d_hist, ds_prev, dc_prev, dp), dxp_t
+    return (d_hist, d_khist, ds_prev, dc_prev, dp), dxp_t
 
   steps = jnp.arange(1, length)
   times_in = times if times is not None else jnp.zeros((length - 1, 0), jnp.int32)
   zeros = jnp.zeros_like(h[0])
-  carry = (jnp.zeros_like(h), zeros, zeros, jax.tree_util.tree_map(jnp.zeros_like, local))
-  (d_hist, ds_next, dc_next, dp), dxp_later = jax.lax.scan(
+  carry = (jnp.zeros_like(h), jnp.zeros_like(h), zeros, zeros,
+           jax.tree_util.tree_map(jnp.zeros_like, local))
+  (d_hist, d_keys, ds_next, dc_next, dp), dxp_later = jax.lax.scan(
       body, carry, (steps, xp[1:], g_h[1:], s[:-1], c[:-1], h[:-1], times_in), reverse=True)
   _, pullback = jax.vjp(lambda p, si, ci, x: _local_first(config, p, si, ci, x),
                         local, s_init, c_init, xp[0])
-  dp0, ds_init, dc_init, dxp0 = pullback((g_h[0] + d_hist[0], ds_next, dc_next))
+  dp0, ds_init, dc_init, dxp0 = pullback((g_h[0] + d_hist[0] + d_keys[0] @ ua.T, ds_next,
+                                          dc_next))
   dp = jax.tree_util.tree_map(jnp.add, dp, dp0)
+  dp["Ua"] = jnp.einsum("tbh,tbk->hk", h, d_keys)  # d(h_t Ua) summed over every stored t
   d_params = {k: dp.get(k, jnp.zeros_like(v)) for k, v in params.items()}
   return d_params, jnp.concatenate([dxp0[None], dxp_later]), ds_init, dc_init
 
@@ -461,7 +472,7 @@ def forward(params: dict, config: ModelConfig, x: Array, state: State | None = N
     zeros = jnp.zeros((batch, config.hidden), x.dtype)
     s_init = zeros if h0 is None else jnp.asarray(h0, x.dtype)
     c_init = zeros if (c0 is None or config.cell is CellType.RNN) else jnp.asarray(c0, x.dtype)
-    h, final = _attentive_scan(params, config, xp, s_init, c_init)
+    h, final = _attentive_scan(dict(params), config, xp, s_init, c_init)
     if config.cell is CellType.RNN:
       final = final._replace(c=None)
     return {"h": jnp.swapaxes(h, 0, 1)}, jax.lax.stop_gradient(final)

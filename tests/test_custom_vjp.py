@@ -50,3 +50,15 @@ def test_custom_vjp_forward_and_final_state_unchanged(name):
   out_ref, final_ref = models.forward(params, dataclasses.replace(cfg, custom_vjp=False), x)
   chex.assert_trees_all_close(out, out_ref, rtol=1e-6, atol=1e-7)
   chex.assert_trees_all_close(final, final_ref, rtol=1e-6, atol=1e-7)
+
+
+def test_custom_vjp_through_flax_module():
+  """Linen hands the pure functions a FrozenDict: the custom path must accept it."""
+  cfg = rs.model_config("RelRNN", 3, hidden=5, nu=2, rho=2)
+  model = rs.SequenceModel(cfg, 4)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 7, 3))
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  loss = lambda p, m: jnp.sum(m.apply({"params": p}, x)[0] ** 2)
+  plain = rs.SequenceModel(dataclasses.replace(cfg, custom_vjp=False), 4)
+  chex.assert_trees_all_close(jax.grad(loss)(params, model), jax.grad(loss)(params, plain),
+                              rtol=2e-5, atol=1e-6)
