@@ -346,8 +346,9 @@ def _scatter(config, buffer, d_slots, times):
   return buffer.at[jnp.maximum(times, 0), rows].add(d_slots)
 
 
-def _local_later(config, p, s_prev, c_prev, xp_t, states, keys, valid, newest):
+def _local_later(config, p, s_prev, c_prev, x_t, states, keys, valid, newest):
   """Step t >= 1 as a function of its own inputs only: (h_t, s_t, c_t)."""
+  xp_t = project_input(p, config, x_t)
   attended = attention.additive_attention_banks(s_prev @ p["Va"], ((keys, states, valid),),
                                                 p["v"])
   attn = config.attn if config.cell is CellType.RNN else 1.0
@@ -356,81 +357,95 @@ def _local_later(config, p, s_prev, c_prev, xp_t, states, keys, valid, newest):
   return h, s, (jnp.zeros_like(h) if c is None else c)
 
 
-def _local_first(config, p, s_init, c_init, xp_0):
-  h, a, c = _cell(p, config, xp_0, s_init, c_init)
+def _local_first(config, p, s_init, c_init, x_0):
+  h, a, c = _cell(p, config, project_input(p, config, x_0), s_init, c_init)
   s = a if config.cell is CellType.RNN else s_init
   return h, s, (jnp.zeros_like(h) if c is None else c)
 
 
-def _attentive_forward(params, config, xp, s_init, c_init):
-  """The plain forward scan; also returns what the custom reverse pass needs."""
-  state = init_state(config, xp.shape[1], s_init, c_init, capacity=xp.shape[0],
-                     dtype=xp.dtype)
-  zero = jnp.zeros((), xp.dtype)
-  state, first = _first_step(params, config, state, xp[0], zero)
+def _attentive_forward(params, config, x, s_init, c_init):
+  """The plain forward scan over time-major inputs ``x`` [t, b, i]; also returns
+  what the custom reverse pass needs: h, s and (LSTM) c of every step
+  [t, b, h], written in place into buffers, and (RSM) the time each attended
+  slot held [t - 1, b, m]. The input projection happens inside the step, so
+  neither it nor its cotangent is ever stored for the whole sequence."""
+  state = init_state(config, x.shape[1], s_init, c_init, capacity=x.shape[0],
+                     dtype=s_init.dtype)
+  zero = jnp.zeros((), s_init.dtype)
+  state, first = _first_step(params, config, state, project_input(params, config, x[0]),
+                             zero)
+  lstm = config.cell is CellType.LSTM
+  shape = x.shape[:2] + (config.hidden,)
+  buffers = [jnp.zeros(shape, s_init.dtype).at[0].set(v)
+             for v in ((first["h"], state.s, state.c) if lstm else (first["h"], state.s))]
 
-  def body(state, xp_t):
+  def body(carry, inputs):
+    state, buffers = carry
+    t, x_t = inputs
     times = rsm.slot_time(state.memory) if config.memory is MemoryType.RELEVANCE else None
-    new, out = _later_step(params, config, state, xp_t, zero)
-    c = jnp.zeros_like(new.s) if new.c is None else new.c
-    return new, (out["h"], new.s, c, times)
+    new, out = _later_step(params, config, state, project_input(params, config, x_t), zero)
+    rows = (out["h"], new.s, new.c) if lstm else (out["h"], new.s)
+    buffers = [b.at[t].set(v) for b, v in zip(buffers, rows)]
+    return (new, buffers), times
 
-  final, (h, s, c, times) = jax.lax.scan(body, state, xp[1:])
-  c0 = jnp.zeros_like(state.s) if state.c is None else state.c
-  cat = lambda a, b: jnp.concatenate([a[None], b])
-  return final, cat(first["h"], h), cat(state.s, s), cat(c0, c), times
+  (final, buffers), times = jax.lax.scan(body, (state, buffers),
+                                         (jnp.arange(1, x.shape[0]), x[1:]))
+  h, s, c = buffers if lstm else (*buffers, None)
+  return final, h, s, c, times
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _attentive_scan(params, config, xp, s_init, c_init):
-  final, h, _, _, _ = _attentive_forward(params, config, xp, s_init, c_init)
+def _attentive_scan(params, config, x, s_init, c_init):
+  final, h, _, _, _ = _attentive_forward(params, config, x, s_init, c_init)
   return h, final
 
 
-def _attentive_scan_fwd(params, config, xp, s_init, c_init):
-  final, h, s, c, times = _attentive_forward(params, config, xp, s_init, c_init)
-  return (h, final), (params, xp, s_init, c_init, h, s, c, times)
+def _attentive_scan_fwd(params, config, x, s_init, c_init):
+  final, h, s, c, times = _attentive_forward(params, config, x, s_init, c_init)
+  return (h, final), (params, x, s_init, c_init, h, s, c, times)
 
 
 def _attentive_scan_bwd(config, residuals, cotangents):
-  params, xp, s_init, c_init, h, s, c, times = residuals
+  params, x, s_init, c_init, h, s, c, times = residuals
   g_h, _ = cotangents  # the final state's cotangent is zero: ``forward`` stops it
   length = h.shape[0]
   ua = params["Ua"]
-  local = {k: params[k] for k in ("V", "W", "mod_b", "Va", "v") if k in params}
+  local = {k: v for k, v in params.items() if k != "Ua"}
   keys_hist = h @ ua  # every key once, as the forward pass cached them
 
   def body(carry, inputs):
     d_hist, d_khist, ds_next, dc_next, dp = carry
-    t, xp_t, g_t, s_prev, c_prev, newest, times_t = inputs
+    t, x_t, g_t, s_prev, c_prev, newest, times_t = inputs
+    c_prev = jnp.zeros_like(s_prev) if c_prev is None else c_prev
     states, valid = _attended(config, h, times_t, t)
     keys, _ = _attended(config, keys_hist, times_t, t)
     _, pullback = jax.vjp(
-        lambda p, sp, cp, x, m, k, n: _local_later(config, p, sp, cp, x, m, k, valid, n),
-        local, s_prev, c_prev, xp_t, states, keys, newest)
+        lambda p, sp, cp, xt, m, k, n: _local_later(config, p, sp, cp, xt, m, k, valid, n),
+        local, s_prev, c_prev, x_t, states, keys, newest)
     dh = g_t + d_hist[t] + d_khist[t] @ ua.T
-    dp_t, ds_prev, dc_prev, dxp_t, d_states, d_keys, d_newest = pullback(
+    dp_t, ds_prev, dc_prev, dx_t, d_states, d_keys, d_newest = pullback(
         (dh, ds_next, dc_next))
     d_hist = _scatter(config, d_hist, d_states, times_t).at[t - 1].add(d_newest)
     d_khist = _scatter(config, d_khist, d_keys, times_t)
     dp = jax.tree_util.tree_map(jnp.add, dp, dp_t)
-    return (d_hist, d_khist, ds_prev, dc_prev, dp), dxp_t
+    return (d_hist, d_khist, ds_prev, dc_prev, dp), dx_t
 
   steps = jnp.arange(1, length)
   times_in = times if times is not None else jnp.zeros((length - 1, 0), jnp.int32)
   zeros = jnp.zeros_like(h[0])
   carry = (jnp.zeros_like(h), jnp.zeros_like(h), zeros, zeros,
            jax.tree_util.tree_map(jnp.zeros_like, local))
-  (d_hist, d_keys, ds_next, dc_next, dp), dxp_later = jax.lax.scan(
-      body, carry, (steps, xp[1:], g_h[1:], s[:-1], c[:-1], h[:-1], times_in), reverse=True)
-  _, pullback = jax.vjp(lambda p, si, ci, x: _local_first(config, p, si, ci, x),
-                        local, s_init, c_init, xp[0])
-  dp0, ds_init, dc_init, dxp0 = pullback((g_h[0] + d_hist[0] + d_keys[0] @ ua.T, ds_next,
-                                          dc_next))
+  (d_hist, d_keys, ds_next, dc_next, dp), dx_later = jax.lax.scan(
+      body, carry,
+      (steps, x[1:], g_h[1:], s[:-1], None if c is None else c[:-1], h[:-1], times_in),
+      reverse=True)
+  _, pullback = jax.vjp(lambda p, si, ci, xt: _local_first(config, p, si, ci, xt),
+                        local, s_init, c_init, x[0])
+  dp0, ds_init, dc_init, dx0 = pullback((g_h[0] + d_hist[0] + d_keys[0] @ ua.T, ds_next,
+                                         dc_next))
   dp = jax.tree_util.tree_map(jnp.add, dp, dp0)
   dp["Ua"] = jnp.einsum("tbh,tbk->hk", h, d_keys)  # d(h_t Ua) summed over every stored t
-  d_params = {k: dp.get(k, jnp.zeros_like(v)) for k, v in params.items()}
-  return d_params, jnp.concatenate([dxp0[None], dxp_later]), ds_init, dc_init
+  return dp, jnp.concatenate([dx0[None], dx_later]), ds_init, dc_init
 
 
 _attentive_scan.defvjp(_attentive_scan_fwd, _attentive_scan_bwd)
@@ -464,18 +479,18 @@ def forward(params: dict, config: ModelConfig, x: Array, state: State | None = N
   if probes is not None and probes.shape != (batch, length, config.hidden):
     raise ValueError(f"probes must have shape {(batch, length, config.hidden)}, "
                      f"got {tuple(probes.shape)}")
-  xp = jnp.swapaxes(project_input(params, config, x), 0, 1)  # [t, b, gates]
-  pr = (jnp.zeros((length, 1, 1), x.dtype) if probes is None
-        else jnp.swapaxes(probes, 0, 1))  # [t, b, h]
   fresh = state is None
   if _uses_custom_vjp(config, fresh, probes) and length > 1:
     zeros = jnp.zeros((batch, config.hidden), x.dtype)
     s_init = zeros if h0 is None else jnp.asarray(h0, x.dtype)
     c_init = zeros if (c0 is None or config.cell is CellType.RNN) else jnp.asarray(c0, x.dtype)
-    h, final = _attentive_scan(dict(params), config, xp, s_init, c_init)
+    h, final = _attentive_scan(dict(params), config, jnp.swapaxes(x, 0, 1), s_init, c_init)
     if config.cell is CellType.RNN:
       final = final._replace(c=None)
     return {"h": jnp.swapaxes(h, 0, 1)}, jax.lax.stop_gradient(final)
+  xp = project_input(params, config, jnp.swapaxes(x, 0, 1))  # [t, b, gates]
+  pr = (jnp.zeros((length, 1, 1), x.dtype) if probes is None
+        else jnp.swapaxes(probes, 0, 1))  # [t, b, h]
   if fresh:
     state = init_state(config, batch, h0, c0, capacity=math.ceil(length / config.k),
                        dtype=x.dtype)

@@ -29,14 +29,14 @@ def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho):
   h0 = jax.random.normal(keys[2], (2, 6))
   c0 = jax.random.normal(keys[3], (2, 6))
 
-  def loss(p, h0, c0, config):
+  def loss(p, x, h0, c0, config):
     out, _ = models.forward(p, config, x, h0=h0, c0=c0)
     return jnp.sum(jnp.sin(out["h"]) * weights)  # a cotangent on every step
 
-  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
-  (value, grads), (value_ref, grads_ref) = grad(params, h0, c0, cfg), grad(params, h0, c0,
-                                                                           plain)
-  np.testing.assert_allclose(value, value_ref, rtol=1e-6)
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=4)
+  (value, grads), (value_ref, grads_ref) = (grad(params, x, h0, c0, cfg),
+                                            grad(params, x, h0, c0, plain))
+  np.testing.assert_allclose(value, value_ref, rtol=1e-5)  # float32 rounding only
   chex.assert_trees_all_close(grads, grads_ref, rtol=2e-5, atol=1e-6)
   assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[0])) > 0
 
@@ -48,8 +48,8 @@ def test_custom_vjp_forward_and_final_state_unchanged(name):
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 9, 3))
   out, final = models.forward(params, cfg, x)
   out_ref, final_ref = models.forward(params, dataclasses.replace(cfg, custom_vjp=False), x)
-  chex.assert_trees_all_close(out, out_ref, rtol=1e-6, atol=1e-7)
-  chex.assert_trees_all_close(final, final_ref, rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(out, out_ref, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(final, final_ref, rtol=1e-5, atol=1e-6)
 
 
 def test_custom_vjp_through_flax_module():
