@@ -71,6 +71,7 @@ def bench_length(length: int) -> list[dict]:
     for n in _MODELS.value:
       med = statistics.median(times[n]) if n in times else None
       records.append({"L": length, "kind": kind, "model": n, "median_s": med,
+                      "min_s": min(times[n]) if n in times else None,
                       "times_s": times.get(n), "peak_gb": timing.peak_gb(built[n][kind][0]),
                       "remat_chunk": built[n]["remat_chunk"],
                       "per_step_us": 1e6 * med / length if med else None,

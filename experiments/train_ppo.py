@@ -155,11 +155,13 @@ def _act(setup: Setup, params, carry: Carry, key) -> tuple[Carry, Step]:
   return carry, step
 
 
-def rollout(setup: Setup, params, carry: Carry, key, steps: int | None = None):
+def rollout(setup: Setup, params, carry: Carry, key, steps: int | None = None,
+            keep_cores: bool = True):
   """``steps`` (default ``frames_per_env``) steps of every environment.
 
   Returns ``(carry, cores, steps)``: ``cores`` is the core state at the start of
-  every half window (what training windows start from), ``steps`` is time-major.
+  every half window (what training windows start from; None unless
+  ``keep_cores``), ``steps`` is time-major.
   """
   half = setup.config.recurrence // 2
   blocks = -(-(steps or setup.config.frames_per_env) // half)
@@ -167,7 +169,7 @@ def rollout(setup: Setup, params, carry: Carry, key, steps: int | None = None):
   def block(carry, block_key):
     def one(carry, k):
       return _act(setup, params, carry, k)
-    start_core = carry.core
+    start_core = carry.core if keep_cores else None
     carry, out = jax.lax.scan(one, carry, jax.random.split(block_key, half))
     return carry, (start_core, out)
 
@@ -282,13 +284,14 @@ def first_episodes(steps: Step) -> dict:
 def make_evaluate(setup: Setup):
   """Scores the policy on ``eval_episodes`` fresh episodes, one per environment,
   each run to its end (the episode limit bounds the rollout), actions sampled."""
-  cfg, n = setup.config, setup.config.eval_episodes
+  n = setup.config.eval_episodes
 
   @jax.jit
   def evaluate(params, key):
     env_key, roll_key = jax.random.split(key)
     carry = initial_carry(setup, env_key, n)
-    _, _, steps = rollout(setup, params, carry, roll_key, setup.env.max_episode_steps)
+    _, _, steps = rollout(setup, params, carry, roll_key, setup.env.max_episode_steps,
+                          keep_cores=False)
     return first_episodes(steps)
 
   def run(params, key) -> dict:

@@ -12,8 +12,10 @@ Environments: gymnax MemoryChain-bsuite (``--memory_length``: how many steps the
 first observation's bit must be kept), and xminigrid MiniGrid-DoorKey-5x5,
 MiniGrid-MemoryS8 / S16 (success: positive reward at the episode's end).
 
-Expected result: see docs/RESULTS.md ("Reinforcement learning") for the
-measured memory lengths and DoorKey success of LSTM and RelLSTM.
+Expected result (measured here, docs/RESULTS.md): with 1M frames, RelLSTM
+keeps >= 95% success on MemoryChain up to memory length 128, the LSTM up to 16
+(94% at 32, chance from 64); both solve DoorKey-5x5 (100% of 256 fresh
+episodes) after about 60k frames; MemoryS8 stays at chance for both in 1M frames.
 
 Commands:
   relscreen-ppo --env=MemoryChain-bsuite --memory_length=30 --model=RelLSTM \\
