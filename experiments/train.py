@@ -70,7 +70,10 @@ def build_model(config: ml_collections.ConfigDict, task: Task, last_only: bool =
       config.model, task.input_size, hidden=config.hidden, phi=config.phi, nu=config.nu,
       rho=config.rho, k=config.k, attn=config.attn if "RNN" in config.model else 1.0,
       r_init=config.r_init, i_init=config.i_init, remat_chunk=config.remat_chunk,
-      diagnostics=diagnostics)
+      diagnostics=diagnostics,
+      # Split over devices, the custom reverse pass's per-row gathers make XLA's
+      # partitioner exchange data at every step; autodiff shards cleanly.
+      custom_vjp=not config.get("data_parallel", False))
   return rs.SequenceModel(model_config, task.num_classes, last_only)
 
 
