@@ -7,6 +7,11 @@ the next, while reward and ``done`` still describe the finished step.
 
   MemoryChain-bsuite         gymnax (bsuite): a bit shown at the start must be
                              given as the action ``memory_length`` steps later.
+                             gymnax 1.0 returns the observation of the state
+                             before each step, so the bit shows in the first two
+                             observations and the query in the last one; the
+                             episode has ``memory_length + 1`` steps and only
+                             the last action is rewarded (+1 or -1).
   MiniGrid-*                 xminigrid (DoorKey-5x5, MemoryS8, MemoryS16, ...).
 
 Success means the episode ended with a positive reward (the right bit; the goal
