@@ -59,8 +59,8 @@ flags.mark_flag_as_required("workdir")
 def bench_length(length: int) -> list[dict]:
   built, records = {}, []
   for name in _MODELS.value:
-    autodiff = name.endswith("@autodiff")
-    chunk = _MEM_REMAT.value if name.startswith("Mem") and autodiff else _REMAT.value
+    base, custom_vjp = timing.parse_model(name)
+    chunk = _MEM_REMAT.value if base.startswith("Mem") and not custom_vjp else _REMAT.value
     built[name] = timing.build(name, length, _BATCH.value, _HIDDEN.value, _NU.value, _RHO.value,
                         chunk)
   for kind in ("train", "forward"):

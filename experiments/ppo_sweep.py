@@ -121,15 +121,8 @@ def sweep(workdir: pathlib.Path):
 
 
 def main(argv):
-  import sys  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  flags_lib.quiet_other_loggers()
-  try:
-    sweep(pathlib.Path(_WORKDIR.value).absolute())
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  flags_lib.run_training(argv, {}, _WORKDIR,
+                         lambda config, workdir: sweep(pathlib.Path(workdir).absolute()))
 
 
 def run():

@@ -95,10 +95,6 @@ def initial_state(core: models.ModelConfig, batch: int, capacity: int) -> models
   return models.init_state(core, batch, capacity=capacity)
 
 
-def log_prob(logits, actions):
-  return jnp.take_along_axis(jax.nn.log_softmax(logits), actions[..., None], axis=-1)[..., 0]
-
-
 def check_capacity(capacity: int, max_episode_steps: int, model: str) -> int:
   """MemLSTM's memory size: the given one, or one episode's worth when 0."""
   if model != "MemLSTM":

@@ -147,7 +147,7 @@ def _act(setup: Setup, params, carry: Carry, key) -> tuple[Carry, Step]:
   env_state, obs, reward, done = jax.vmap(setup.env.step)(
       carry.env, action, jax.random.split(env_key, n))
   ep_return, ep_length = carry.ep_return + reward, carry.ep_length + 1
-  step = Step(carry.obs, carry.reset, action, rl_agent.log_prob(logits, action), value,
+  step = Step(carry.obs, carry.reset, action, ppo.log_prob(logits, action), value,
               reward, done, done & (reward > 0), jnp.where(done, ep_return, 0.0),
               jnp.where(done, ep_length, 0))
   carry = Carry(env_state, obs, core, done, jnp.where(done, 0.0, ep_return),

@@ -196,11 +196,22 @@ def _diagnostics(config, values_time, attended, screened):
   return out
 
 
+def _first_mixed(config, a, s_init):
+  """s_0 (SPEC 2): the pre-activation for RNN cells, h_init for LSTM cells."""
+  return a if config.cell is CellType.RNN else s_init
+
+
+def _mixed(config, newest, context):
+  """s_t = 0.5 (newest stored state + attn * attended context), t >= 1."""
+  attn = config.attn if config.cell is CellType.RNN else 1.0
+  return 0.5 * (newest + attn * context)
+
+
 def _first_step(params, config, state, xp, probe):
   """Step 0 (SPEC 2): no attention. RNN: s_0 = a_0; LSTM: s_0 = h_init."""
   h, a, c = _cell(params, config, xp, state.s, state.c)
   h = h + probe
-  s = a if config.cell is CellType.RNN else state.s
+  s = _first_mixed(config, a, state.s)
   time = _mem_ops(config).slot_time(state.memory)
   memory, screened = _store(params, config, state.memory, h, state.t)
   out = {"h": h}
@@ -218,8 +229,7 @@ def _later_step(params, config, state, xp, probe):
                                                 ops.banks(state.memory), params["v"])
   time = ops.slot_time(state.memory) if config.diagnostics else None
   memory = rsm.accumulate(state.memory, attended.alpha) if ops is rsm else state.memory
-  attn = config.attn if config.cell is CellType.RNN else 1.0
-  s = 0.5 * (ops.newest(memory) + attn * attended.context)
+  s = _mixed(config, ops.newest(memory), attended.context)
   h, _, c = _cell(params, config, xp, s, state.c)
   h = h + probe
   memory, screened = _store(params, config, memory, h, state.t)
@@ -276,9 +286,7 @@ def _step_with_reset(params, config, state, xp, probe, reset):
     return _step(params, config, state, xp, probe)
   # RNN family: step 0 keeps the pre-activation as s_0; pick it per restarted row.
   first_state, first_out = _first_step(params, config, state, xp, probe)
-  later_state, later_out = jax.lax.cond(
-      state.t == 0, lambda *a: _first_step(params, config, *a),
-      lambda *a: _later_step(params, config, *a), state, xp, probe)
+  later_state, later_out = _step(params, config, state, xp, probe)
 
   def pick(a, b):
     if a.ndim == 0:
@@ -351,15 +359,14 @@ def _local_later(config, p, s_prev, c_prev, x_t, states, keys, valid, newest):
   xp_t = project_input(p, config, x_t)
   attended = attention.additive_attention_banks(s_prev @ p["Va"], ((keys, states, valid),),
                                                 p["v"])
-  attn = config.attn if config.cell is CellType.RNN else 1.0
-  s = 0.5 * (newest + attn * attended.context)
+  s = _mixed(config, newest, attended.context)
   h, _, c = _cell(p, config, xp_t, s, c_prev)
   return h, s, (jnp.zeros_like(h) if c is None else c)
 
 
 def _local_first(config, p, s_init, c_init, x_0):
   h, a, c = _cell(p, config, project_input(p, config, x_0), s_init, c_init)
-  s = a if config.cell is CellType.RNN else s_init
+  s = _first_mixed(config, a, s_init)
   return h, s, (jnp.zeros_like(h) if c is None else c)
 
 

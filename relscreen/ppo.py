@@ -41,6 +41,11 @@ def gae(rewards: Array, values: Array, dones: Array, last_value: Array, gamma: f
   return adv, adv + values
 
 
+def log_prob(logits: Array, actions: Array) -> Array:
+  """log pi(action) under the categorical policy with these ``logits``."""
+  return jnp.take_along_axis(jax.nn.log_softmax(logits), actions[..., None], axis=-1)[..., 0]
+
+
 class LossTerms(NamedTuple):
   loss: Array
   policy_loss: Array
@@ -61,15 +66,15 @@ def ppo_loss(logits: Array, values: Array, actions: Array, old_log_probs: Array,
   ``loss = policy_loss - entropy_coef * entropy + value_coef * value_loss``.
   """
   log_p = jax.nn.log_softmax(logits)
-  log_prob = jnp.take_along_axis(log_p, actions[..., None], axis=-1)[..., 0]
+  new_log_probs = log_prob(logits, actions)
   entropy = -jnp.sum(jnp.exp(log_p) * log_p, axis=-1).mean()
-  ratio = jnp.exp(log_prob - old_log_probs)
+  ratio = jnp.exp(new_log_probs - old_log_probs)
   surrogate = jnp.minimum(ratio * advantages,
                           jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages)
   policy_loss = -surrogate.mean()
   clipped = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
   value_loss = jnp.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
   loss = policy_loss - entropy_coef * entropy + value_coef * value_loss
-  approx_kl = (old_log_probs - log_prob).mean()
+  approx_kl = (old_log_probs - new_log_probs).mean()
   clip_fraction = (jnp.abs(ratio - 1.0) > clip_eps).mean()
   return LossTerms(loss, policy_loss, value_loss, entropy, approx_kl, clip_fraction)
