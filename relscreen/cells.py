@@ -78,7 +78,11 @@ def lstm_step(params: dict, xp: Array, s: Array, c: Array) -> tuple[Array, Array
     ``(h, c)``, both [b, h].
   """
   hidden = s.shape[-1]
-  gates = xp + s @ params["W"][:hidden]  # [b, 4h]
+  return lstm_gating(xp + s @ params["W"][:hidden], c)  # gates [b, 4h]
+
+
+def lstm_gating(gates: Array, c: Array) -> tuple[Array, Array]:
+  """The LSTM update from its gate pre-activations [b, 4h] (f, i, o, g): ``(h, c)``."""
   f, i, o, g = jnp.split(gates, 4, axis=-1)
   c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
   return jax.nn.sigmoid(o) * jnp.tanh(c), c

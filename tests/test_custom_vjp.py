@@ -12,17 +12,21 @@ import relscreen as rs
 from relscreen import models
 
 
-@pytest.mark.parametrize("name, phi, nu, rho", [
-    ("RelRNN", "tanh", 2, 3), ("RelLSTM", "tanh", 2, 3), ("MemRNN", "tanh", 2, 3),
-    ("MemLSTM", "tanh", 2, 3), ("RelRNN", "modrelu", 3, 1), ("MemRNN", "relu", 2, 3),
-    ("RelRNN", "tanh", 1, 12),  # R never fills: every slot screened in unconditionally
+@pytest.mark.parametrize("name, phi, nu, rho, block", [
+    ("RelRNN", "tanh", 2, 3, 64), ("RelLSTM", "tanh", 2, 3, 64), ("MemRNN", "tanh", 2, 3, 64),
+    ("MemLSTM", "tanh", 2, 3, 64), ("RelRNN", "modrelu", 3, 1, 64), ("MemRNN", "relu", 2, 3, 64),
+    ("RelRNN", "tanh", 1, 12, 64),  # R never fills: every slot screened in unconditionally
+    # Blocks of 3 reverse steps: 10 steps = a short block of 1, then 3 whole ones.
+    ("RelRNN", "tanh", 2, 2, 3), ("RelLSTM", "tanh", 2, 2, 3), ("MemRNN", "tanh", 2, 3, 3),
 ])
-def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho):
+def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho, block, monkeypatch):
+  monkeypatch.setattr(models, "_reverse_chunk_size", lambda steps: min(block, steps))
   kw = {"phi": phi} if "RNN" in name else {}
   cfg = rs.model_config(name, 3, hidden=6, nu=nu, rho=rho, **kw)
   plain = dataclasses.replace(cfg, custom_vjp=False)
   assert models._uses_custom_vjp(cfg, True, None)  # pylint: disable=protected-access
-  params = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((2, 4, 3)))["params"]
+  params = dict(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((2, 4, 3)))["params"])
+  params["v"] = 4.0 * params["v"]  # peaked attention: some late states outscore R's weakest
   keys = jax.random.split(jax.random.PRNGKey(1), 4)
   x = jax.random.normal(keys[0], (2, 11, 3))
   weights = jax.random.normal(keys[1], (2, 11, 6))
@@ -33,6 +37,11 @@ def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho):
     out, _ = models.forward(p, config, x, h0=h0, c0=c0)
     return jnp.sum(jnp.sin(out["h"]) * weights)  # a cotangent on every step
 
+  if cfg.memory is rs.MemoryType.RELEVANCE and rho < 12:
+    # The reverse pass must undo screening writes that evicted a state from R.
+    _, _, _, _, (slot, evicted) = models._attentive_forward(  # pylint: disable=protected-access
+        params, cfg, jnp.swapaxes(x, 0, 1), h0, c0)
+    assert bool(jnp.any((slot >= 0) & (evicted >= 0)))
   grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=4)
   (value, grads), (value_ref, grads_ref) = (grad(params, x, h0, c0, cfg),
                                             grad(params, x, h0, c0, plain))
