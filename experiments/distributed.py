@@ -3,8 +3,8 @@
 Start one process per host (here: two on localhost), each with the same flags
 except ``--process_id``. Every process joins the coordinator, the batch is split
 over the devices of all processes (``relscreen.parallel``: parameters
-replicated, gradients all-reduced by XLA) and every process runs the same
-jitted update. At the end each process recomputes the same updates alone, on
+replicated, each device's gradients averaged in one all-reduce) and every
+process runs the same jitted update. At the end each process recomputes the same updates alone, on
 its own first device, and reports the largest difference between the two sets
 of parameters: the multi-process run is the single-device run.
 
@@ -27,7 +27,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator", "localhost:12355",
                                    "host:port of process 0's coordination service")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "processes taking part")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's rank, 0-based")
-_MODEL = flags.DEFINE_string("model", "RelRNN", "registered model")
+_MODEL = flags.DEFINE_string("model", "RelRNN", "registered model; RelRNN@autodiff "
+                             "differentiates through the scan instead of the custom pass")
 _T = flags.DEFINE_integer("T", 100, "copy-task delay")
 _STEPS = flags.DEFINE_integer("steps", 200, "training updates")
 _BATCH = flags.DEFINE_integer("batch", 10, "global batch (split over all devices)")
@@ -42,15 +43,14 @@ def train(mesh=None):
   """``steps`` updates of the copy task; returns (params, list of losses)."""
   import jax  # pylint: disable=g-import-not-at-top
   import relscreen as rs  # pylint: disable=g-import-not-at-top
+  from experiments import timing  # pylint: disable=g-import-not-at-top
   from experiments import train as train_lib  # pylint: disable=g-import-not-at-top
   from relscreen import parallel  # pylint: disable=g-import-not-at-top
 
   task = rs.CopyTask(_T.value)
-  # Autodiff through the scan, in both runs: sharded, the custom reverse pass's
-  # per-row gathers would make XLA exchange data at every step (BUILD.md).
-  model = rs.SequenceModel(rs.model_config(_MODEL.value, task.input_size,
-                                           hidden=_HIDDEN.value, custom_vjp=False),
-                           task.num_classes)
+  name, custom_vjp = timing.parse_model(_MODEL.value)
+  model = rs.SequenceModel(rs.model_config(name, task.input_size, hidden=_HIDDEN.value,
+                                           custom_vjp=custom_vjp), task.num_classes)
   key = jax.random.PRNGKey(_SEED.value)
   params = model.init(key, task.batch(key, 1).x)["params"]
   optimizer = rs.make_optimizer("rmsprop", 1e-3, clip=1.0)
@@ -63,9 +63,12 @@ def train(mesh=None):
   for i in range(1, _STEPS.value + 1):
     state, loss, (acc, _) = step(state, jax.random.fold_in(key, i))
     losses.append(float(loss))
+    if i == 1:
+      start = time.perf_counter()  # after compilation
     if mesh is not None and (i % _LOG_EVERY.value == 0 or i == _STEPS.value):
-      logging.info("update %d/%d | loss %.4f | accuracy %.1f%% | %.1f updates/s", i,
-                   _STEPS.value, loss, 100 * float(acc), i / (time.perf_counter() - start))
+      logging.info("update %d/%d | loss %.4f | accuracy %.1f%% | %.1f ms per update "
+                   "since the first", i, _STEPS.value, loss, 100 * float(acc),
+                   1e3 * (time.perf_counter() - start) / max(i - 1, 1))
   return jax.device_get(state.params), losses
 
 

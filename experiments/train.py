@@ -70,10 +70,7 @@ def build_model(config: ml_collections.ConfigDict, task: Task, last_only: bool =
       config.model, task.input_size, hidden=config.hidden, phi=config.phi, nu=config.nu,
       rho=config.rho, k=config.k, attn=config.attn if "RNN" in config.model else 1.0,
       r_init=config.r_init, i_init=config.i_init, remat_chunk=config.remat_chunk,
-      diagnostics=diagnostics,
-      # Split over devices, the custom reverse pass's per-row gathers make XLA's
-      # partitioner exchange data at every step; autodiff shards cleanly.
-      custom_vjp=not config.get("data_parallel", False))
+      diagnostics=diagnostics)
   return rs.SequenceModel(model_config, task.num_classes, last_only)
 
 
@@ -87,12 +84,15 @@ def make_loss_fn(model, task) -> Callable:
 
 def make_train_step(model, task, optimizer, batch_size: int, mesh=None):
   """The jitted update. With a ``mesh``, each batch is split over its devices
-  (data parallelism; the state must be replicated on the mesh)."""
+  (data parallelism; the state must be replicated on the mesh): every device
+  computes the gradients of its part, then they are averaged."""
   loss_fn = make_loss_fn(model, task)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if mesh is not None:
+    grad_fn = rs_parallel.data_parallel(grad_fn, mesh)
 
   @jax.jit
   def train_step(state: TrainState, key):
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     batch = task.batch(key, batch_size)
     if mesh is not None:
       batch = rs_parallel.constrain_batch(batch, mesh)
