@@ -117,21 +117,33 @@ def main(argv):
       sys.exit(f"error: --models: {e}")
   if any(v <= 20 for v in lengths):
     sys.exit("error: --lengths must be > 20")
+  try:
+    stream_batches = [int(v) for v in _STREAM.value]
+  except ValueError:
+    sys.exit(f"error: --streaming_batches must be integers, got {_STREAM.value}")
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
-  records = [r for length in lengths for r in bench_length(length)]
-  stream = []
-  for b in (int(v) for v in _STREAM.value):
-    for name in _MODELS.value:
+  records, stream = [], []
+
+  def save():  # after every length: a later failure loses nothing measured
+    meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,
+            "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value,
+            "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    (workdir / "benchmark.json").write_text(json.dumps(
+        {"meta": meta, "records": records, "streaming": stream}, indent=2) + "\n")
+
+  for length in lengths:
+    records.extend(bench_length(length))
+    save()
+  plot(records, workdir / "benchmark.png")
+  # Streaming has no reverse pass: Model@autodiff streams as Model.
+  streamed = dict.fromkeys(timing.parse_model(n)[0] for n in _MODELS.value)
+  for b in stream_batches:
+    for name in streamed:
       stream.append(timing.streaming(name, b, _HIDDEN.value, _NU.value, _RHO.value))
       logging.info("streaming %-7s batch %4d: %.0f us per step, %.0f stream-steps/s", name,
                    b, stream[-1]["median_step_us"], stream[-1]["stream_steps_per_s"])
-  meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,
-          "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value,
-          "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-  (workdir / "benchmark.json").write_text(json.dumps(
-      {"meta": meta, "records": records, "streaming": stream}, indent=2) + "\n")
-  plot(records, workdir / "benchmark.png")
+  save()
 
 
 def run():
