@@ -416,20 +416,22 @@ class _RelevanceReverse:
   """RSM bookkeeping of the reverse pass: the memory and its slots' cotangents are
   carried backwards from the final memory, undoing one store per step.
 
-  Attention does not depend on the order of the slots, so the reverse pass keeps S
-  as a ring (h_t in slot t mod nu): undoing a store rewrites one slot instead of
-  shifting the buffer. The newest state enters the step on its own (``newest``),
-  so its cotangent needs no slot either."""
+  Attention does not depend on the order of the slots, so the reverse pass keeps
+  S and R as one bank (S in slots [0, nu), R after it), attended in one piece,
+  and S as a ring (h_t in slot t mod nu): undoing a store rewrites one S slot
+  and, where screening wrote one, one R slot; nothing shifts or concatenates.
+  The newest state enters the step on its own (``newest``), so its cotangent
+  needs no slot either."""
+
+  segments = 1
 
   def __init__(self, config, h, ua, memory):
     self.nu, self.h, self.ua = config.nu, h, ua
     ring = functools.partial(jnp.roll, shift=h.shape[0] % config.nu, axis=1)
-    self.initial = ((ring(memory.s_vals), ring(memory.s_keys), ring(memory.s_time),
-                     memory.r_vals, memory.r_keys, memory.r_time),
-                    tuple(jnp.zeros_like(a) for a in (memory.s_vals, memory.s_keys,
-                                                      memory.r_vals, memory.r_keys)))
-
-  segments = 1
+    bank = [jnp.concatenate([ring(a), b], axis=1) for a, b in (
+        (memory.s_vals, memory.r_vals), (memory.s_keys, memory.r_keys),
+        (memory.s_time, memory.r_time))]
+    self.initial = (*bank, jnp.zeros_like(bank[0]), jnp.zeros_like(bank[1]))
 
   def prefix(self, size: int) -> "_RelevanceReverse":
     del size  # the memory has nu + rho slots whatever the step
@@ -448,38 +450,42 @@ class _RelevanceReverse:
   def pop(self, carry, t):
     """The cotangents of h_t as a value and as a key, summed over its uses as a
     slot: after step t's store, h_t is in S's slot t mod nu."""
-    _, (ds_vals, ds_keys, _, _) = carry
+    _, _, _, d_vals, d_keys = carry
     j = t % self.nu
-    return ds_vals[:, j], ds_keys[:, j]
+    return d_vals[:, j], d_keys[:, j]
 
   def attended(self, carry, t, admitted, rows):
     """Undoes step t's store: S's slot t mod nu gets back the state that left S,
     and the R slot that screening wrote gets back the state it had evicted. The
     written slot's cotangent belongs to the state that left S and moves with it;
-    the evicted state's so far is zero. Returns the banks step t attended to (as
-    ``_local_mix`` takes them), their masks and the carry."""
-    (s_vals, s_keys, s_time, r_vals, r_keys, r_time), (ds_vals, ds_keys, dr_vals,
-                                                       dr_keys) = carry
+    the evicted state's so far is zero. Returns the bank step t attended to (as
+    ``_local_mix`` takes it), its mask and the carry."""
+    vals, keys, time, d_vals, d_keys = carry
     back, back_key, put_back, put_back_key = rows
     slot, evicted = admitted
     j = t % self.nu
-    write = (jnp.arange(r_time.shape[1])[None, :] == slot[:, None])[..., None]  # [b, rho, 1]
-    moved = [jnp.sum(jnp.where(write, d, 0.0), axis=1) for d in (dr_vals, dr_keys)]
-    put = lambda a, row: a.at[:, j].set(row)
-    bank = (put(s_vals, back), put(s_keys, back_key),
-            put(s_time, jnp.full(s_time.shape[:1], t - self.nu, s_time.dtype)),
-            jnp.where(write, put_back[:, None], r_vals),
-            jnp.where(write, put_back_key[:, None], r_keys),
-            jnp.where(write[..., 0], evicted[:, None], r_time))
-    d_bank = (put(ds_vals, moved[0]), put(ds_keys, moved[1]),
-              jnp.where(write, 0.0, dr_vals), jnp.where(write, 0.0, dr_keys))
-    kv = ((bank[1], bank[0]), (bank[4], bank[3]))
-    return kv, (bank[2] >= 0, bank[5] >= 0), (bank, d_bank)
+    slots = jnp.arange(time.shape[1])[None, :]
+    write = slots == jnp.where(slot >= 0, self.nu + slot, -1)[:, None]  # [b, nu + rho]
+    ring = slots == j
+    rows_mask = write[..., None]
+
+    def undo(a, in_r, in_s):
+      # Selects only (no in-place slot update): XLA fuses them into one loop.
+      if a.ndim == 2:
+        return jnp.where(ring, in_s[:, None], jnp.where(write, in_r, a))
+      return jnp.where(ring[..., None], in_s[:, None], jnp.where(rows_mask, in_r, a))
+
+    moved = [jnp.sum(jnp.where(rows_mask, d, 0.0), axis=1) for d in (d_vals, d_keys)]
+    vals = undo(vals, put_back[:, None], back)
+    keys = undo(keys, put_back_key[:, None], back_key)
+    time = undo(time, evicted[:, None], jnp.full(time.shape[:1], t - self.nu, time.dtype))
+    d_vals, d_keys = undo(d_vals, 0.0, moved[0]), undo(d_keys, 0.0, moved[1])
+    return ((keys, vals),), (time >= 0,), (vals, keys, time, d_vals, d_keys)
 
   def add(self, carry, d_kv):
-    bank, (ds_vals, ds_keys, dr_vals, dr_keys) = carry
-    ((dsk, dsv), (drk, drv)) = d_kv
-    return bank, (ds_vals + dsv, ds_keys + dsk, dr_vals + drv, dr_keys + drk)
+    vals, keys, time, d_vals, d_keys = carry
+    ((dk, dv),) = d_kv
+    return vals, keys, time, d_vals + dv, d_keys + dk
 
 
 class _FullReverse:
