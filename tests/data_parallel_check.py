@@ -1,5 +1,6 @@
 """Run in a fresh process with 8 emulated CPU devices (see test_data_parallel.py):
-the sharded loss, gradients and training updates equal the single-device ones."""
+the data-parallel loss, gradients and training updates (each device's part of
+the batch through the custom reverse pass) equal the single-device ones."""
 
 import os
 import re
@@ -19,46 +20,40 @@ def main():
   assert len(jax.devices()) == 8, jax.devices()
   mesh = parallel.batch_mesh()
   task = rs.CopyTask(6)
-  for name in ("RelRNN",):  # the attentive path; plain cells shard the same way
-    cfg = rs.model_config(name, task.input_size, hidden=16, nu=3, rho=2)
-    model = rs.SequenceModel(cfg, task.num_classes)
-    batch = task.batch(jax.random.PRNGKey(0), 16)
-    params = model.init(jax.random.PRNGKey(1), batch.x)["params"]
-    loss_fn = jax.jit(jax.value_and_grad(train.make_loss_fn(model, task), has_aux=True))
-    (loss1, _), grads1 = loss_fn(params, batch)
-    sharded = parallel.shard_batch(batch, mesh)
-    assert len(sharded.x.sharding.device_set) == 8
-    (loss8, _), grads8 = loss_fn(parallel.replicate(params, mesh), sharded)
-    np.testing.assert_allclose(loss8, loss1, rtol=1e-6)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
-                                                                   atol=1e-7),
-                           grads8, grads1)
-    # Each device's part through the custom reverse pass, averaged once.
-    split = jax.jit(parallel.data_parallel(
-        jax.value_and_grad(train.make_loss_fn(model, task), has_aux=True), mesh))
-    (loss8, _), grads8 = split(parallel.replicate(params, mesh), sharded)
-    np.testing.assert_allclose(loss8, loss1, rtol=1e-6)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
-                                                                   atol=1e-7),
-                           grads8, grads1)
-    # Three training updates with the batch made inside jit and split there.
-    opt = rs.make_optimizer("rmsprop", 1e-3)
-    state = train.TrainState(params, opt.init(params))
-    one = train.make_train_step(model, task, opt, 16)
-    eight = train.make_train_step(model, task, opt, 16, mesh)
-    hlo = eight.lower(parallel.replicate(state, mesh), jax.random.PRNGKey(0)).compile().as_text()
-    # The devices exchange only the averaged outputs: one all-reduce, nothing else.
-    collectives = re.findall(
-        r" (all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)[-a-z]*\(", hlo)
-    assert collectives == ["all-reduce"], collectives
-    s1, s8 = state, parallel.replicate(state, mesh)
-    for i in range(3):
-      s1, l1, _ = one(s1, jax.random.PRNGKey(i))
-      s8, l8, _ = eight(s8, jax.random.PRNGKey(i))
-      np.testing.assert_allclose(l8, l1, rtol=1e-5)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-                                                                   atol=1e-6),
-                           s8.params, s1.params)
+  cfg = rs.model_config("RelRNN", task.input_size, hidden=16, nu=3, rho=2)
+  model = rs.SequenceModel(cfg, task.num_classes)
+  batch = task.batch(jax.random.PRNGKey(0), 16)
+  params = model.init(jax.random.PRNGKey(1), batch.x)["params"]
+  grad_fn = jax.value_and_grad(train.make_loss_fn(model, task), has_aux=True)
+  (loss1, _), grads1 = jax.jit(grad_fn)(params, batch)
+  sharded = parallel.shard_batch(batch, mesh)
+  assert len(sharded.x.sharding.device_set) == 8
+  # Each device's part through the custom reverse pass, averaged once.
+  split = jax.jit(parallel.data_parallel(grad_fn, mesh))
+  (loss8, _), grads8 = split(parallel.replicate(params, mesh), sharded)
+  np.testing.assert_allclose(loss8, loss1, rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5,
+                                                                 atol=1e-7),
+                         grads8, grads1)
+  # Three training updates with the batch made inside jit and split there.
+  opt = rs.make_optimizer("rmsprop", 1e-3)
+  state = train.TrainState(params, opt.init(params))
+  one = train.make_train_step(model, task, opt, 16)
+  s1, s8 = state, parallel.replicate(state, mesh)
+  eight = train.make_train_step(model, task, opt, 16, mesh).lower(
+      s8, jax.random.PRNGKey(0)).compile()
+  # The devices exchange only the averaged outputs: one all-reduce, nothing else.
+  collectives = re.findall(
+      r" (all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)[-a-z]*\(",
+      eight.as_text())
+  assert collectives == ["all-reduce"], collectives
+  for i in range(3):
+    s1, l1, _ = one(s1, jax.random.PRNGKey(i))
+    s8, l8, _ = eight(s8, jax.random.PRNGKey(i))
+    np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                                 atol=1e-6),
+                         s8.params, s1.params)
   print("data parallel ok")
 
 
