@@ -136,10 +136,8 @@ def main(argv):
     records.extend(bench_length(length))
     save()
   plot(records, workdir / "benchmark.png")
-  # Streaming has no reverse pass: Model@autodiff streams as Model.
-  streamed = dict.fromkeys(timing.parse_model(n)[0] for n in _MODELS.value)
   for b in stream_batches:
-    for name in streamed:
+    for name in timing.streamed_models(_MODELS.value):
       stream.append(timing.streaming(name, b, _HIDDEN.value, _NU.value, _RHO.value))
       logging.info("streaming %-7s batch %4d: %.0f us per step, %.0f stream-steps/s", name,
                    b, stream[-1]["median_step_us"], stream[-1]["stream_steps_per_s"])

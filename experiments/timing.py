@@ -19,6 +19,12 @@ def parse_model(spec: str) -> tuple[str, bool]:
   return name, variant != "autodiff"
 
 
+def streamed_models(specs) -> list[str]:
+  """The registry names to stream for model specs: the streaming step has no
+  reverse pass, so ``Model@autodiff`` streams as ``Model`` (once)."""
+  return list(dict.fromkeys(parse_model(spec)[0] for spec in specs))
+
+
 def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
           remat_chunk: int) -> dict:
   """Compiled (train step, forward) for one model and length, with their inputs."""
