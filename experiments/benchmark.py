@@ -16,10 +16,11 @@ saves it at every step (O(L^2 B H)), so ``@autodiff`` Mem models run with
 Configurations whose plan exceeds ``--max_gb`` are reported but not run.
 ``max_rss_gb`` in benchmark.json is the process's peak resident memory.
 
-Command (the issue-2 measurement, see docs/RESULTS.md):
-  relscreen-benchmark --models=RNN,RelRNN,MemRNN,LSTM,RelLSTM --lengths=1020 \
-      --workdir=runs/bench_L1020
-With ``--streaming_batches=1,256`` it also times the jitted streaming ``step``
+Command (the issue-5 measurement, see docs/RESULTS.md):
+  relscreen-benchmark --models=RNN,RelRNN,RelRNN@autodiff,LSTM,RelLSTM,RelLSTM@autodiff,MemRNN \
+      --lengths=1020 --repeats=11 --streaming_batches=1,256 --workdir=runs/bench_L1020
+Expect RelRNN at 3-4x the RNN's step and RelLSTM at 1.3-1.7x the LSTM's on a
+2-core CPU. ``--streaming_batches`` also times the jitted streaming ``step``
 (median latency per step, and stream-steps per second over the batch).
 Writes benchmark.json and benchmark.png to --workdir.
 """
