@@ -84,21 +84,33 @@ def bench_length(length: int) -> list[dict]:
   return records
 
 
-def plot(records, path):
+def plot(records, models, meta, path):
+  """Train-step time and memory plan against L; one bar per model for one L."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  train = [r for r in records if r["kind"] == "train"]
+  lengths = sorted({r["L"] for r in train})
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
   for ax, key, label in ((axes[0], "median_s", "train step (s)"),
                          (axes[1], "peak_gb", "train step memory plan (GiB)")):
-    for name in _MODELS.value:
-      rows = [r for r in records if r["model"] == name and r["kind"] == "train"
-              and r[key] is not None]
+    if len(lengths) == 1:
+      rows = [next(r for r in train if r["model"] == name) for name in models]
+      values = [r[key] or 0.0 for r in rows]
+      bars = ax.barh(range(len(rows)), values)
+      ax.bar_label(bars, [f"{v * 1e3:.0f} ms" if key == "median_s" else f"{v * 1024:.0f} MB"
+                          for v in values], padding=2)
+      ax.set(yticks=range(len(rows)), yticklabels=models, xlabel=label,
+             title=f"L = {lengths[0]}", xlim=(0, 1.25 * max(values)))
+      ax.invert_yaxis()
+      continue
+    for name in models:
+      rows = [r for r in train if r["model"] == name and r[key] is not None]
       ax.plot([r["L"] for r in rows], [r[key] for r in rows], "o-", label=name)
     ax.set(xscale="log", yscale="log", xlabel="sequence length L", ylabel=label)
-  axes[0].legend()
-  fig.suptitle(f"B={_BATCH.value}, H={_HIDDEN.value}, nu={_NU.value}, rho={_RHO.value}, "
-               f"{jax.devices()[0].platform}")
+    ax.legend()
+  fig.suptitle(f"B={meta['batch']}, H={meta['hidden']}, nu={meta['nu']}, rho={meta['rho']}, "
+               f"{meta['device']}")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -126,17 +138,18 @@ def main(argv):
   workdir.mkdir(parents=True, exist_ok=True)
   records, stream = [], []
 
+  meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,
+          "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value}
+
   def save():  # after every length: a later failure loses nothing measured
-    meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,
-            "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value,
-            "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    meta["max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     (workdir / "benchmark.json").write_text(json.dumps(
         {"meta": meta, "records": records, "streaming": stream}, indent=2) + "\n")
 
   for length in lengths:
     records.extend(bench_length(length))
     save()
-  plot(records, workdir / "benchmark.png")
+  plot(records, _MODELS.value, meta, workdir / "benchmark.png")
   for b in stream_batches:
     for name in timing.streamed_models(_MODELS.value):
       stream.append(timing.streaming(name, b, _HIDDEN.value, _NU.value, _RHO.value))
