@@ -8,6 +8,7 @@ A model is a ``ModelConfig`` (static) plus a flat ``params`` dict:
 two give the same outputs by construction (and the tests check it).
 """
 
+import copy
 import dataclasses
 import enum
 import functools
@@ -331,13 +332,13 @@ def step(params: dict, config: ModelConfig, state: State, x_t: Array,
 # step's own inputs (previous mixed state, cell, attended banks).
 #
 # RSM: the reverse pass carries the memory backwards from its final state, undoing
-# each store (S shifts back and gets the state that left it; a relevant-set write
-# is undone by putting back the state it evicted) together with the slots'
-# cotangents. A state's cotangent moves with it from R back to S, and is complete
-# when the reverse pass reaches the step that stored it: S's newest slot then holds
-# dL/dh_t. No buffer indexed by time, no gather beyond one row per batch row.
-# Full memory: the attended bank is h itself; slot cotangents go to a dH buffer.
-# Memory O(t b h) for both.
+# each store (S gets back the state that left it; a relevant-set write is undone
+# by putting back the state it evicted) together with the slots' cotangents. A
+# state's cotangent moves with it from R back to S, and is complete when the
+# reverse pass reaches the step that stored it: S's slot for h_t then holds
+# dL/dh_t. No buffer indexed by time; the states put back are gathered once per
+# block of steps (``_RelevanceReverse``). Full memory: the attended bank is h
+# itself; slot cotangents go to a dH buffer (``_FullReverse``). Memory O(t b h).
 
 
 def _local_mix(config, v, q, kv, valid, newest):
@@ -497,7 +498,7 @@ class _FullReverse:
 
   segments = 4  # stretches of the reverse pass with their own bank size
 
-  def __init__(self, config, h, ua, memory, size=None):
+  def __init__(self, config, h, ua, memory):
     del config, memory
     self.hist = jnp.swapaxes(h, 0, 1)  # [b, t, h]
     self.keys = self.hist @ ua  # every key once, as the forward pass cached them
@@ -506,8 +507,7 @@ class _FullReverse:
 
   def prefix(self, size: int) -> "_FullReverse":
     """The same bookkeeping over the first ``size`` slots only."""
-    view = object.__new__(_FullReverse)
-    view.hist, view.keys, view.initial = self.hist, self.keys, self.initial
+    view = copy.copy(self)
     view.size = size
     return view
 
