@@ -4,9 +4,10 @@ Start one process per host (here: two on localhost), each with the same flags
 except ``--process_id``. Every process joins the coordinator, the batch is split
 over the devices of all processes (``relscreen.parallel``: parameters
 replicated, each device's gradients averaged in one all-reduce) and every
-process runs the same jitted update. At the end each process recomputes the same updates alone, on
-its own first device, and reports the largest difference between the two sets
-of parameters: the multi-process run is the single-device run.
+process runs the same jitted update. At the end each process recomputes the
+same updates alone, on its own first device, and reports the largest difference
+between the two sets of parameters: the multi-process run is the single-device
+run.
 
   relscreen-distributed --process_id=0 --num_processes=2 \\
       --coordinator=localhost:12355 --steps=200 &
@@ -59,7 +60,7 @@ def train(mesh=None):
     parallel.check_divisible(_BATCH.value, mesh, "--batch")
     state = parallel.replicate(state, mesh)
   step = train_lib.make_train_step(model, task, optimizer, _BATCH.value, mesh)
-  losses, start = [], time.perf_counter()
+  losses = []
   for i in range(1, _STEPS.value + 1):
     state, loss, (acc, _) = step(state, jax.random.fold_in(key, i))
     losses.append(float(loss))
