@@ -250,14 +250,64 @@ def _step(params, config, state, xp, probe):
                       lambda *a: _later_step(params, config, *a), state, xp, probe)
 
 
+_FLOATS = (jnp.float32, jnp.float64)
+
+
+def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """The shape of every parameter ``config`` needs (see the module docstring)."""
+  h, i = config.hidden, config.input_size
+  if config.cell is CellType.RNN:
+    shapes = {"U": (i, h), "b": (h,), "V": (h, h)}
+    if config.phi is Phi.MODRELU:
+      shapes["mod_b"] = (h,)
+  else:
+    shapes = {"W": (h + i, 4 * h), "b": (4 * h,)}
+  if config.attentive:
+    shapes.update(Ua=(h, h), Va=(h, h), v=(h,))
+  return shapes
+
+
+def _check_params(config: ModelConfig, params):
+  """Names the first missing or misshapen parameter instead of a jax TypeError."""
+  for key, shape in param_shapes(config).items():
+    if key not in params:
+      raise ValueError(f"params has no {key!r}, which {config.name} needs "
+                       f"(expected keys: {', '.join(param_shapes(config))})")
+    got = tuple(jnp.shape(params[key]))
+    if got != shape:
+      raise ValueError(f"params[{key!r}] has shape {got}, but {config.name} with "
+                       f"hidden={config.hidden}, input_size={config.input_size} needs "
+                       f"{shape}")
+
+
 def _check_input(config: ModelConfig, x: Array, ndim: int, what: str):
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"{what} must be floating point (one-hot or features), got "
                      f"{x.dtype}; embed integer tokens first")
+  if x.dtype not in _FLOATS:
+    raise ValueError(f"{what} has dtype {x.dtype}; relscreen computes in float32 or "
+                     f"float64 (the screening scores need their precision): cast {what} "
+                     "first")
   if x.ndim != ndim or x.shape[-1] != config.input_size:
     want = "[batch, time, input]" if ndim == 3 else "[batch, input]"
     raise ValueError(f"{what} must have shape {want} with input={config.input_size} "
                      f"for {config.name}; got shape {tuple(x.shape)}")
+  if ndim == 3 and x.shape[1] == 0:
+    raise ValueError(f"{what} has no time steps (shape {tuple(x.shape)}); pass at least one")
+
+
+def _check_state(config: ModelConfig, state: State, x: Array, what: str):
+  """The state must match the input's batch and dtype and the config's width."""
+  s = state.s
+  if s.ndim != 2 or s.shape[1] != config.hidden:
+    raise ValueError(f"state.s has shape {tuple(s.shape)}, but {config.name} has "
+                     f"hidden={config.hidden}: the state was made for another model")
+  if s.shape[0] != x.shape[0]:
+    raise ValueError(f"state holds {s.shape[0]} rows but {what} has batch {x.shape[0]}; "
+                     f"make the state with init_state(config, batch={x.shape[0]})")
+  if s.dtype != x.dtype:
+    raise ValueError(f"state has dtype {s.dtype} but {what} has {x.dtype}; make the "
+                     f"state with init_state(..., dtype={x.dtype}) or cast {what}")
 
 
 def reset_rows(config: ModelConfig, state: State, reset: Array) -> State:
@@ -310,6 +360,8 @@ def step(params: dict, config: ModelConfig, state: State, x_t: Array,
   ``{"h": [b, h]}`` plus the diagnostics when ``config.diagnostics``.
   """
   _check_input(config, x_t, 2, "x_t")
+  _check_params(config, params)
+  _check_state(config, state, x_t, "x_t")
   probe = jnp.zeros((), x_t.dtype) if probe is None else probe
   xp = project_input(params, config, x_t)
   if reset is None:
@@ -661,6 +713,9 @@ def forward(params: dict, config: ModelConfig, x: Array, state: State | None = N
     when on, are batch-major [b, t, ...] too.
   """
   _check_input(config, x, 3, "x")
+  _check_params(config, params)
+  if state is not None:
+    _check_state(config, state, x, "x")
   batch, length = x.shape[:2]
   if probes is not None and probes.shape != (batch, length, config.hidden):
     raise ValueError(f"probes must have shape {(batch, length, config.hidden)}, "

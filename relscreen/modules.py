@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from relscreen import initializers as inits
 from relscreen import models
@@ -78,21 +79,30 @@ class SequenceModel(nn.Module):
 class RelevanceCell(nn.RNNCellBase):
   """Any registered model as a Flax recurrent cell, for ``flax.linen.RNN``.
 
-  The carry is a ``models.State``; RelRNN/RelLSTM carries have a fixed size.
-  MemRNN/MemLSTM need ``capacity`` (how many states to keep).
+  The carry is a ``models.State`` whose step counter ``t`` has one entry per
+  batch row (all equal), so every leaf has the batch axis first: ``nn.RNN``'s
+  ``seq_lengths``, ``return_carry`` and ``nn.Bidirectional`` slice carries per
+  row. RelRNN/RelLSTM carries have a fixed size; MemRNN/MemLSTM need
+  ``capacity`` (how many states to keep). ``dtype`` is the carry's float type
+  (the inputs' dtype).
   """
 
   config: ModelConfig
   capacity: int | None = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, carry, x):
-    carry, out = RecurrentCore(self.config, name="core").step(carry, x)
-    return carry, out["h"]
+    t = carry.t
+    state = carry._replace(t=t[0] if jnp.ndim(t) else t)
+    state, out = RecurrentCore(self.config, name="core").step(state, x)
+    return state._replace(t=jnp.broadcast_to(state.t, jnp.shape(t))), out["h"]
 
   def initialize_carry(self, rng, input_shape) -> Any:
     del rng
-    return models.init_state(self.config, input_shape[0], capacity=self.capacity)
+    batch = input_shape[0]
+    state = models.init_state(self.config, batch, capacity=self.capacity, dtype=self.dtype)
+    return state._replace(t=jnp.zeros((batch,), state.t.dtype))
 
   @property
   def num_feature_axes(self) -> int:

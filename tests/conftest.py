@@ -18,3 +18,27 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 def strict_jax():
   with jax.numpy_rank_promotion("raise"):
     yield
+
+
+def _to_float64(tree):
+  """Casts every floating-point leaf of ``tree`` to float64 (others unchanged)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jax.tree_util.tree_map(
+      lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.asarray(a).dtype,
+                                                                jnp.floating) else a,
+      tree)
+
+
+@pytest.fixture
+def float64():
+  """64-bit floats for the test; yields a caster for params and inputs.
+
+  Tests that compare two float computations of the same quantity (custom reverse
+  pass vs autodiff, scan vs streaming, library vs NumPy reference, sharded vs one
+  device) run in float64: float32 results differ from one CPU to the next (XLA
+  picks different kernels and fusion orders), so a float32 tolerance tuned on one
+  machine fails on another. In float64 the paths agree to ~1e-12 on any machine,
+  and the tolerances below can be tight enough to catch a real error.
+  """
+  with jax.enable_x64(True):
+    yield _to_float64

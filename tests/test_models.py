@@ -17,10 +17,14 @@ ALL = tuple(rs.REGISTRY)
 
 
 def setup(name, length=L, **options):
+  """Config, params and inputs; widened to float64 under the ``float64`` fixture
+  (drawn in float32 first, so the numbers are the same either way)."""
   options = {"nu": 2, "rho": 3, **options}
   cfg = rs.model_config(name, I, hidden=H, **options)
-  x = jax.random.normal(jax.random.PRNGKey(0), (B, length, I))
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, length, I), jnp.float32)
   params = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(1), x)["params"]
+  if jax.config.x64_enabled:
+    params, x = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), (params, x))
   return cfg, params, x
 
 
@@ -30,12 +34,12 @@ def setup(name, length=L, **options):
     ("RelRNN", {"phi": "modrelu", "k": 2}), ("RelLSTM", {"k": 3, "nu": 1, "rho": 1}),
     ("MemRNN", {"k": 2, "attn": 0.5, "phi": "relu"}), ("RelRNN", {"nu": 1, "rho": 1}),
 ])
-def test_forward_matches_numpy_reference(name, options):
+def test_forward_matches_numpy_reference(name, options, float64):
   cfg, params, x = setup(name, **options)
   out, _ = rs.forward(params, cfg, x)
   want = numpy_reference.forward(params, name, x, phi=cfg.phi.value, nu=cfg.nu,
                                  rho=cfg.rho, k=cfg.k, attn=cfg.attn)
-  np.testing.assert_allclose(out["h"], want, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(out["h"], want, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["MemRNN", "RelRNN", "MemLSTM", "RelLSTM"])
@@ -72,26 +76,27 @@ def test_causal(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_scan_equals_streaming(name):
+def test_scan_equals_streaming(name, float64):
   cfg, params, x = setup(name, diagnostics=True)
   out, final = rs.forward(params, cfg, x)
-  state = rs.init_state(cfg, B, capacity=L)
+  state = rs.init_state(cfg, B, capacity=L, dtype=x.dtype)
   step = jax.jit(lambda s, xt: rs.step(params, cfg, s, xt))
   for t in range(L):
     state, o = step(state, x[:, t])
     for key in o:
-      np.testing.assert_allclose(o[key], out[key][:, t], atol=1e-5, err_msg=key)
-  chex.assert_trees_all_close(state, final, atol=1e-5)
+      np.testing.assert_allclose(o[key], out[key][:, t], atol=1e-12, err_msg=key)
+  chex.assert_trees_all_close(state, final, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["RelRNN", "RelLSTM", "MemRNN"])
-def test_forward_continues_from_a_given_state(name):
+def test_forward_continues_from_a_given_state(name, float64):
   cfg, params, x = setup(name)
   full, _ = rs.forward(params, cfg, x)
-  first, state = rs.forward(params, cfg, x[:, :5], rs.init_state(cfg, B, capacity=L))
+  first, state = rs.forward(params, cfg, x[:, :5],
+                            rs.init_state(cfg, B, capacity=L, dtype=x.dtype))
   second, _ = rs.forward(params, cfg, x[:, 5:], state)
   np.testing.assert_allclose(jnp.concatenate([first["h"], second["h"]], 1), full["h"],
-                             atol=1e-5)
+                             atol=1e-12)
 
 
 class JitTest(chex.TestCase):
@@ -127,7 +132,7 @@ def test_state_size_independent_of_length(name):
 
 
 @pytest.mark.parametrize("name", ["RelRNN", "MemLSTM"])
-def test_rematerialised_scan_gradients_equal_plain(name):
+def test_rematerialised_scan_gradients_equal_plain(name, float64):
   cfg, params, x = setup(name, length=23)
   remat = models.ModelConfig(**{**cfg.__dict__, "remat_chunk": 5})
 
@@ -135,7 +140,7 @@ def test_rematerialised_scan_gradients_equal_plain(name):
     return jnp.sum(rs.forward(p, c, x)[0]["h"] ** 2)
 
   chex.assert_trees_all_close(jax.grad(loss)(params, remat), jax.grad(loss)(params, cfg),
-                              atol=1e-5)
+                              atol=1e-11)
 
 
 def test_probes_give_gradient_with_respect_to_hidden_states():
@@ -172,11 +177,11 @@ def test_masked_softmax_with_empty_relevant_set_is_short_term_softmax():
   np.testing.assert_array_equal(rs.masked_softmax(e, jnp.zeros_like(valid)), 0.0)
 
 
-def test_flax_rnn_wrapper_matches_forward():
+def test_flax_rnn_wrapper_matches_forward(float64):
   cfg, params, x = setup("RelLSTM")
-  rnn = nn.RNN(rs.RelevanceCell(cfg))
+  rnn = nn.RNN(rs.RelevanceCell(cfg, dtype=x.dtype))
   out = rnn.apply({"params": {"cell": {"core": params}}}, x)
-  np.testing.assert_allclose(out, rs.forward(params, cfg, x)[0]["h"], atol=1e-5)
+  np.testing.assert_allclose(out, rs.forward(params, cfg, x)[0]["h"], atol=1e-12)
 
 
 @pytest.mark.parametrize("field,value", [("nu", 0), ("rho", 0), ("k", 0), ("hidden", -1),
@@ -198,3 +203,60 @@ def test_bad_shapes_and_names_are_clear():
     rs.model_config("GRU", I)
   with pytest.raises(ValueError, match="capacity"):
     rs.init_state(rs.model_config("MemRNN", I), B)
+
+
+@pytest.mark.parametrize("name", ["RelRNN", "MemLSTM"])
+def test_flax_rnn_with_seq_lengths_and_return_carry(name, float64):
+  """Each row's carry is its state after its own length; the outputs up to it are
+  what ``forward`` gives on that row's prefix alone."""
+  cfg, params, x = setup(name)
+  lengths = jnp.array([L, 5, 9])
+  rnn = nn.RNN(rs.RelevanceCell(cfg, capacity=L, dtype=x.dtype), return_carry=True)
+  variables = {"params": {"cell": {"core": params}}}
+  carry, out = rnn.apply(variables, x, seq_lengths=lengths)
+  assert carry.t.shape == (B,)
+  for b, n in enumerate(lengths.tolist()):
+    want, final = rs.forward(params, cfg, x[b:b + 1, :n],
+                             rs.init_state(cfg, 1, capacity=L, dtype=x.dtype))
+    np.testing.assert_allclose(out[b, :n], want["h"][0], atol=1e-12)
+    np.testing.assert_array_equal(carry.t[b], n)
+    row = jax.tree_util.tree_map(lambda a, b=b: a[b:b + 1], carry._replace(t=None))
+    chex.assert_trees_all_close(row, final._replace(t=None), atol=1e-12)
+
+
+def test_flax_bidirectional_runs_each_direction_on_the_valid_prefix(float64):
+  cfg, params, x = setup("RelLSTM")
+  lengths = jnp.array([L, 4, 7])
+  bi = nn.Bidirectional(nn.RNN(rs.RelevanceCell(cfg, dtype=x.dtype)),
+                        nn.RNN(rs.RelevanceCell(cfg, dtype=x.dtype)))
+  variables = bi.init(jax.random.PRNGKey(0), x, seq_lengths=lengths)
+  variables = jax.tree_util.tree_map(lambda a: a.astype(x.dtype), variables)
+  out = bi.apply(variables, x, seq_lengths=lengths)
+  fwd_p = variables["params"]["forward_rnn"]["cell"]["core"]
+  bwd_p = variables["params"]["backward_rnn"]["cell"]["core"]
+  for b, n in enumerate(lengths.tolist()):
+    want_f = rs.forward(fwd_p, cfg, x[b:b + 1, :n])[0]["h"][0]
+    want_b = rs.forward(bwd_p, cfg, x[b:b + 1, :n][:, ::-1])[0]["h"][0][::-1]
+    np.testing.assert_allclose(out[b, :n], jnp.concatenate([want_f, want_b], -1),
+                               atol=1e-12)
+
+
+def test_boundary_errors_name_the_argument():
+  cfg, params, x = setup("RelRNN")
+  with pytest.raises(ValueError, match="x has no time steps"):
+    rs.forward(params, cfg, x[:, :0])
+  with pytest.raises(ValueError, match="x has dtype float16"):
+    rs.forward(params, cfg, x.astype(jnp.float16))
+  with pytest.raises(ValueError, match=r"state holds 2 rows but x_t has batch 3"):
+    rs.step(params, cfg, rs.init_state(cfg, 2), x[:, 0])
+  with pytest.raises(ValueError, match=r"state has dtype float32 but x has bfloat16|"
+                     r"x has dtype bfloat16"):
+    rs.forward(params, cfg, x.astype(jnp.bfloat16), rs.init_state(cfg, B))
+  other = rs.model_config("RelRNN", I, hidden=H + 1, nu=2, rho=3)
+  with pytest.raises(ValueError, match=r"params\['U'\] has shape \(4, 5\).*needs \(4, 6\)"):
+    rs.forward(params, other, x)
+  with pytest.raises(ValueError, match=r"state.s has shape \(3, 5\).*hidden=6"):
+    rs.step(rs.RecurrentCore(other).init(jax.random.PRNGKey(0), x)["params"], other,
+            rs.init_state(cfg, B), x[:, 0])
+  with pytest.raises(ValueError, match="params has no 'Ua'"):
+    rs.forward({k: v for k, v in params.items() if k != "Ua"}, cfg, x)

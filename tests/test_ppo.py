@@ -51,12 +51,13 @@ def test_ppo_loss_hand_worked():
 
 
 @pytest.mark.parametrize("name", ["LSTM", "RelLSTM", "MemLSTM", "RNN", "RelRNN", "MemRNN"])
-def test_reset_row_equals_fresh_state(name):
+def test_reset_row_equals_fresh_state(name, float64):
   """Row 0 restarts at step 5: from then on it matches a fresh run on its inputs
   (and its memory right after the reset is a fresh memory); row 1 never notices."""
   cfg = rs.model_config(name, 3, hidden=6, nu=2, rho=2)
-  params = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((2, 4, 3)))["params"]
-  x = jax.random.normal(jax.random.PRNGKey(1), (2, 12, 3))
+  params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0),
+                                              jnp.zeros((2, 4, 3)))["params"])
+  x = float64(jax.random.normal(jax.random.PRNGKey(1), (2, 12, 3), jnp.float32))
   resets = jnp.zeros((12, 2), bool).at[5, 0].set(True)
 
   @jax.jit
@@ -68,20 +69,21 @@ def test_reset_row_equals_fresh_state(name):
       return state, (out["h"], cleared)
     return jax.lax.scan(body, state, (jnp.swapaxes(x, 0, 1), resets))[1]
 
-  hs, cleared = run(models.init_state(cfg, 2, capacity=12))
+  hs, cleared = run(models.init_state(cfg, 2, capacity=12, dtype=x.dtype))
   hs = jnp.swapaxes(hs, 0, 1)
-  fresh = models.init_state(cfg, 1, capacity=12)
+  fresh = models.init_state(cfg, 1, capacity=12, dtype=x.dtype)
   chex.assert_trees_all_equal(jax.tree_util.tree_map(lambda a: a[5, :1], cleared[1:]),
                               tuple(fresh[1:]))
   whole, _ = models.forward(params, cfg, x, capacity_state(cfg, 2, 12))
   restarted, _ = models.forward(params, cfg, x[:1, 5:], capacity_state(cfg, 1, 12))
-  np.testing.assert_allclose(hs[1], whole["h"][1], atol=1e-6)
-  np.testing.assert_allclose(hs[0, :5], whole["h"][0, :5], atol=1e-6)
-  np.testing.assert_allclose(hs[0, 5:], restarted["h"][0], atol=1e-6)
+  np.testing.assert_allclose(hs[1], whole["h"][1], atol=1e-12)
+  np.testing.assert_allclose(hs[0, :5], whole["h"][0, :5], atol=1e-12)
+  np.testing.assert_allclose(hs[0, 5:], restarted["h"][0], atol=1e-12)
 
 
 def capacity_state(cfg, batch, capacity):
-  return models.init_state(cfg, batch, capacity=capacity)
+  dtype = jnp.float64 if jax.config.x64_enabled else jnp.float32
+  return models.init_state(cfg, batch, capacity=capacity, dtype=dtype)
 
 
 def test_reset_rejects_bad_mask():
@@ -114,6 +116,11 @@ def test_learning_replays_acting(model):
   env = jnp.array([0, 1, 0, 1])
   logits, values, seq = train_ppo.replay(setup, state.params, cores, steps, t0, env)
   log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), seq.action[..., None], -1)
+  # float32 (the agent's Flax layers keep float32 params): acting and replay run
+  # the same steps on the same inputs, compiled into different programs, so they
+  # differ only by rounding, ~1e-7 per op here (hidden 8, 8 steps, O(1) values);
+  # 1e-5 bounds that on any CPU, while a wrong stored state or reset moves these
+  # outputs by O(0.01-1).
   np.testing.assert_allclose(log_probs[..., 0], seq.log_prob, atol=1e-5)
   np.testing.assert_allclose(values, seq.value, atol=1e-5)
 
