@@ -6,6 +6,7 @@ from it.
 """
 
 import logging as py_logging
+import math
 import pathlib
 import sys
 
@@ -50,8 +51,17 @@ def config_from_flags(holders: dict[str, flags.FlagHolder]) -> ml_collections.Co
   return ml_collections.ConfigDict({name: h.value for name, h in holders.items()})
 
 
+def require_finite(config):
+  """Raises a ValueError naming the first float flag that is NaN or infinite."""
+  for name, value in config.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"--{name} must be a finite number, got {value!r}")
+
+
 def require_positive(config, positive=(), non_negative=()):
-  """Raises a ValueError naming the first flag that is not > 0 (or >= 0)."""
+  """Raises a ValueError naming the first flag that is not > 0 (or >= 0), or a
+  float flag that is not finite."""
+  require_finite(config)
   for names, ok, bound in ((positive, lambda v: v > 0, "> 0"),
                            (non_negative, lambda v: v >= 0, ">= 0")):
     for name in names:

@@ -24,8 +24,15 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from experiments import rundir
 import relscreen as rs
 from relscreen import parallel as rs_parallel
+
+# The work-directory pieces, under the names the binaries have always used.
+MetricsLog = rundir.MetricsLog
+checkpoint_manager = rundir.checkpoint_manager
+resume = rundir.resume
+WorkdirError = rundir.WorkdirError
 
 # Fields that may change between a run and its resumption; all others must match.
 RESUMABLE_FIELDS = ("steps", "epochs", "log_every", "checkpoint_every", "eval_batches",
@@ -133,47 +140,6 @@ def evaluate(model, task, params, key, batches: int, batch_size: int) -> dict:
           "accuracy": float(accs.mean())}
 
 
-def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict,
-                 resumable=RESUMABLE_FIELDS):
-  """Writes config.json, or checks a rerun agrees with the one already there
-  (only the ``resumable`` fields may differ)."""
-  path = workdir / "config.json"
-  current = config.to_dict()
-  if path.exists():
-    try:
-      saved = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path} is not valid JSON ({e}); move it away to start afresh") from e
-    changed = sorted(k for k in set(saved) | set(current)
-                     if k not in resumable and saved.get(k) != current.get(k))
-    if changed:
-      diffs = ", ".join(f"--{k}: saved {saved.get(k)!r}, now {current.get(k)!r}"
-                        for k in changed)
-      raise ValueError(f"{workdir} holds a run with a different configuration ({diffs}); "
-                       "use another --workdir or the saved values")
-  path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-
-
-class MetricsLog:
-  """Appends records to metrics.jsonl; on resume drops records past the checkpoint."""
-
-  def __init__(self, path: pathlib.Path, resume_step: int):
-    self.path = path
-    if path.exists():
-      kept = [line for line in path.read_text().splitlines()
-              if line.strip() and json.loads(line)["step"] <= resume_step]
-      path.write_text("".join(line + "\n" for line in kept))
-
-  def write(self, record: dict):
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
-
-  def read(self) -> list[dict]:
-    if not self.path.exists():
-      return []
-    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-
 def plot_curves(records: list[dict], path: pathlib.Path, title: str):
   """Loss relative to the memoryless baseline (log scale) and recall accuracy."""
   import matplotlib
@@ -205,26 +171,6 @@ def init_state(config, task, model, example_x=None) -> tuple[TrainState, Any, tu
   return TrainState(params, optimizer.init(params)), optimizer, (data_key, eval_key)
 
 
-def checkpoint_manager(workdir: pathlib.Path, create: bool = True) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      workdir / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=create))
-
-
-def resume(workdir: pathlib.Path, template, unit: str = "update"):
-  """Restores the latest checkpoint of ``workdir`` into ``template``'s structure.
-
-  Returns ``(restored or template, last saved step or 0, manager, metrics log)``;
-  the log drops records written after that checkpoint.
-  """
-  manager = checkpoint_manager(workdir)
-  start = manager.latest_step() or 0
-  if start:
-    template = manager.restore(start, args=ocp.args.StandardRestore(template))
-    logging.info("resumed from %s after %s %d", workdir / "checkpoints", unit, start)
-  return template, start, manager, MetricsLog(workdir / "metrics.jsonl", start)
-
-
 def load_trained(workdir, task_fn) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
   """Loads a finished or interrupted run: ``(config, model, params, update)``.
 
@@ -233,7 +179,7 @@ def load_trained(workdir, task_fn) -> tuple[ml_collections.ConfigDict, Any, Any,
   workdir = pathlib.Path(workdir).absolute()
   path = workdir / "config.json"
   if not path.is_file():
-    raise ValueError(f"{path} not found: the directory must be the --workdir of a "
+    raise WorkdirError(f"{path} not found: the directory must be the --workdir of a "
                      "training run")
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   if not (workdir / "checkpoints").is_dir():
@@ -271,18 +217,86 @@ def _fmt_time(seconds: float) -> str:
   return f"{m}m{s:02d}s"
 
 
+def params_finite(params) -> bool:
+  return all(bool(jax.numpy.all(jax.numpy.isfinite(a)))
+             for a in jax.tree_util.tree_leaves(params))
+
+
+def stop_non_finite(manager, workdir: pathlib.Path, what: str, bad_from: int,
+                    unit: str = "update", hint: str = "try a lower --lr or --clip"):
+  """Raises ``NonFiniteLossError`` once pending saves are written and the
+  checkpoints from ``bad_from`` on (their parameters gave ``what``) are set aside
+  in ``nonfinite_checkpoints/``; names the newest checkpoint left."""
+  moved, kept = rundir.set_aside_from(manager, workdir, bad_from)
+  where = workdir / "checkpoints"
+  note = (f"; moved {', '.join(str(m) for m in moved)} (the parameters that gave it) out "
+          "of the way" if moved else "")
+  tail = (f"the last good checkpoint ({unit} {kept}) is kept in {where}" if kept else
+          f"no checkpoint before that, so {where} holds none")
+  raise NonFiniteLossError(f"{what}; stopped{note}: {tail}; {hint}")
+
+
+class PartialBlocks:
+  """The per-update values of a logging block cut by a checkpoint, saved beside
+  it (``partial_blocks/<step>.json``), so a resumed run logs the block the
+  uninterrupted run would have logged."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.dir = workdir / "partial_blocks"
+
+  def save(self, step: int, block: dict, keep):
+    """Saves ``block`` (if it holds any update) for checkpoint ``step``; drops
+    the files of checkpoints no longer in ``keep``."""
+    if block["loss"]:
+      self.dir.mkdir(exist_ok=True)
+      rundir._write_atomic(self.dir / f"{step}.json", json.dumps(block))  # pylint: disable=protected-access
+    for path in self.dir.glob("*.json") if self.dir.is_dir() else ():
+      if path.stem.isdigit() and int(path.stem) not in set(keep) | {step}:
+        path.unlink()
+
+  def load(self, step: int) -> dict | None:
+    path = self.dir / f"{step}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def compile_step(step_fn, *args, what: str = "update step"):
+  """Compiles ``step_fn`` for ``args`` with a line before and after, so progress
+  rates measure running, not compiling. Returns the compiled function."""
+  logging.info("compiling the %s ...", what)
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(*args).compile()
+  logging.info("compiled in %.1fs", time.perf_counter() - t0)
+  return compiled
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict:
   """Trains (resuming from ``workdir`` when it holds a checkpoint), evaluates, plots.
 
   Returns the held-out evaluation record. Raises ``NonFiniteLossError`` when the
-  loss stops being finite; checkpoints already saved are left as they are.
+  loss or the parameters stop being finite (checkpoints whose parameters gave it
+  are removed; earlier ones are kept), ``WorkdirError`` for a work directory that
+  cannot be used (in use, another configuration, a total below what is saved).
   """
-  workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  check_config(workdir, config)
+  with rundir.locked(workdir) as path:
+    return _train_and_evaluate(config, path, task)
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path, task) -> dict:
+  rundir.check_config(workdir, config, RESUMABLE_FIELDS)
   model = build_model(config, task)
   state, optimizer, (data_key, eval_key) = init_state(config, task, model)
-  state, start, manager, log = resume(workdir, state)
+  state, start, manager, log = resume(workdir, state, total=config.steps)
+  rundir.write_config(workdir, config)
+  try:
+    return _train_loop(config, workdir, task, model, optimizer, state, start, manager, log,
+                       data_key, eval_key)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+
+
+def _train_loop(config, workdir, task, model, optimizer, state, start, manager, log,
+                data_key, eval_key):
   mesh = None
   if config.get("data_parallel", False):
     mesh = rs_parallel.batch_mesh()
@@ -296,31 +310,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict
                              start)
     if start == 0:
       diagnose(0, state.params)
+  if start < config.steps:
+    train_step = compile_step(train_step, state, jax.random.fold_in(data_key, start + 1))
 
-  block_loss, block_rel, block_acc = [], [], []
+  blocks = PartialBlocks(workdir)
+  block = {"loss": [], "rel": [], "acc": []}
+  if start % config.log_every and start < config.steps:
+    saved = blocks.load(start)
+    if saved is None:
+      logging.warning("no partial block saved with checkpoint %d: the record at update %d "
+                      "will average updates %d-%d only", start,
+                      min(config.steps, start - start % config.log_every + config.log_every),
+                      start + 1, start - start % config.log_every + config.log_every)
+    else:
+      block = saved
+  tb = tensorboard_writer(workdir, start)
   block_start = t0 = time.perf_counter()
+  block_new = 0  # updates of this block run in this process (for the rate)
   for step in range(start + 1, config.steps + 1):
     state, loss, (acc, baseline) = train_step(state, jax.random.fold_in(data_key, step))
     loss = float(loss)
     if not math.isfinite(loss):
-      raise NonFiniteLossError(
-          f"loss became {loss} at update {step}; stopped. The last good checkpoint "
-          f"(update {manager.latest_step()}) is kept in {workdir / 'checkpoints'}; "
-          "try a lower --lr or --clip")
-    block_loss.append(loss)
-    block_rel.append(loss / float(baseline))
-    block_acc.append(float(acc))
+      stop_non_finite(manager, workdir, f"loss became {loss} at update {step}, from the "
+                      f"parameters after update {step - 1}", step - 1)
+    block["loss"].append(loss)
+    block["rel"].append(loss / float(baseline))
+    block["acc"].append(float(acc))
+    block_new += 1
     if step % config.log_every == 0 or step == config.steps:
-      m = Metrics(step, float(np.mean(block_loss)), float(np.mean(block_rel)),
-                  float(np.mean(block_acc)))
-      rate = len(block_loss) / (time.perf_counter() - block_start)
-      log.write({"split": "train", **dataclasses.asdict(m), "steps_per_s": rate})
+      m = Metrics(step, float(np.mean(block["loss"])), float(np.mean(block["rel"])),
+                  float(np.mean(block["acc"])))
+      rate = block_new / (time.perf_counter() - block_start)
+      record = {"split": "train", **dataclasses.asdict(m), "steps_per_s": rate}
+      log.write(record)
+      write_scalars(tb, record)
       logging.info("update %d/%d | %s | %.1f updates/s | ETA %s", step, config.steps,
                    m.line(), rate, _fmt_time((config.steps - step) / rate))
-      block_loss, block_rel, block_acc, block_start = [], [], [], time.perf_counter()
+      block = {"loss": [], "rel": [], "acc": []}
+      block_new, block_start = 0, time.perf_counter()
     if diag_every and (step % diag_every == 0 or step == config.steps):
       diagnose(step, state.params)
     if step % config.checkpoint_every == 0 or step == config.steps:
+      if not params_finite(state.params):
+        stop_non_finite(manager, workdir, f"the parameters became non-finite at update "
+                        f"{step}", step)
+      blocks.save(step, block, manager.all_steps())
       manager.save(step, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
 
@@ -329,8 +363,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict
                        config.eval_batch_size),
             "train_seconds": time.perf_counter() - t0}
   (workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+  write_scalars(tb, record)
+  if tb is not None:
+    tb.close()
   logging.info("held-out evaluation at update %d: %s", config.steps,
                Metrics(config.steps, record["loss"], record["rel_loss"],
                        record["accuracy"]).line())
   plot_curves(log.read(), workdir / "curves.png", f"{config.model}, T={config.T}")
   return record
+
+
+def tensorboard_writer(workdir: pathlib.Path, start: int):
+  """A tensorboardX writer on ``workdir/tb`` (events past ``start`` purged on
+  resume), or None when tensorboardX is not installed."""
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return SummaryWriter(str(workdir / "tb"), purge_step=start + 1 if start else None)
+
+
+def write_scalars(writer, record: dict, step_key: str = "step"):
+  """Every numeric field of ``record`` as ``<split>/<field>`` at its step."""
+  if writer is None:
+    return
+  split = record.get("split", "train")
+  for key, value in record.items():
+    if key not in (step_key, "split", "epoch") and isinstance(value, (int, float)) \
+        and not isinstance(value, bool):
+      writer.add_scalar(f"{split}/{key}", value, record[step_key])
+  writer.flush()

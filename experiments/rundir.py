@@ -1,0 +1,235 @@
+"""A training run's work directory: what makes a resumed run the same run.
+
+Every training binary writes to its ``--workdir`` through these pieces:
+
+- ``locked(workdir)``: creates the directory (a one-line error naming the path
+  when it cannot be) and holds an OS lock on ``workdir/LOCK`` for the whole run,
+  so a second run on the same directory stops at once, naming the holder's pid.
+  The kernel drops the lock when the holder ends, even by ``kill -9``: a lock
+  left by a dead process is never in the way.
+- ``check_config`` / ``write_config``: a rerun must agree with ``config.json``
+  (only resumable fields may change); the file is rewritten only after the
+  rerun is known to be valid.
+- ``resume``: restores the newest checkpoint that restores. A damaged one is
+  moved to ``damaged_checkpoints/`` (nothing is deleted) with a warning saying
+  why, and the one before it is tried. A total (``--steps``, ``--epochs``)
+  below the restored step is refused by name instead of mislabelling results.
+- ``MetricsLog``: ``metrics.jsonl``, cut back on resume to exactly one record per
+  logged step up to the restored checkpoint. A torn last line (a kill during a
+  write) is dropped with a warning; any other bad line is an error naming the
+  file and line.
+- ``set_aside_from``: after a non-finite loss, waits for pending saves and
+  moves the checkpoints whose parameters produced it to
+  ``nonfinite_checkpoints/``, so the newest one left is one that did not.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import shutil
+import socket
+
+from absl import logging
+import orbax.checkpoint as ocp
+
+
+class WorkdirError(ValueError):
+  """The work directory cannot be used (bad path, in use, bad files)."""
+
+
+def prepare(workdir) -> pathlib.Path:
+  """The absolute work directory, created if needed; a ``WorkdirError`` names
+  the path when it is a file, lies under a file or cannot be created."""
+  path = pathlib.Path(workdir).expanduser().absolute()
+  try:
+    if path.exists() and not path.is_dir():
+      raise WorkdirError(f"--workdir {path} is a file, not a directory")
+    for parent in path.parents:
+      if parent.exists() and not parent.is_dir():
+        raise WorkdirError(f"--workdir {path} cannot be created: {parent} is a file")
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"--workdir {path} cannot be created: {e.strerror}") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise WorkdirError(f"--workdir {path} is not writable")
+  return path
+
+
+@contextlib.contextmanager
+def locked(workdir):
+  """Prepares ``workdir`` and holds its lock while the block runs; yields the path."""
+  path = prepare(workdir)
+  lock_path = path / "LOCK"
+  try:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise WorkdirError(f"cannot open the lock file {lock_path}: {e.strerror}") from None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+    os.close(fd)
+    raise WorkdirError(
+        f"{path} is in use by another run (process {holder}; lock {lock_path}): wait for "
+        "it to end or use another --workdir") from None
+  try:
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    yield path
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def check_config(workdir: pathlib.Path, config, resumable):
+  """Raises ``WorkdirError`` unless ``config`` agrees with ``config.json`` (when
+  there is one) on every field not in ``resumable``. Writes nothing."""
+  path = workdir / "config.json"
+  if not path.exists():
+    return
+  try:
+    saved = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise WorkdirError(f"{path} is not valid JSON ({e}); move it away to start afresh") from e
+  current = config.to_dict()
+  changed = sorted(k for k in set(saved) | set(current)
+                   if k not in resumable and saved.get(k) != current.get(k))
+  if changed:
+    diffs = ", ".join(f"--{k}: saved {saved.get(k)!r}, now {current.get(k)!r}"
+                      for k in changed)
+    raise WorkdirError(f"{workdir} holds a run with a different configuration ({diffs}); "
+                       "use another --workdir or the saved values")
+
+
+def write_config(workdir: pathlib.Path, config):
+  _write_atomic(workdir / "config.json",
+                json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _write_atomic(path: pathlib.Path, text: str):
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def checkpoint_manager(workdir: pathlib.Path, create: bool = True) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      workdir / "checkpoints",
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=create))
+
+
+def _reason(error: Exception) -> str:
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
+def _set_aside(workdir: pathlib.Path, step: int, folder: str = "damaged_checkpoints"
+               ) -> pathlib.Path:
+  """Moves checkpoint ``step`` to ``workdir/folder/`` (never deletes it)."""
+  dest_dir = workdir / folder
+  dest_dir.mkdir(exist_ok=True)
+  dest, n = dest_dir / str(step), 1
+  while dest.exists():
+    dest, n = dest_dir / f"{step}.{n}", n + 1
+  shutil.move(str(workdir / "checkpoints" / str(step)), dest)
+  return dest
+
+
+def restore_latest(workdir: pathlib.Path, template):
+  """``(restored, step, manager)`` from the newest checkpoint that restores
+  (``(template, 0, manager)`` when there is none); damaged ones are set aside
+  with a warning. The manager is made anew after each: Orbax infers the
+  checkpoint layout from what the directory holds."""
+  while True:
+    manager = checkpoint_manager(workdir)
+    step = manager.latest_step()
+    if step is None:
+      return template, 0, manager
+    try:
+      return manager.restore(step, args=ocp.args.StandardRestore(template)), step, manager
+    except Exception as e:  # pylint: disable=broad-except  (any damage: skip it)
+      manager.close()
+      dest = _set_aside(workdir, step)
+      logging.warning("checkpoint %d in %s could not be restored (%s); moved it to %s "
+                      "and trying the one before", step, workdir / "checkpoints",
+                      _reason(e), dest)
+
+
+def resume(workdir: pathlib.Path, template, unit: str = "update", total: int | None = None,
+           total_flag: str = "steps"):
+  """Restores the newest good checkpoint of ``workdir`` into ``template``'s structure.
+
+  Returns ``(restored or template, its step or 0, manager, metrics log)``; the log
+  keeps exactly the records up to that step. With ``total``, a checkpoint past
+  it is refused (``--{total_flag}`` names the flag): evaluating it would label
+  later parameters with an earlier step.
+  """
+  restored, start, manager = restore_latest(workdir, template)
+  if total is not None and start > total:
+    manager.close()
+    raise WorkdirError(
+        f"--{total_flag}={total} is below {unit} {start}, already saved in "
+        f"{workdir / 'checkpoints'}; pass --{total_flag}={start} or more to evaluate or "
+        "extend that run, or use another --workdir")
+  if start:
+    logging.info("resumed from %s after %s %d", workdir / "checkpoints", unit, start)
+  return restored, start, manager, MetricsLog(workdir / "metrics.jsonl", start)
+
+
+def set_aside_from(manager: ocp.CheckpointManager, workdir: pathlib.Path, step: int,
+                   folder: str = "nonfinite_checkpoints"):
+  """Waits for pending saves and moves the checkpoints at ``step`` or later to
+  ``workdir/folder/`` (resuming will not pick them; nothing is deleted).
+
+  Returns ``(moved paths, newest checkpoint left or None)``.
+  """
+  manager.wait_until_finished()
+  moved = [_set_aside(workdir, s, folder) for s in sorted(manager.all_steps()) if s >= step]
+  manager.reload()
+  return moved, manager.latest_step()
+
+
+class MetricsLog:
+  """One JSON record per line; on resume keeps one record per step up to the
+  checkpoint (the last one written for a step wins)."""
+
+  def __init__(self, path: pathlib.Path, resume_step: int):
+    self.path = path
+    if path.exists():
+      kept = {}
+      for record in self._records():
+        if record["step"] <= resume_step:
+          kept.pop(record["step"], None)
+          kept[record["step"]] = record
+      _write_atomic(path, "".join(json.dumps(r) + "\n" for r in
+                                  sorted(kept.values(), key=lambda r: r["step"])))
+
+  def _records(self) -> list[dict]:
+    text = self.path.read_text()
+    lines = text.split("\n")
+    records = []
+    for i, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        if not isinstance(record, dict) or "step" not in record:
+          raise ValueError("not a record with a 'step'")
+      except ValueError as e:  # json.JSONDecodeError is a ValueError
+        if i == len(lines) and not text.endswith("\n"):
+          logging.warning("%s: dropped a torn last line %d (a run stopped while writing "
+                          "it): %r", self.path, i, line[:80])
+          continue
+        raise WorkdirError(f"{self.path}, line {i}: {e}; fix or remove that line") from None
+      records.append(record)
+    return records
+
+  def write(self, record: dict):
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def read(self) -> list[dict]:
+    if not self.path.exists():
+      return []
+    return self._records()

@@ -1,0 +1,178 @@
+"""A work directory never loses or mislabels a run: lower totals, two runs at once,
+kills between a checkpoint and a log line, non-finite stops, damaged checkpoints,
+torn metrics lines, unusable paths, non-finite flags."""
+
+import json
+import os
+import pathlib
+import shutil
+
+import jax.numpy as jnp
+import ml_collections
+import pytest
+
+import relscreen as rs
+from experiments import flags_lib, rundir, train
+from experiments.configs import copy as copy_config
+from tests.test_copy_task import PoisonedCopy, records, tiny_config
+
+TASK = rs.CopyTask(5)
+
+
+def without_timing(recs):
+  return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in recs]
+
+
+def eval_record(workdir):
+  record = json.loads((workdir / "eval.json").read_text())
+  return {k: v for k, v in record.items() if k != "train_seconds"}
+
+
+def checkpoint_steps(workdir):
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_lower_total_is_refused_and_nothing_is_rewritten(tmp_path):
+  train.train_and_evaluate(tiny_config(steps=40), tmp_path, TASK)
+  before = {n: (tmp_path / n).read_text() for n in ("config.json", "eval.json",
+                                                    "metrics.jsonl")}
+  with pytest.raises(rundir.WorkdirError, match=r"--steps=20 is below update 40"):
+    train.train_and_evaluate(tiny_config(steps=20), tmp_path, TASK)
+  assert {n: (tmp_path / n).read_text() for n in before} == before
+
+
+def test_a_second_run_on_a_live_workdir_is_refused_a_stale_lock_is_not(tmp_path):
+  with rundir.locked(tmp_path):
+    holder = (tmp_path / "LOCK").read_text()
+    assert f"pid {os.getpid()}" in holder
+    with pytest.raises(rundir.WorkdirError, match=f"in use by another run .*{os.getpid()}"):
+      train.train_and_evaluate(tiny_config(steps=20), tmp_path, TASK)
+  assert not (tmp_path / "metrics.jsonl").exists()
+  # A LOCK file whose holder is gone (killed) holds no OS lock: the run goes on.
+  (tmp_path / "LOCK").write_text("pid 999999 on elsewhere\n")
+  train.train_and_evaluate(tiny_config(steps=20), tmp_path, TASK)
+  assert [r["step"] for r in records(tmp_path)] == [20]
+
+
+def test_resume_keeps_one_record_per_step_up_to_the_checkpoint(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  steps = [100, 100, 200, 200, 300]  # as two runs writing at once left it
+  path.write_text("".join(json.dumps({"step": s, "n": i}) + "\n" for i, s in enumerate(steps)))
+  log = rundir.MetricsLog(path, 200)
+  assert [(r["step"], r["n"]) for r in log.read()] == [(100, 1), (200, 3)]
+
+
+class _KilledAfter:
+  """Stands in for a kill: the run dies right after checkpoint ``step`` is written."""
+
+  def __init__(self, step):
+    self.step = step
+
+  def __call__(self, workdir, create=True):
+    manager = _manager(workdir, create)
+    save, step = manager.save, self.step
+
+    def save_then_die(s, *args, **kwargs):
+      save(s, *args, **kwargs)
+      if s == step:
+        manager.wait_until_finished()
+        raise KeyboardInterrupt(f"killed after checkpoint {s}")
+    manager.save = save_then_die
+    return manager
+
+
+_manager = rundir.checkpoint_manager
+
+
+def test_kill_between_checkpoint_and_log_line_resumes_to_the_same_records(tmp_path,
+                                                                         monkeypatch):
+  config = tiny_config(steps=60, log_every=20, checkpoint_every=10)
+  whole = train.train_and_evaluate(config, tmp_path / "a", TASK)
+  monkeypatch.setattr(rundir, "checkpoint_manager", _KilledAfter(30))
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, tmp_path / "b", TASK)
+  monkeypatch.setattr(rundir, "checkpoint_manager", _manager)
+  assert [r["step"] for r in records(tmp_path / "b")] == [20]
+  resumed = train.train_and_evaluate(config, tmp_path / "b", TASK)
+  # The record at 40 averages updates 21-40 as in the run that was never killed.
+  assert without_timing(records(tmp_path / "b")) == without_timing(records(tmp_path / "a"))
+  assert resumed["loss"] == whole["loss"]
+
+
+def test_non_finite_parameters_are_never_checkpointed(tmp_path):
+  config = tiny_config(steps=10, checkpoint_every=1, lr=float("inf"))
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"parameters became non-finite at update 1; stopped: no "
+                           r"checkpoint before that"):
+    train.train_and_evaluate(config, tmp_path, TASK)
+  # Pending saves were waited for: no half-written checkpoint is left behind.
+  assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_non_finite_loss_sets_aside_the_checkpoint_that_gave_it(tmp_path):
+  train.train_and_evaluate(tiny_config(steps=20, checkpoint_every=10), tmp_path, TASK)
+  before = (tmp_path / "metrics.jsonl").read_text()
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"update 21, from the parameters after update 20; stopped; "
+                           r"moved .*nonfinite_checkpoints/20 .*last good checkpoint "
+                           r"\(update 10\)"):
+    train.train_and_evaluate(tiny_config(steps=40, checkpoint_every=10), tmp_path,
+                             PoisonedCopy(5))
+  assert checkpoint_steps(tmp_path) == [10]
+  assert (tmp_path / "nonfinite_checkpoints" / "20" / "default").is_dir()
+  assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def _truncate_data(step_dir: pathlib.Path):
+  for f in (step_dir / "default").rglob("*"):
+    if f.is_file() and f.parent.name == "d":
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", [
+    _truncate_data,
+    lambda d: (d / "default" / "_METADATA").unlink(),
+    lambda d: shutil.rmtree(d / "default"),
+], ids=["truncated", "no_metadata", "no_default"])
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, damage):
+  config = tiny_config(steps=40, checkpoint_every=20)
+  train.train_and_evaluate(config, tmp_path / "a", TASK)
+  shutil.copytree(tmp_path / "a", tmp_path / "b")
+  damage(tmp_path / "b" / "checkpoints" / "40")
+  train.train_and_evaluate(config, tmp_path / "b", TASK)  # restores 20, retrains 21-40
+  assert (tmp_path / "b" / "damaged_checkpoints" / "40").is_dir()
+  assert checkpoint_steps(tmp_path / "b") == [20, 40]
+  assert eval_record(tmp_path / "b") == eval_record(tmp_path / "a")
+  assert without_timing(records(tmp_path / "b")) == without_timing(records(tmp_path / "a"))
+
+
+def test_torn_last_metrics_line_is_dropped_a_bad_line_is_named(tmp_path):
+  train.train_and_evaluate(tiny_config(steps=40), tmp_path, TASK)
+  path = tmp_path / "metrics.jsonl"
+  good = path.read_text()
+  path.write_text(good + '{"split": "train", "step": 6')  # killed mid-write
+  train.train_and_evaluate(tiny_config(steps=60), tmp_path, TASK)
+  assert [r["step"] for r in records(tmp_path)] == [20, 40, 60]
+  path.write_text(good.replace("\n", "\nnot json\n", 1))
+  with pytest.raises(rundir.WorkdirError, match=r"metrics.jsonl, line 2: "):
+    train.train_and_evaluate(tiny_config(steps=60), tmp_path, TASK)
+
+
+def test_unusable_workdir_is_one_line_naming_the_path(tmp_path):
+  a_file = tmp_path / "file"
+  a_file.write_text("x")
+  for path, why in ((a_file, "is a file, not a directory"),
+                    (a_file / "sub", f"cannot be created: {a_file} is a file"),
+                    (tmp_path / ("n" * 300), "cannot be created: File name too long")):
+    with pytest.raises(rundir.WorkdirError, match=why) as info:
+      train.train_and_evaluate(tiny_config(steps=20), path, TASK)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("flag,value", [("lr", float("inf")), ("alpha", float("nan")),
+                                        ("attn", float("nan")), ("clip", float("-inf"))])
+def test_non_finite_flags_are_refused_by_name(flag, value):
+  config = ml_collections.ConfigDict(copy_config.get_config().to_dict())
+  config[flag] = value
+  with pytest.raises(ValueError, match=f"--{flag} must be a finite number"):
+    flags_lib.require_positive(config)
