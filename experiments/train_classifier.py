@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from experiments import rundir
 from experiments import train
 
 
@@ -72,29 +73,47 @@ def evaluate(eval_step, params, x, y, batch_size: int) -> dict:
 
 def train_and_evaluate(config, workdir, splits) -> dict:
   """Trains for ``config.epochs`` epochs (resuming when possible); returns eval.json."""
-  workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  train.check_config(workdir, config)
-  model = train.build_model(config, Shapes(splits.train_x.shape[-1], 10), last_only=True)
-  state, optimizer, _ = train.init_state(config, None, model, splits.train_x[:1])
-  progress = Progress(state, state.params, jnp.array(-1.0))
-  progress, start, manager, log = train.resume(workdir, progress, "epoch")
+  with rundir.locked(workdir) as path:
+    rundir.check_config(path, config, train.RESUMABLE_FIELDS + ("max_batches",))
+    model = train.build_model(config, Shapes(splits.train_x.shape[-1], 10), last_only=True)
+    state, optimizer, _ = train.init_state(config, None, model, splits.train_x[:1])
+    progress = Progress(state, state.params, jnp.array(-1.0))
+    progress, start, manager, log = train.resume(path, progress, "epoch", config.epochs,
+                                                 "epochs")
+    rundir.write_config(path, config)
+    try:
+      return _train(config, path, splits, model, optimizer, progress, start, manager, log)
+    finally:
+      manager.wait_until_finished()
+      manager.close()
+
+
+def _train(config, workdir, splits, model, optimizer, progress, start, manager, log):
   train_step, eval_step = make_steps(model, optimizer)
   n, bs = len(splits.train_x), config.batch
+  batches = n // bs if not config.max_batches else min(n // bs, config.max_batches)
+  if start < config.epochs:
+    train_step = train.compile_step(train_step, progress.state, splits.train_x[:bs],
+                                    splits.train_y[:bs])
   t0 = time.perf_counter()
   for epoch in range(start + 1, config.epochs + 1):
     order = np.random.RandomState([config.seed, epoch]).permutation(n)
     state, losses, accs, e0 = progress.state, [], [], time.perf_counter()
-    for i in range(n // bs):
+    for i in range(batches):
       idx = order[i * bs:(i + 1) * bs]
       state, loss, acc = train_step(state, splits.train_x[idx], splits.train_y[idx])
       losses.append(float(loss))
       accs.append(float(acc))
       if not math.isfinite(losses[-1]):
-        raise train.NonFiniteLossError(
-            f"loss became {losses[-1]} in epoch {epoch}, batch {i + 1}; stopped. The last "
-            f"good checkpoint (epoch {manager.latest_step()}) is kept in "
-            f"{workdir / 'checkpoints'}")
+        train.stop_non_finite(manager, workdir, f"loss became {losses[-1]} in epoch {epoch}, "
+                              f"batch {i + 1}", epoch, "epoch")
+      if (i + 1) % config.log_every == 0 and i + 1 < batches:
+        rate = (i + 1) / (time.perf_counter() - e0)
+        logging.info("epoch %d batch %d/%d | train loss %.4f acc %.2f%% | %.2f batches/s | "
+                     "epoch ETA %s", epoch, i + 1, batches,
+                     np.mean(losses[-config.log_every:]),
+                     100 * np.mean(accs[-config.log_every:]), rate,
+                     train._fmt_time((batches - i - 1) / rate))  # pylint: disable=protected-access
     val = evaluate(eval_step, state.params, splits.val_x, splits.val_y,
                    config.eval_batch_size)
     better = val["accuracy"] > float(progress.best_val_accuracy)
@@ -124,7 +143,8 @@ def train_and_evaluate(config, workdir, splits) -> dict:
                100 * result["best_val_accuracy"], result["best_epoch"],
                100 * result["test_accuracy"])
   if records:
-    train.plot_epochs(records, workdir / "curves.png", f"{config.model}, {config.dataset}",
+    train.plot_epochs(records, workdir / "curves.png", f"{config.model}, {'permuted' if config.permute else 'sequential'} "
+                      f"{'MNIST' if config.dataset == 'mnist' else '8x8 digits'}",
                       (("train_accuracy", "train"), ("val_accuracy", "validation")),
                       "accuracy (%)", scale=100.0)
   return result

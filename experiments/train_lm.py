@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from experiments import rundir
 from experiments import train
 import relscreen as rs
 from relscreen import datasets
@@ -109,10 +110,13 @@ def evaluate(model, eval_step, params, data, config) -> float:
 
 
 def train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict:
-  workdir = pathlib.Path(workdir).absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  train.check_config(workdir, config)
-  (workdir / "vocab.json").write_text(json.dumps(vocab) + "\n")
+  """Trains for ``config.epochs`` epochs (resuming when possible); returns eval.json."""
+  with rundir.locked(workdir) as path:
+    rundir.check_config(path, config, train.RESUMABLE_FIELDS + ("max_windows",))
+    return _train_and_evaluate(config, path, splits, vocab)
+
+
+def _train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict:
   model = build(config, len(vocab))
   optimizer = make_optimizer(config)
   train_data = datasets.batchify(splits["train"], config.batch)
@@ -122,7 +126,20 @@ def train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict:
   params = model.init(key, train_data[:1, :2])["params"]
   state = train.TrainState(params, optimizer.init(params))
   progress = Progress(state, params, jnp.array(jnp.inf), jnp.array(config.lr, jnp.float32))
-  progress, start, manager, log = train.resume(workdir, progress, "epoch")
+  progress, start, manager, log = train.resume(workdir, progress, "epoch", config.epochs,
+                                               "epochs")
+  rundir.write_config(workdir, config)
+  (workdir / "vocab.json").write_text(json.dumps(vocab) + "\n")
+  try:
+    return _train(config, workdir, model, optimizer, progress, start, manager, log,
+                  train_data, val_data, test_data)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+
+
+def _train(config, workdir, model, optimizer, progress, start, manager, log, train_data,
+           val_data, test_data):
   train_step, eval_step = make_steps(model, optimizer, config.carry_memory)
   n_windows = math.ceil((train_data.shape[1] - 1) / config.bptt)
   if config.max_windows:
@@ -133,20 +150,24 @@ def train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict:
     train_state = progress.state._replace(opt_state=opt_state._replace(
         hyperparams={**opt_state.hyperparams, "learning_rate": progress.learning_rate}))
     carry = initial_carry(model, config.batch, config.carry_memory)
-    losses, sizes, e0 = [], [], time.perf_counter()
+    losses, sizes, e0, done0 = [], [], time.perf_counter(), 0
+    if epoch == start + 1:
+      logging.info("compiling the training step (on the first window) ...")
     for i, (x, y) in enumerate(windows(train_data, config.bptt, config.max_windows)):
       if x.shape[1] < config.bptt:
         break  # a short last window would recompile for one step of data
       train_state, carry, loss = train_step(train_state, carry, x, y)
       losses.append(float(loss))
       sizes.append(x.size)
+      if i == 0 and epoch == start + 1:
+        # The first window compiled the step: rates count from the second on.
+        logging.info("compiled; first window done in %.1fs", time.perf_counter() - e0)
+        e0, done0 = time.perf_counter(), 1
       if not math.isfinite(losses[-1]):
-        raise train.NonFiniteLossError(
-            f"loss became {losses[-1]} in epoch {epoch}, window {i + 1}; stopped. The last "
-            f"good checkpoint (epoch {manager.latest_step()}) is kept in "
-            f"{workdir / 'checkpoints'}")
+        train.stop_non_finite(manager, workdir, f"loss became {losses[-1]} in epoch {epoch}, "
+                              f"window {i + 1}", epoch, "epoch")
       if (i + 1) % config.log_every == 0:
-        rate = (i + 1) / (time.perf_counter() - e0)
+        rate = (i + 1 - done0) / (time.perf_counter() - e0)
         logging.info("epoch %d window %d/%d | train bpc %.3f | %.2f windows/s | epoch ETA %s",
                      epoch, i + 1, n_windows, np.mean(losses[-config.log_every:]) / math.log(2),
                      rate, train._fmt_time((n_windows - i - 1) / rate))

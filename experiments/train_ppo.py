@@ -28,8 +28,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from experiments import flags_lib
 from experiments import rl_agent
 from experiments import rl_envs
+from experiments import rundir
 from experiments import train as train_lib
 from relscreen import models
 from relscreen import ppo
@@ -83,6 +85,7 @@ class Setup:
 
 def check_config(config):
   """Raises a ValueError naming the first inconsistent flag."""
+  flags_lib.require_finite(config)
   for name in ("num_envs", "frames_per_env", "epochs", "batch_size", "recurrence",
                "hidden", "nu", "rho", "frames", "log_every", "checkpoint_every", "eval_episodes"):
     if config[name] < 1:
@@ -329,15 +332,26 @@ def plot(records: list[dict], path: pathlib.Path, title: str):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains (resuming from ``workdir``), evaluates the final policy, plots."""
-  workdir = pathlib.Path(workdir).absolute()
   setup = build(config)
-  workdir.mkdir(parents=True, exist_ok=True)
-  train_lib.check_config(workdir, config, RESUMABLE_FIELDS)
-  frames_per_update = config.num_envs * config.frames_per_env
-  updates = -(-config.frames // frames_per_update)
-  state = initial_run_state(setup)
-  state, start, manager, log = train_lib.resume(workdir, state)
+  with rundir.locked(workdir) as path:
+    rundir.check_config(path, config, RESUMABLE_FIELDS)
+    frames_per_update = config.num_envs * config.frames_per_env
+    updates = -(-config.frames // frames_per_update)
+    state = initial_run_state(setup)
+    state, start, manager, log = train_lib.resume(path, state, total=updates)
+    rundir.write_config(path, config)
+    try:
+      return _train(config, path, setup, state, start, manager, log, frames_per_update,
+                    updates)
+    finally:
+      manager.wait_until_finished()
+      manager.close()
+
+
+def _train(config, workdir, setup, state, start, manager, log, frames_per_update, updates):
   update = make_update(setup)
+  if start < updates:
+    update = train_lib.compile_step(update, state, what="PPO update")
   logging.info("%s on %s: %d updates of %d frames (%s)", config.model, setup.env.name,
                updates, frames_per_update,
                f"memory_length {config.memory_length}" if setup.env.name.startswith(
@@ -348,9 +362,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     state, metrics = update(state)
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not np.isfinite(metrics["loss"]):
-      raise train_lib.NonFiniteLossError(
-          f"loss became {metrics['loss']} at update {u}; stopped. The last good "
-          f"checkpoint (update {manager.latest_step()}) is kept in {workdir / 'checkpoints'}")
+      train_lib.stop_non_finite(manager, workdir, f"loss became {metrics['loss']} at update "
+                                f"{u}, from the parameters after update {u - 1}", u - 1)
     block_frames += frames_per_update
     if u % config.log_every == 0 or u == updates:
       fps = block_frames / (time.perf_counter() - block_start)
@@ -363,6 +376,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                    train_lib._fmt_time((updates - u) * frames_per_update / fps))  # pylint: disable=protected-access
       block_frames, block_start = 0, time.perf_counter()
     if u % config.checkpoint_every == 0 or u == updates:
+      if not train_lib.params_finite(state.params):
+        train_lib.stop_non_finite(manager, workdir, f"the parameters became non-finite at "
+                                  f"update {u}", u)
       manager.save(u, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
   evaluate = make_evaluate(setup)

@@ -37,20 +37,37 @@ class Splits(NamedTuple):
     return self.train_x.shape[1]
 
 
+def file_variants(stem: str) -> list[str]:
+  """The names a file is commonly shipped under: ``stem``, with ``.idx`` spelled
+  ``-idx`` or ``.idx`` (MNIST mirrors differ), each raw or gzipped."""
+  names = [stem]
+  if "-idx" in stem:
+    names.append(stem.replace("-idx", ".idx"))
+  return [n + ext for n in names for ext in ("", ".gz")]
+
+
 def find_file(data_dir, stem: str) -> pathlib.Path:
-  """``stem`` or ``stem.gz`` in ``data_dir``."""
+  """The first of ``file_variants(stem)`` present in ``data_dir``."""
   base = pathlib.Path(data_dir)
-  for name in (stem, stem + ".gz"):
+  names = file_variants(stem)
+  for name in names:
     if (base / name).is_file():
       return base / name
-  raise DatasetError(f"{base / stem} not found (nor {stem}.gz) in --data_dir")
+  raise DatasetError(f"{base / stem} not found in --data_dir (accepted names: "
+                     f"{', '.join(names)})")
+
+
+def _open(path: pathlib.Path, mode: str):
+  """Opens ``path``, gunzipping when its name ends in .gz."""
+  if path.suffix == ".gz":
+    return gzip.open(path, mode + ("t" if mode == "r" else ""))
+  return open(path, mode)  # pylint: disable=unspecified-encoding
 
 
 def read_idx(path: pathlib.Path, ndim: int) -> np.ndarray:
   """Reads an IDX file of unsigned bytes with ``ndim`` dimensions."""
-  opener = gzip.open if path.suffix == ".gz" else open
   try:
-    with opener(path, "rb") as f:
+    with _open(path, "rb") as f:
       data = f.read()
   except (OSError, EOFError) as e:
     raise DatasetError(f"{path} could not be read ({e})") from e
@@ -138,10 +155,12 @@ def ptb_chars_from_words(text: str) -> list[str]:
 
 
 def ptb_chars_from_char_file(path: pathlib.Path) -> list[str]:
-  """A ``ptb.char.*.txt`` file (space-separated characters) -> token stream."""
+  """A ``ptb.char.*.txt`` file (space-separated characters, raw or gzipped) ->
+  token stream."""
   try:
-    text = path.read_text()
-  except (OSError, UnicodeDecodeError) as e:
+    with _open(path, "r") as f:
+      text = f.read()
+  except (OSError, EOFError, UnicodeDecodeError) as e:
     raise DatasetError(f"{path} could not be read as text ({e})") from e
   tokens = []
   for line in text.splitlines():

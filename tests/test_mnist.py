@@ -100,3 +100,29 @@ def test_mnist_binary_reports_missing_files(tmp_path):
   done = subprocess.run(digits, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0 and "test accuracy" in done.stderr, done.stderr
   assert json.loads((tmp_path / "d" / "eval.json").read_text())["best_epoch"] == 1
+
+
+def test_dotted_idx_file_names_are_accepted(tmp_path):
+  """Several mirrors ship train-images.idx3-ubyte (a dot before idx)."""
+  write_mnist(tmp_path, gz=False)
+  for path in list(tmp_path.iterdir()):
+    path.rename(path.with_name(path.name.replace("-idx", ".idx")))
+  assert datasets.load_mnist(tmp_path, n_val=10).train_x.shape == (20, 16, 1)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(datasets.DatasetError,
+                     match=r"accepted names: train-images-idx3-ubyte, "
+                           r"train-images-idx3-ubyte.gz, train-images.idx3-ubyte, "
+                           r"train-images.idx3-ubyte.gz"):
+    datasets.load_mnist(empty)
+
+
+def test_epoch_cap_and_progress_inside_an_epoch(tmp_path, caplog):
+  splits = datasets.load_mnist(write_mnist(tmp_path / "data", n_train=60), n_val=20)
+  caplog.set_level("INFO")
+  train_classifier.train_and_evaluate(tiny(epochs=1, max_batches=3, log_every=1),
+                                      tmp_path / "run", splits)
+  lines = [r.getMessage() for r in caplog.records]
+  assert any(l.startswith("compiling the update step") for l in lines)
+  progress = [l.split(" |")[0] for l in lines if l.startswith("epoch 1 batch")]
+  assert progress == ["epoch 1 batch 1/3", "epoch 1 batch 2/3"]  # 4 would be uncapped

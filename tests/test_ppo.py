@@ -168,11 +168,11 @@ def test_training_smoke_and_resume(tmp_path):
 
 def test_resume_refuses_changed_hyperparameters(tmp_path):
   train_ppo.check_config(_tiny())
-  from experiments import train as train_lib
-  train_lib.check_config(tmp_path, _tiny(), train_ppo.RESUMABLE_FIELDS)
-  train_lib.check_config(tmp_path, _tiny(frames=96), train_ppo.RESUMABLE_FIELDS)
+  from experiments import rundir  # pylint: disable=g-import-not-at-top
+  rundir.write_config(tmp_path, _tiny())
+  rundir.check_config(tmp_path, _tiny(frames=96), train_ppo.RESUMABLE_FIELDS)
   with pytest.raises(ValueError, match="--epochs: saved 2, now 4"):
-    train_lib.check_config(tmp_path, _tiny(epochs=4), train_ppo.RESUMABLE_FIELDS)
+    rundir.check_config(tmp_path, _tiny(epochs=4), train_ppo.RESUMABLE_FIELDS)
 
 
 def test_minigrid_agent_acts():

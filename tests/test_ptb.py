@@ -103,3 +103,17 @@ def test_ptb_binary_names_missing_file(tmp_path):
          f"--data_dir={tmp_path}"]
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert done.returncode == 1 and "ptb.char.train.txt not found" in done.stderr
+
+
+def test_gzipped_char_files_are_read(tmp_path):
+  """The not-found message suggests ptb.char.*.txt.gz: such files must then load."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  for split, text in (("train", "a b _ c\n"), ("valid", "b a\n"), ("test", "c\n")):
+    with gzip.open(tmp_path / f"ptb.char.{split}.txt.gz", "wt") as f:
+      f.write(text)
+  streams, vocab = datasets.load_ptb_chars(tmp_path)
+  assert vocab == sorted({"a", "b", "_", "c", datasets.EOS})
+  assert [vocab[i] for i in streams["train"]] == ["a", "b", "_", "c", datasets.EOS]
+  (tmp_path / "ptb.char.valid.txt.gz").write_bytes(b"not gzip")
+  with pytest.raises(datasets.DatasetError, match="ptb.char.valid.txt.gz could not be read"):
+    datasets.load_ptb_chars(tmp_path)
