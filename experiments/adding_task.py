@@ -3,10 +3,9 @@
   relscreen-adding --model=RelRNN --T=100 --steps=5000 --workdir=runs/adding_relrnn
 """
 
-from absl import app
 
-from experiments import flags_lib
-from experiments.configs import adding as adding_config
+from relscreen_experiments import flags_lib
+from relscreen_experiments.configs import adding as adding_config
 import relscreen as rs
 
 _FLAGS = flags_lib.define_flags(adding_config.FIELDS)
@@ -20,7 +19,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pathlib
 import jax
 import numpy as np
 
-from experiments import train
+from relscreen_experiments import train
 import relscreen as rs
 
 

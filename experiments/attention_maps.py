@@ -19,12 +19,11 @@ Command:
 import json
 import pathlib
 
-from absl import app
 from absl import flags
 import numpy as np
 
-from experiments import flags_lib
-from experiments.attention_lib import collect, draw
+from relscreen_experiments import flags_lib
+from relscreen_experiments.attention_lib import collect, draw
 
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None,
                                       "work directory of a copy or denoise run")
@@ -52,7 +51,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,12 @@ import resource
 import statistics
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 
-from experiments import flags_lib
-from experiments import timing
+from relscreen_experiments import flags_lib
+from relscreen_experiments import timing
 
 _MODELS = flags.DEFINE_list("models", ["RNN", "RelRNN", "MemRNN"],
                             "registered models; ratios are to the first")
@@ -159,7 +158,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

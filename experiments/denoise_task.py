@@ -5,10 +5,9 @@
 Rerunning the same command resumes from the work directory's last checkpoint.
 """
 
-from absl import app
 
-from experiments import flags_lib
-from experiments.configs import denoise as denoise_config
+from relscreen_experiments import flags_lib
+from relscreen_experiments.configs import denoise as denoise_config
 import relscreen as rs
 
 _FLAGS = flags_lib.define_flags(denoise_config.FIELDS)
@@ -23,7 +22,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from relscreen_experiments import flags_lib
+
 _COORDINATOR = flags.DEFINE_string("coordinator", "localhost:12355",
                                    "host:port of process 0's coordination service")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 2, "processes taking part")
@@ -44,8 +46,8 @@ def train(mesh=None):
   """``steps`` updates of the copy task; returns (params, list of losses)."""
   import jax  # pylint: disable=g-import-not-at-top
   import relscreen as rs  # pylint: disable=g-import-not-at-top
-  from experiments import timing  # pylint: disable=g-import-not-at-top
-  from experiments import train as train_lib  # pylint: disable=g-import-not-at-top
+  from relscreen_experiments import timing  # pylint: disable=g-import-not-at-top
+  from relscreen_experiments import train as train_lib  # pylint: disable=g-import-not-at-top
   from relscreen import parallel  # pylint: disable=g-import-not-at-top
 
   task = rs.CopyTask(_T.value)
@@ -107,7 +109,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def run_training(argv, holders, workdir: flags.FlagHolder, train_fn,
   exit status 1; what the work directory already holds is left as it is.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from relscreen_experiments import train  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -100,8 +100,31 @@ def run_training(argv, holders, workdir: flags.FlagHolder, train_fn,
 def run_online_training(argv, holders, workdir: flags.FlagHolder, make_task,
                         positive=None):
   """``run_training`` for the online tasks (copy, denoise, adding)."""
-  from experiments import train  # pylint: disable=g-import-not-at-top
-  from experiments.configs import common  # pylint: disable=g-import-not-at-top
+  from relscreen_experiments import train  # pylint: disable=g-import-not-at-top
+  from relscreen_experiments.configs import common  # pylint: disable=g-import-not-at-top
   run_training(argv, holders, workdir,
                lambda config, wd: train.train_and_evaluate(config, wd, make_task(config)),
                positive or common.POSITIVE, common.NON_NEGATIVE)
+
+
+def run_app(main):
+  """``absl.app.run(main)``, with ``--help`` listing the binary's own flags.
+
+  absl's ``--help`` lists the flags of the module named by ``sys.argv[0]``. A
+  console script's ``argv[0]`` is its launcher, and the flags that
+  ``define_flags`` makes are registered under this module, so ``--help`` would
+  list none of them (only ``--helpfull`` did). They are registered under
+  ``argv[0]`` too, with those of the calling binary module.
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+  caller = sys._getframe(1).f_globals["__name__"]  # pylint: disable=protected-access
+  if caller != "__main__":  # a console script: --help prints the binary's docstring
+    sys.modules["__main__"].__doc__ = sys.modules[caller].__doc__
+  by_module = flags.FLAGS.flags_by_module_dict()
+  shown = {f.name for f in by_module.get(sys.argv[0], [])}
+  for module in (caller, __name__):
+    for flag in by_module.get(module, []):
+      if flag.name not in shown:
+        flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
+        shown.add(flag.name)
+  app.run(main)

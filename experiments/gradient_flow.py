@@ -26,9 +26,9 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from experiments import flags_lib
-from experiments import train
-from experiments.configs import recall
+from relscreen_experiments import flags_lib
+from relscreen_experiments import train
+from relscreen_experiments.configs import recall
 import relscreen as rs
 
 _MODELS = flags.DEFINE_list("models", ["RNN", "LSTM", "MemRNN", "RelRNN", "RelLSTM"],
@@ -110,7 +110,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,10 @@ See ``experiments/configs/mnist.py``.
   relscreen-mnist --dataset=mnist --data_dir=/data/mnist --model=RelLSTM --workdir=runs/pmnist
 """
 
-from absl import app
 
-from experiments import flags_lib
-from experiments import train_classifier
-from experiments.configs import mnist as mnist_config
+from relscreen_experiments import flags_lib
+from relscreen_experiments import train_classifier
+from relscreen_experiments.configs import mnist as mnist_config
 from relscreen import datasets
 
 _FLAGS = flags_lib.define_flags(mnist_config.FIELDS)
@@ -38,7 +37,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

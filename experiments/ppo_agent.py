@@ -6,23 +6,22 @@
 Rerunning the same command resumes from the work directory's last checkpoint.
 """
 
-from absl import app
 
-from experiments import flags_lib
-from experiments.configs import ppo as ppo_config
+from relscreen_experiments import flags_lib
+from relscreen_experiments.configs import ppo as ppo_config
 
 _FLAGS = flags_lib.define_flags(ppo_config.FIELDS)
 _WORKDIR = flags_lib.define_workdir()
 
 
 def main(argv):
-  from experiments import train_ppo  # pylint: disable=g-import-not-at-top
+  from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
   flags_lib.run_training(argv, _FLAGS, _WORKDIR, train_ppo.train_and_evaluate)
 
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,12 @@ Command (see docs/RESULTS.md):
 import json
 import pathlib
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
-from experiments import flags_lib
-from experiments.configs import ppo as ppo_config
+from relscreen_experiments import flags_lib
+from relscreen_experiments.configs import ppo as ppo_config
 
 _MODELS = flags.DEFINE_list("models", ["LSTM", "RelLSTM"], "agent cores to compare")
 _LENGTHS = flags.DEFINE_list("memory_lengths", ["4", "8", "16", "32", "64", "128"],
@@ -92,7 +91,7 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
 
 
 def sweep(workdir: pathlib.Path):
-  from experiments import train_ppo  # pylint: disable=g-import-not-at-top
+  from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
   lengths = _parse_lengths(_LENGTHS.value)
   workdir.mkdir(parents=True, exist_ok=True)
   success = {}
@@ -127,7 +126,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

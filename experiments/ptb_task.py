@@ -6,11 +6,10 @@ See ``experiments/configs/ptb.py``.
       --epochs=3 --max_windows=200 --workdir=runs/ptb_relrnn
 """
 
-from absl import app
 
-from experiments import flags_lib
-from experiments import train_lm
-from experiments.configs import ptb as ptb_config
+from relscreen_experiments import flags_lib
+from relscreen_experiments import train_lm
+from relscreen_experiments.configs import ptb as ptb_config
 from relscreen import datasets
 
 _FLAGS = flags_lib.define_flags(ptb_config.FIELDS)
@@ -29,7 +28,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,14 @@ import json
 import pathlib
 import statistics
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 
-from experiments import flags_lib
-from experiments import timing
-from experiments import train
-from experiments.configs import recall
+from relscreen_experiments import flags_lib
+from relscreen_experiments import timing
+from relscreen_experiments import train
+from relscreen_experiments.configs import recall
 import relscreen as rs
 
 _TASK = flags.DEFINE_enum("task", "denoise", ["copy", "denoise"], "task (binary defaults)")
@@ -144,7 +143,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import time
 
 import jax
 
-from experiments import train
+from relscreen_experiments import train
 import relscreen as rs
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from experiments import rundir
+from relscreen_experiments import rundir
 import relscreen as rs
 from relscreen import parallel as rs_parallel
 

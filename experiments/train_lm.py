@@ -22,8 +22,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from experiments import rundir
-from experiments import train
+from relscreen_experiments import rundir
+from relscreen_experiments import train
 import relscreen as rs
 from relscreen import datasets
 

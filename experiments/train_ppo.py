@@ -28,11 +28,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from experiments import flags_lib
-from experiments import rl_agent
-from experiments import rl_envs
-from experiments import rundir
-from experiments import train as train_lib
+from relscreen_experiments import flags_lib
+from relscreen_experiments import rl_agent
+from relscreen_experiments import rl_envs
+from relscreen_experiments import rundir
+from relscreen_experiments import train as train_lib
 from relscreen import models
 from relscreen import ppo
 

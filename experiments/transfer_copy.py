@@ -20,8 +20,8 @@ import sys
 from absl import app
 from absl import flags
 
-from experiments import flags_lib
-from experiments.transfer_lib import transfer, write_outputs
+from relscreen_experiments import flags_lib
+from relscreen_experiments.transfer_lib import transfer, write_outputs
 
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None,
                                       "work directory of a relscreen-copy run")
@@ -53,7 +53,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  flags_lib.run_app(main)
 
 
 if __name__ == "__main__":

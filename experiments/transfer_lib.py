@@ -9,7 +9,7 @@ import time
 from absl import logging
 import jax
 
-from experiments import train
+from relscreen_experiments import train
 import relscreen as rs
 
 

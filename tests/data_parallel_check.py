@@ -18,7 +18,7 @@ import numpy as np
 
 import relscreen as rs
 from relscreen import parallel
-from experiments import train
+from relscreen_experiments import train
 
 
 def main():

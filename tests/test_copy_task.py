@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import relscreen as rs
-from experiments import train
-from experiments.configs import copy as copy_config
+from relscreen_experiments import train
+from relscreen_experiments.configs import copy as copy_config
 
 
 def test_copy_layout():
@@ -136,7 +136,7 @@ def test_changed_config_is_refused_by_name(tmp_path):
 
 
 def test_binary_runs_and_reports_bad_flags(tmp_path):
-  cmd = [sys.executable, "-m", "experiments.copy_task", f"--workdir={tmp_path}",
+  cmd = [sys.executable, "-m", "relscreen_experiments.copy_task", f"--workdir={tmp_path}",
          "--T=4", "--steps=4", "--hidden=8", "--log_every=2", "--checkpoint_every=2",
          "--eval_batches=1", "--eval_batch_size=4", "--model=RelLSTM"]
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -155,7 +155,7 @@ def test_denoise_and_variable_copy_train(tmp_path):
 
 
 def test_transfer_evaluates_a_trained_copy_run(tmp_path):
-  from experiments import transfer_lib as transfer_copy
+  from relscreen_experiments import transfer_lib as transfer_copy
   train.train_and_evaluate(tiny_config(steps=20), tmp_path / "run", rs.CopyTask(5))
   info, rows = transfer_copy.transfer(tmp_path / "run", [5, 40], batches=2, batch_size=8,
                                       seed=0)
@@ -188,7 +188,7 @@ def test_adding_layout_and_metrics(tmp_path):
   mean_guess = jnp.ones((6, 20, 1))
   loss, (acc, _) = task.metrics(mean_guess, batch)
   assert float(loss) == pytest.approx(float(jnp.mean((batch.y - 1.0) ** 2)))
-  from experiments.configs import adding
+  from relscreen_experiments.configs import adding
   config = adding.get_config()
   config.update(dict(T=5, steps=40, batch=16, hidden=16, nu=2, rho=2, lr=3e-3,
                      log_every=20, checkpoint_every=20, eval_batches=2,

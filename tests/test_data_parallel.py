@@ -30,7 +30,7 @@ def test_two_processes_equal_single_device():
   both processes end with the parameters a single device computes."""
   root = pathlib.Path(__file__).resolve().parents[1]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  args = [sys.executable, "-m", "experiments.distributed", "--num_processes=2",
+  args = [sys.executable, "-m", "relscreen_experiments.distributed", "--num_processes=2",
           f"--coordinator=localhost:{_free_port()}", "--T=5", "--hidden=8", "--steps=3",
           "--batch=4", "--model=RNN"]  # the sharded RelRNN is checked above; this is the
                                        # multi-process machinery

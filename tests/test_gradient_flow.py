@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import relscreen as rs
-from experiments.configs import copy as copy_config
-from experiments import train
+from relscreen_experiments.configs import copy as copy_config
+from relscreen_experiments import train
 
 H, I, B = 4, 3, 2
 
@@ -106,7 +106,7 @@ def test_recurrent_norm_matches_direct_gradient():
 
 
 def test_attention_maps_from_a_trained_run(tmp_path):
-  from experiments import attention_lib as attention_maps
+  from relscreen_experiments import attention_lib as attention_maps
   config = copy_config.get_config()
   config.update(dict(model="RelRNN", T=6, steps=10, batch=4, hidden=8, nu=2, rho=3,
                      log_every=10, checkpoint_every=10, eval_batches=1, eval_batch_size=4))
@@ -126,7 +126,7 @@ def test_attention_maps_from_a_trained_run(tmp_path):
 
 
 def test_timing_core_measures_memory_and_time():
-  from experiments import timing
+  from relscreen_experiments import timing
   plain = timing.build("MemRNN@autodiff", 60, 2, 16, 2, 2, remat_chunk=0)
   remat = timing.build("MemRNN@autodiff", 60, 2, 16, 2, 2, remat_chunk=8)
   custom = timing.build("MemRNN", 60, 2, 16, 2, 2, remat_chunk=0)
@@ -139,7 +139,7 @@ def test_timing_core_measures_memory_and_time():
 
 
 def test_streaming_timing_runs_every_memory_kind():
-  from experiments import timing
+  from relscreen_experiments import timing
   for name in ("RelRNN", "MemLSTM"):
     r = timing.streaming(name, batch=2, hidden=8, nu=2, rho=2, steps=3, repeats=1)
     assert r["median_step_us"] > 0 and r["stream_steps_per_s"] > 0
@@ -149,7 +149,7 @@ def test_gradflow_binary_end_to_end_and_sweep_flag_errors(tmp_path):
   import json
   import subprocess
   import sys
-  gf = [sys.executable, "-m", "experiments.gradient_flow", "--models=RelRNN", "--T=3",
+  gf = [sys.executable, "-m", "relscreen_experiments.gradient_flow", "--models=RelRNN", "--T=3",
         "--steps=2", "--diag_every=1", f"--workdir={tmp_path}/gf"]
   done = subprocess.run(gf, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr
@@ -157,7 +157,7 @@ def test_gradflow_binary_end_to_end_and_sweep_flag_errors(tmp_path):
   assert [r["model"] for r in rows] == ["RelRNN"] and rows[0]["step"] == 2
   # The sweep's parts (training with diagnostics, the timing core) are tested
   # above; here only its flag checking, which needs no compilation.
-  sw = [sys.executable, "-m", "experiments.sweep", "--T=3", "--steps=2",
+  sw = [sys.executable, "-m", "relscreen_experiments.sweep", "--T=3", "--steps=2",
         f"--workdir={tmp_path}/sw"]
   bad = subprocess.run(sw[:-1] + ["--baselines=GRU", f"--workdir={tmp_path}/bad"],
                        capture_output=True, text=True, timeout=300)
@@ -167,7 +167,7 @@ def test_gradflow_binary_end_to_end_and_sweep_flag_errors(tmp_path):
 def test_benchmark_streams_autodiff_variants_as_their_model():
   """A --models list naming ``Model@autodiff`` once crashed the benchmark's
   streaming part (after every timing, before anything was saved)."""
-  from experiments import timing
+  from relscreen_experiments import timing
   assert timing.streamed_models(["RNN", "RelRNN@autodiff", "RNN@autodiff", "RelRNN"]) == [
       "RNN", "RelRNN"]
   with pytest.raises(ValueError, match="unknown model 'GRU'"):

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import train_classifier
-from experiments.configs import mnist as mnist_config
+from relscreen_experiments import train_classifier
+from relscreen_experiments.configs import mnist as mnist_config
 from relscreen import datasets
 
 
@@ -90,12 +90,12 @@ def test_classifier_learns_selects_best_and_resumes(tmp_path):
 
 
 def test_mnist_binary_reports_missing_files(tmp_path):
-  cmd = [sys.executable, "-m", "experiments.mnist_task", f"--workdir={tmp_path}/run",
+  cmd = [sys.executable, "-m", "relscreen_experiments.mnist_task", f"--workdir={tmp_path}/run",
          "--dataset=mnist", f"--data_dir={tmp_path}/nothing"]
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert done.returncode == 1
   assert "train-images-idx3-ubyte not found" in done.stderr
-  digits = [sys.executable, "-m", "experiments.mnist_task", f"--workdir={tmp_path}/d",
+  digits = [sys.executable, "-m", "relscreen_experiments.mnist_task", f"--workdir={tmp_path}/d",
             "--epochs=1", "--hidden=8", "--nu=2", "--rho=2", "--model=RelRNN"]
   done = subprocess.run(digits, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0 and "test accuracy" in done.stderr, done.stderr

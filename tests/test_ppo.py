@@ -12,9 +12,9 @@ import pytest
 import relscreen as rs
 from relscreen import models
 from relscreen import ppo
-from experiments import rl_envs
-from experiments import train_ppo
-from experiments.configs import ppo as ppo_config
+from relscreen_experiments import rl_envs
+from relscreen_experiments import train_ppo
+from relscreen_experiments.configs import ppo as ppo_config
 
 
 def test_gae_hand_worked():
@@ -168,7 +168,7 @@ def test_training_smoke_and_resume(tmp_path):
 
 def test_resume_refuses_changed_hyperparameters(tmp_path):
   train_ppo.check_config(_tiny())
-  from experiments import rundir  # pylint: disable=g-import-not-at-top
+  from relscreen_experiments import rundir  # pylint: disable=g-import-not-at-top
   rundir.write_config(tmp_path, _tiny())
   rundir.check_config(tmp_path, _tiny(frames=96), train_ppo.RESUMABLE_FIELDS)
   with pytest.raises(ValueError, match="--epochs: saved 2, now 4"):

@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import train_lm
-from experiments.configs import ptb as ptb_config
+from relscreen_experiments import train_lm
+from relscreen_experiments.configs import ptb as ptb_config
 from relscreen import datasets
 
 
@@ -99,7 +99,7 @@ def test_state_hand_off_between_windows(tmp_path):
 def test_ptb_binary_names_missing_file(tmp_path):
   import subprocess
   import sys
-  cmd = [sys.executable, "-m", "experiments.ptb_task", f"--workdir={tmp_path}/run",
+  cmd = [sys.executable, "-m", "relscreen_experiments.ptb_task", f"--workdir={tmp_path}/run",
          f"--data_dir={tmp_path}"]
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert done.returncode == 1 and "ptb.char.train.txt not found" in done.stderr

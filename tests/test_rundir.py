@@ -12,8 +12,8 @@ import ml_collections
 import pytest
 
 import relscreen as rs
-from experiments import flags_lib, rundir, train
-from experiments.configs import copy as copy_config
+from relscreen_experiments import flags_lib, rundir, train
+from relscreen_experiments.configs import copy as copy_config
 from tests.test_copy_task import PoisonedCopy, records, tiny_config
 
 TASK = rs.CopyTask(5)

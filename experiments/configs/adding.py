@@ -15,7 +15,7 @@ Command:
 
 import ml_collections
 
-from experiments.configs import common
+from relscreen_experiments.configs import common
 
 _DROP = ("n_symbols", "c_length")
 

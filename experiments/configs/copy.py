@@ -19,7 +19,7 @@ Command:
 
 import ml_collections
 
-from experiments.configs import common
+from relscreen_experiments.configs import common
 
 FIELDS = common.fields(extra=(
     ("variable", False, "draw T per batch from [1, T - 1] (variable-length copy)", None),))

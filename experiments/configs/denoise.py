@@ -15,7 +15,7 @@ Command:
 
 import ml_collections
 
-from experiments.configs import common
+from relscreen_experiments.configs import common
 
 FIELDS = common.fields(T=200, nu=15, rho=15, i_init="kaiming", phi="modrelu", steps=5000)
 

@@ -18,7 +18,7 @@ Command (permuted digits, RelLSTM; see docs/RESULTS.md):
 
 import ml_collections
 
-from experiments.configs import common
+from relscreen_experiments.configs import common
 
 _DROP = ("T", "steps", "n_symbols", "c_length", "checkpoint_every", "eval_batches")
 

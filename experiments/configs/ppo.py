@@ -26,7 +26,7 @@ Commands:
 
 import ml_collections
 
-from experiments import rl_envs
+from relscreen_experiments import rl_envs
 
 FIELDS = (
     ("env", "MemoryChain-bsuite", "environment: MemoryChain-bsuite or an xminigrid "

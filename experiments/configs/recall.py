@@ -1,7 +1,7 @@
 """The recall tasks by name, for binaries that run either (gradient flow, sweeps)."""
 
-from experiments.configs import copy as copy_config
-from experiments.configs import denoise as denoise_config
+from relscreen_experiments.configs import copy as copy_config
+from relscreen_experiments.configs import denoise as denoise_config
 import relscreen as rs
 
 TASKS = {"copy": (copy_config, rs.CopyTask), "denoise": (denoise_config, rs.DenoiseTask)}

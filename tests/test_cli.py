@@ -1,0 +1,34 @@
+"""The installed command line: every binary's --help lists its own flags, and the
+binaries' package never shadows (or is shadowed by) a user's own ``experiments``."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BIN = pathlib.Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("binary,flag", [("relscreen-copy", "--steps"),
+                                         ("relscreen-mnist", "--max_batches"),
+                                         ("relscreen-benchmark", "--lengths")])
+def test_help_lists_the_binarys_own_flags(binary, flag, tmp_path):
+  done = subprocess.run([str(BIN / binary), "--help"], capture_output=True, text=True,
+                        timeout=120, cwd=tmp_path)
+  assert done.returncode in (0, 1), done.stderr  # absl's --help exits with status 1
+  assert f"  {flag}:" in done.stdout and "  --workdir:" in done.stdout
+  assert "Command" in done.stdout or "relscreen-" in done.stdout  # the docstring
+
+
+def test_a_users_experiments_package_is_left_alone(tmp_path):
+  (tmp_path / "experiments").mkdir()
+  (tmp_path / "experiments" / "__init__.py").write_text("MINE = True\n")
+  code = ("import experiments, relscreen_experiments.copy_task as c; "
+          "print(experiments.MINE, c.__file__)")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=120, cwd=tmp_path)
+  assert done.returncode == 0, done.stderr
+  mine, path = done.stdout.split()
+  root = pathlib.Path(__file__).resolve().parents[1]
+  assert mine == "True" and pathlib.Path(path) == root / "experiments" / "copy_task.py"
