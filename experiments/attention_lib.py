@@ -59,9 +59,12 @@ def draw(info: dict, workdir: pathlib.Path):
   title = f"{info['model']}, T={info['T']}, update {info['update']}"
   fig, ax = plt.subplots(figsize=(6, 5))
   im = ax.imshow(info["weights"], aspect="auto", origin="lower", cmap="magma")
-  for p in info["symbol_positions"]:
-    ax.axvline(p, color="cyan", lw=0.4, alpha=0.6)
+  for i, p in enumerate(info["symbol_positions"]):
+    ax.axvline(p, color="cyan", lw=0.6, alpha=0.7,
+               label="where the symbols to recall were" if i == 0 else None)
   ax.set(xlabel="attended past position", ylabel="time step", title=title)
+  if len(info["symbol_positions"]):
+    ax.legend(loc="upper left", fontsize=7, framealpha=0.8)
   fig.colorbar(im, ax=ax, label="attention weight")
   fig.tight_layout()
   fig.savefig(workdir / "attention.png", dpi=100)

@@ -1,4 +1,4 @@
-"""Trains a model on the copy task (SPEC 6). See ``experiments/configs/copy.py``.
+"""Trains a model on the copy task (ALGORITHM §6). See ``experiments/configs/copy.py``.
 
   relscreen-copy --model=RelRNN --T=100 --steps=6000 --workdir=runs/copy_relrnn_T100
 

@@ -1,4 +1,4 @@
-"""Trains a model on the denoise task (SPEC 6). See ``experiments/configs/denoise.py``.
+"""Trains a model on the denoise task (ALGORITHM §6). See ``experiments/configs/denoise.py``.
 
   relscreen-denoise --model=RelRNN --T=100 --steps=5000 --workdir=runs/denoise_relrnn_T100
 

@@ -1,4 +1,4 @@
-"""Trains a classifier on sequential / permuted MNIST or digits (SPEC 6).
+"""Trains a classifier on sequential / permuted MNIST or digits (ALGORITHM §6).
 
 See ``experiments/configs/mnist.py``.
 

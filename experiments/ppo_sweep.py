@@ -66,7 +66,7 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
   ax.axhline(summary["threshold"], color="gray", ls="--", lw=1)
   ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
   ax.set(xscale="log", xlabel="memory length", ylabel="success (fresh episodes)",
-         ylim=(0.4, 1.02), title=f"MemoryChain, {frames:,} frames per run")
+         ylim=(-0.02, 1.02), title=f"MemoryChain, {frames:,} frames per run")
   ax.set_xticks(lengths, [str(n) for n in lengths])
   ax.legend()
   fig.tight_layout()
@@ -83,8 +83,10 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
       w = max(1, len(y) // 20)
       x = np.array([r["frames"] for r in records])[w - 1:]
       ax.plot(x, np.convolve(y, np.ones(w) / w, mode="valid"), label=f"L={n}")
-    ax.set(xlabel="frames", ylabel="training success", title=model, ylim=(0.4, 1.02))
-    ax.legend(fontsize=7)
+    ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
+    ax.set(xlabel="frames", ylabel="training success (smoothed)", title=model,
+           ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
   fig.savefig(workdir / "curves.png", dpi=100)
   plt.close(fig)

@@ -1,4 +1,4 @@
-"""Trains a character-level language model on Penn Treebank (SPEC 6).
+"""Trains a character-level language model on Penn Treebank (ALGORITHM §6).
 
 See ``experiments/configs/ptb.py``.
 

@@ -1,4 +1,4 @@
-"""The recurrent actor-critic of the RL experiments (REFERENCE 3.9, ported).
+"""The recurrent actor-critic of the RL experiments (ALGORITHM §10, ported).
 
 Observation -> encoder (64 features) -> recurrent core (LSTM, RelLSTM or MemLSTM,
 hidden 64) -> actor ``Linear(64) tanh Linear(actions)`` and critic

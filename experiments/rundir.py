@@ -225,6 +225,13 @@ class MetricsLog:
       records.append(record)
     return records
 
+  @classmethod
+  def read_only(cls, path: pathlib.Path) -> list[dict]:
+    """The records of ``path`` without rewriting it (a torn last line is skipped)."""
+    log = cls.__new__(cls)
+    log.path = path
+    return log._records()  # pylint: disable=protected-access
+
   def write(self, record: dict):
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")

@@ -99,14 +99,41 @@ def draw(rows: list[dict], workdir: pathlib.Path):
   fig.tight_layout()
   fig.savefig(workdir / "sweep_grad.png", dpi=100)
   plt.close(fig)
-  fig, ax = plt.subplots(figsize=(6, 3.8))
-  for r in rows:
-    ax.scatter(r["step_ms"], 100 * r["accuracy"], s=40 + 400 * r["peak_gb"])
-    ax.annotate(r["label"], (r["step_ms"], 100 * r["accuracy"]), fontsize=7)
-  ax.set(xscale="log", xlabel="ms per training step (batch 10, H 128)",
-         ylabel="held-out accuracy (%)", title="marker area: memory plan")
+  draw_tradeoff(rows, workdir / "sweep_tradeoff.png",
+                f"{_TASK.value}, T={_T.value}, {_STEPS.value} updates")
+
+
+def draw_tradeoff(rows: list[dict], path: pathlib.Path, title: str):
+  """Accuracy against step time, marker area proportional to the memory plan (a
+  legend gives the scale), labels offset so they do not overlap."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+  top = max(r["peak_gb"] for r in rows)
+  area = lambda gb: 20 + 600 * gb / top
+  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  order = sorted(rows, key=lambda r: (r["step_ms"], r["accuracy"]))
+  for i, r in enumerate(order):
+    ax.scatter(r["step_ms"], 100 * r["accuracy"], s=area(r["peak_gb"]), alpha=0.6,
+               edgecolors="k", linewidths=0.5)
+    ax.annotate(r["label"], (r["step_ms"], 100 * r["accuracy"]), fontsize=7,
+                xytext=(6, 8 if i % 2 else -12), textcoords="offset points")
+  for gb in (top / 10, top / 2, top):
+    ax.scatter([], [], s=area(gb), color="gray", alpha=0.4, edgecolors="k",
+               linewidths=0.5, label=f"{1e3 * gb:.0f} MB")
+  ax.legend(title="memory plan", fontsize=7, title_fontsize=7, loc="lower right",
+            labelspacing=1.3, borderpad=1)
+  xs = [r["step_ms"] for r in rows]
+  ax.set(xscale="log", xlim=(min(xs) / 1.4, max(xs) * 1.8),
+         xlabel="ms per training step (batch 10, H 128)", ylabel="held-out accuracy (%)",
+         title=f"Accuracy, time and memory: {title}")
+  ax.margins(y=0.15)
+  plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+  ax.xaxis.set_major_formatter(plain)
+  ax.xaxis.set_minor_formatter(plain)
   fig.tight_layout()
-  fig.savefig(workdir / "sweep_tradeoff.png", dpi=100)
+  fig.savefig(path, dpi=100)
   plt.close(fig)
 
 

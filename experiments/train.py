@@ -113,7 +113,7 @@ def make_train_step(model, task, optimizer, batch_size: int, mesh=None):
 def make_diagnose(model, task, config, workdir: pathlib.Path, key, start: int):
   """A function ``(step, params)`` that appends one gradient-flow record to
   gradients.jsonl: ``||dL/dh_t||`` for every t and ``||dL/dV||``, for the task's
-  diagnostic loss (the recall loss) on a fresh batch (SPEC 7: an extra reverse pass, diagnostic steps only)."""
+  diagnostic loss (the recall loss) on a fresh batch (ALGORITHM §7: an extra reverse pass, diagnostic steps only)."""
   log = MetricsLog(workdir / "gradients.jsonl", start)
   apply_fn = lambda p, x, pr: model.apply({"params": p}, x, probes=pr)[0]
   flow = jax.jit(lambda p, batch: rs.gradient_flow(apply_fn, p, model.config, batch,
@@ -150,12 +150,13 @@ def plot_curves(records: list[dict], path: pathlib.Path, title: str):
   if not train:
     return
   steps = [r["step"] for r in train]
+  marker = "o" if len(steps) < 25 else None  # a lone point shows
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-  ax1.semilogy(steps, [r["rel_loss"] for r in train])
+  ax1.semilogy(steps, [r["rel_loss"] for r in train], marker=marker)
   ax1.axhline(1.0, color="gray", ls="--", lw=1, label="memoryless")
   ax1.set(xlabel="update", ylabel="loss / memoryless loss", title=title)
   ax1.legend()
-  ax2.plot(steps, [100 * r["accuracy"] for r in train])
+  ax2.plot(steps, [100 * r["accuracy"] for r in train], marker=marker)
   ax2.set(xlabel="update", ylabel="accuracy (%)", ylim=(0, 101))
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -204,7 +205,8 @@ def plot_epochs(records: list[dict], path: pathlib.Path, title: str, series, yla
   epochs = [r["epoch"] for r in records]
   fig, ax = plt.subplots(figsize=(5.5, 3.6))
   for key, label in series:
-    ax.plot(epochs, [scale * r[key] for r in records], label=label)
+    ax.plot(epochs, [scale * r[key] for r in records], label=label,
+            marker="o" if len(epochs) < 25 else None)  # a lone epoch shows
   ax.set(xlabel="epoch", ylabel=ylabel, title=title)
   ax.legend()
   fig.tight_layout()

@@ -307,8 +307,10 @@ def make_evaluate(setup: Setup):
   return run
 
 
-def plot(records: list[dict], path: pathlib.Path, title: str):
-  """Success rate and return against frames (raw and smoothed)."""
+def plot(records: list[dict], path: pathlib.Path, title: str, chance: float | None = None):
+  """Success rate, return and entropy against frames: each update's value (light)
+  and a moving average over a twentieth of the run (dark); ``chance`` draws the
+  success a memoryless policy gets."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -319,12 +321,17 @@ def plot(records: list[dict], path: pathlib.Path, title: str):
   for ax, key, label in zip(axes, ("success", "return", "entropy"),
                             ("success rate", "episode return", "policy entropy")):
     y = np.array([r[key] for r in records], float)
-    ax.plot(frames, y, alpha=0.3, color="C0")
+    ax.plot(frames, y, alpha=0.3, color="C0", label="per update",
+            marker="o" if len(y) < 25 else None)
     w = max(1, len(y) // 20)
     if len(y) >= w:
-      ax.plot(frames[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), color="C0")
+      ax.plot(frames[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), color="C0",
+              label=f"mean of {w} updates")
     ax.set(xlabel="frames", ylabel=label)
+  if chance is not None:
+    axes[0].axhline(chance, color="gray", ls=":", lw=1, label="chance")
   axes[0].set(ylim=(-0.02, 1.02), title=title)
+  axes[0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -390,5 +397,6 @@ def _train(config, workdir, setup, state, start, manager, log, frames_per_update
                record["frames"], record["success"], record["episodes"], record["return"])
   title = f"{config.model}, {setup.env.name}" + (
       f" (length {config.memory_length})" if setup.env.name.startswith("MemoryChain") else "")
-  plot(log.read(), workdir / "curves.png", title)
+  memory_task = setup.env.name.startswith(("MemoryChain", "MiniGrid-Memory"))
+  plot(log.read(), workdir / "curves.png", title, 0.5 if memory_task else None)
   return record

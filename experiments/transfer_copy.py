@@ -1,4 +1,4 @@
-"""Transfer copy (SPEC 6): a model trained on copy at one T, evaluated at larger T.
+"""Transfer copy (ALGORITHM §6): a model trained on copy at one T, evaluated at larger T.
 
 What it is for: whether what a model learnt about remembering generalises to
 longer delays than it was trained on. Loads the latest checkpoint of a

@@ -1,4 +1,4 @@
-"""Transfer copy (SPEC 6) without flags: evaluate a copy run at larger T, and
+"""Transfer copy (ALGORITHM §6) without flags: evaluate a copy run at larger T, and
 write the table and plot. The ``relscreen-transfer`` binary calls these."""
 
 import csv
@@ -43,6 +43,7 @@ def write_outputs(workdir: pathlib.Path, info: dict, rows: list[dict]):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker  # pylint: disable=unused-import
 
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "transfer.json").write_text(json.dumps({**info, "rows": rows}, indent=2) + "\n")
@@ -52,10 +53,14 @@ def write_outputs(workdir: pathlib.Path, info: dict, rows: list[dict]):
     writer.writerows(rows)
   fig, ax = plt.subplots(figsize=(5, 3.6))
   ax.semilogx([r["T"] for r in rows], [100 * r["accuracy"] for r in rows], "o-")
-  ax.axhline(100 / 8, color="gray", ls="--", lw=1, label="chance")
+  ax.axhline(100 / 8, color="gray", ls="--", lw=1, label="chance (12.5%)")
   ax.set(xlabel="test delay T", ylabel="recall accuracy (%)", ylim=(0, 101),
          title=f"{info['model']} trained at T={info['trained_T']}")
-  ax.legend()
+  ts = [r["T"] for r in rows]  # one plain label per measured T, none in between
+  ax.set_xticks(ts, [str(t) for t in ts])
+  ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+  plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+  ax.legend(loc="center right")
   fig.tight_layout()
   fig.savefig(workdir / "transfer.png", dpi=100)
   plt.close(fig)

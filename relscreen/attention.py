@@ -1,4 +1,4 @@
-"""Additive (Bahdanau) attention over a masked bank of memory slots (SPEC section 2).
+"""Additive (Bahdanau) attention over a masked bank of memory slots (ALGORITHM §2).
 
 Keys ``k_j = m_j Ua`` are computed once, when a state is stored; a step only adds
 its query ``q = s_{t-1} Va`` to every cached key.

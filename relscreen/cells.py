@@ -1,4 +1,4 @@
-"""Recurrent cell steps without attention (SPEC section 1).
+"""Recurrent cell steps without attention (ALGORITHM §1).
 
 Dimension legend used in every module of the library:
   b batch, t time, i input features, h hidden units, m memory slots.
@@ -17,7 +17,7 @@ Array = jax.Array
 
 
 class Phi(enum.Enum):
-  """The RNN nonlinearity. ``RELU`` is a real ReLU (SPEC 7)."""
+  """The RNN nonlinearity. ``RELU`` is a real ReLU (ALGORITHM §7)."""
 
   TANH = "tanh"
   RELU = "relu"

@@ -1,4 +1,4 @@
-"""Loaders for the image-sequence tasks (SPEC 6): MNIST from standard IDX files,
+"""Loaders for the image-sequence tasks (ALGORITHM §6): MNIST from standard IDX files,
 or scikit-learn's built-in 8x8 digits when no files are given. Nothing is
 downloaded; a missing or malformed file raises ``DatasetError`` naming it.
 """

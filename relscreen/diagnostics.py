@@ -1,4 +1,4 @@
-"""Gradient-flow diagnostics (SPEC 7): ``||dL/dh_t||`` for every t.
+"""Gradient-flow diagnostics (ALGORITHM §7): ``||dL/dh_t||`` for every t.
 
 Zero "probes" are added to every hidden state inside the scan (``forward``'s
 ``probes``); the gradient with respect to them is the total derivative of the

@@ -1,4 +1,4 @@
-"""The full memory of MemRNN / MemLSTM: every stored state is attended (SPEC 2).
+"""The full memory of MemRNN / MemLSTM: every stored state is attended (ALGORITHM §2).
 
 A preallocated bank of ``capacity`` slots filled in order; its size is fixed for
 a given sequence length, and attention costs O(capacity) per step.

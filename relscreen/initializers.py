@@ -1,4 +1,4 @@
-"""Initialisers of SPEC section 4, written for the kernels Flax stores (``x @ kernel``).
+"""Initialisers of ALGORITHM §4, written for the kernels Flax stores (``x @ kernel``).
 
 A torch ``Linear`` weight ``W`` [out, in] computes ``x W^T``; our kernels are
 ``W^T``. Each function has Flax's initializer signature ``(key, shape, dtype)``.

@@ -1,4 +1,4 @@
-"""Whole-sequence models and the streaming API, as pure functions (SPEC 1-3).
+"""Whole-sequence models and the streaming API, as pure functions (ALGORITHM §1-3).
 
 A model is a ``ModelConfig`` (static) plus a flat ``params`` dict:
   RNN family:  U [i, h], b [h], V [h, h], mod_b [h] (modrelu only)
@@ -198,7 +198,7 @@ def _diagnostics(config, values_time, attended, screened):
 
 
 def _first_mixed(config, a, s_init):
-  """s_0 (SPEC 2): the pre-activation for RNN cells, h_init for LSTM cells."""
+  """s_0 (ALGORITHM §2): the pre-activation for RNN cells, h_init for LSTM cells."""
   return a if config.cell is CellType.RNN else s_init
 
 
@@ -209,7 +209,7 @@ def _mixed(config, newest, context):
 
 
 def _first_step(params, config, state, xp, probe):
-  """Step 0 (SPEC 2): no attention. RNN: s_0 = a_0; LSTM: s_0 = h_init."""
+  """Step 0 (ALGORITHM §2): no attention. RNN: s_0 = a_0; LSTM: s_0 = h_init."""
   h, a, c = _cell(params, config, xp, state.s, state.c)
   h = h + probe
   s = _first_mixed(config, a, state.s)
@@ -326,7 +326,7 @@ def reset_rows(config: ModelConfig, state: State, reset: Array) -> State:
 
 
 def _step_with_reset(params, config, state, xp, probe, reset):
-  """``_step`` where rows flagged in ``reset`` start a new sequence (SPEC 7, RL)."""
+  """``_step`` where rows flagged in ``reset`` start a new sequence (ALGORITHM §7, RL)."""
   if config.attentive and config.k != 1:
     raise ValueError(f"per-row resets need k=1 ({config.name} has k={config.k}): with "
                      "k > 1 which steps are stored depends on each row's own clock")
@@ -706,7 +706,7 @@ def forward(params: dict, config: ModelConfig, x: Array, state: State | None = N
     state: state to continue from. Default: a fresh state (MemRNN/MemLSTM get room
       for every stored state of ``x``), starting from ``h0`` / ``c0`` if given.
     probes: optional [b, t, h] added to each ``h_t``; pass zeros and
-      differentiate with respect to them to get ``dL/dh_t`` (SPEC 7).
+      differentiate with respect to them to get ``dL/dh_t`` (ALGORITHM §7).
 
   Returns:
     ``(outputs, final_state)``; ``outputs["h"]`` is [b, t, h] and diagnostics,

@@ -1,4 +1,4 @@
-"""torch-equivalent optimisers built from optax transforms (SPEC 5)."""
+"""torch-equivalent optimisers built from optax transforms (ALGORITHM §5)."""
 
 import enum
 

@@ -1,4 +1,4 @@
-"""Proximal policy optimisation as pure functions (torch-ac's PPO, SPEC 6).
+"""Proximal policy optimisation as pure functions (torch-ac's PPO, ALGORITHM §6).
 
 Arrays are time-major: ``[t, n]`` for ``n`` parallel environments. ``dones[t]``
 says the episode ended with step ``t`` (its reward is the last of the episode),

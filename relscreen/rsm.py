@@ -1,4 +1,4 @@
-"""The Relevancy Screening Mechanism's memory (SPEC section 3), vectorised.
+"""The Relevancy Screening Mechanism's memory (ALGORITHM §3), vectorised.
 
 State per batch row: a short-term buffer S of the last ``nu`` stored states and a
 relevant set R of at most ``rho`` states. S is right-aligned: its newest state is

@@ -1,4 +1,4 @@
-"""Synthetic tasks of SPEC 6 as pure JAX generators, plus their losses and metrics.
+"""Synthetic tasks of ALGORITHM §6 as pure JAX generators, plus their losses and metrics.
 
 Every generator returns a ``Batch``: one-hot inputs, integer targets, and two
 masks, the steps that count in the loss and the recall steps whose accuracy is
@@ -55,7 +55,7 @@ class RecallTask:
 
 @dataclasses.dataclass(frozen=True)
 class CopyTask(RecallTask):
-  """Copy (SPEC 6): ``c`` symbols, ``T - 1`` blanks, a marker, ``c`` blanks.
+  """Copy (ALGORITHM §6): ``c`` symbols, ``T - 1`` blanks, a marker, ``c`` blanks.
 
   The target is class 0 until the marker has been read, then the ``c`` symbols.
   Blank is 0, symbols are 1..n_symbols, the marker is n_symbols + 1.
@@ -108,7 +108,7 @@ def _copy_batch(key, batch, T, length, n_symbols, c, input_size) -> Batch:
 
 @dataclasses.dataclass(frozen=True)
 class DenoiseTask(RecallTask):
-  """Denoise (SPEC 6): ``c`` symbols at random sorted positions among the first
+  """Denoise (ALGORITHM §6): ``c`` symbols at random sorted positions among the first
   ``T + c - 1`` steps, the marker (n_symbols + 2) at ``T + c - 1``, then recall.
 
   Inputs are one-hot of size n_symbols + 3; there are n_symbols + 2 classes (the

@@ -1,4 +1,4 @@
-"""Plain, slow, per-row NumPy references for SPEC 2-3, written independently of
+"""Plain, slow, per-row NumPy references for ALGORITHM §2-3, written independently of
 the library: Python lists for the memories, float64, one batch row at a time."""
 
 import numpy as np
@@ -18,7 +18,7 @@ def sigmoid(z):
 
 
 class Screen:
-  """SPEC 3 for one row: S (oldest first) and R as lists of [time, score, value]."""
+  """ALGORITHM §3 for one row: S (oldest first) and R as lists of [time, score, value]."""
 
   def __init__(self, nu, rho):
     self.nu, self.rho, self.S, self.R = nu, rho, [], []
@@ -85,7 +85,7 @@ def forward(params, name, x, phi="tanh", nu=2, rho=3, k=1, attn=1.0):
       if name not in ATTENTIVE:
         s = h
       elif t == 0:
-        s = a if rnn else s  # SPEC 2: s_0 = a_0 (RNN family), h_init (LSTM family)
+        s = a if rnn else s  # ALGORITHM §2: s_0 = a_0 (RNN family), h_init (LSTM family)
       else:
         s = mix
       if t % k == 0:

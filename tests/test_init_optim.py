@@ -1,4 +1,4 @@
-"""Initialisers (SPEC 4) and the torch-equivalent optimisers (SPEC 5)."""
+"""Initialisers (ALGORITHM §4) and the torch-equivalent optimisers (ALGORITHM §5)."""
 
 import math
 

@@ -44,7 +44,7 @@ def test_forward_matches_numpy_reference(name, options, float64):
 
 @pytest.mark.parametrize("name", ["MemRNN", "RelRNN", "MemLSTM", "RelLSTM"])
 def test_second_step_mixed_state_is_first_hidden_state(name):
-  """At t = 1 the memory holds only h_0: alpha = 1 and s_1 = h_0 (SPEC 2)."""
+  """At t = 1 the memory holds only h_0: alpha = 1 and s_1 = h_0 (ALGORITHM §2)."""
   cfg, params, x = setup(name, diagnostics=True)
   state = rs.init_state(cfg, B, capacity=L)
   state, out0 = rs.step(params, cfg, state, x[:, 0])
@@ -260,3 +260,20 @@ def test_boundary_errors_name_the_argument():
             rs.init_state(cfg, B), x[:, 0])
   with pytest.raises(ValueError, match="params has no 'Ua'"):
     rs.forward({k: v for k, v in params.items() if k != "Ua"}, cfg, x)
+
+
+def test_nnx_bridge_route(float64):
+  """NNX users wrap the Linen core with flax.nnx.bridge.ToNNX (the README's route):
+  same outputs as ``forward`` on the same parameters, and nnx.grad reaches them."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  cfg, params, x = setup("RelRNN")
+  core = nnx.bridge.ToNNX(rs.RecurrentCore(cfg), rngs=nnx.Rngs(0))
+  nnx.bridge.lazy_init(core, x)
+  for key, value in params.items():  # the Linen params become Param attributes
+    setattr(core, key, nnx.Param(value))
+  np.testing.assert_allclose(core(x)[0]["h"], rs.forward(params, cfg, x)[0]["h"],
+                             atol=1e-12)
+  grads = nnx.grad(lambda m: jnp.sum(m(x)[0]["h"] ** 2))(core)
+  want = jax.grad(lambda p: jnp.sum(rs.forward(p, cfg, x)[0]["h"] ** 2))(params)
+  for key, value in want.items():
+    np.testing.assert_allclose(grads[key][...], value, rtol=1e-9, atol=1e-12)

@@ -176,3 +176,38 @@ def test_non_finite_flags_are_refused_by_name(flag, value):
   config[flag] = value
   with pytest.raises(ValueError, match=f"--{flag} must be a finite number"):
     flags_lib.require_positive(config)
+
+
+def _tensorboard_scalars(folder: pathlib.Path) -> dict:
+  """{tag: [(step, value)]} from the TFRecord-framed event files in ``folder``."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  scalars = {}
+  for path in sorted(folder.glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      (n,) = struct.unpack("<Q", data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        scalars.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return scalars
+
+
+def test_tensorboard_events_mirror_the_metrics_and_runs_overlay(tmp_path):
+  from relscreen_experiments import compare_lib  # pylint: disable=g-import-not-at-top
+  train.train_and_evaluate(tiny_config(steps=40), tmp_path / "a", TASK)
+  scalars = _tensorboard_scalars(tmp_path / "a" / "tb")
+  want = [(r["step"], r["loss"]) for r in records(tmp_path / "a")]
+  assert [s for s, _ in scalars["train/loss"]] == [20, 40]
+  assert [v for _, v in scalars["train/loss"]] == pytest.approx([v for _, v in want],
+                                                                rel=1e-6)  # float32 protos
+  assert [s for s, _ in scalars["eval/accuracy"]] == [40]
+  train.train_and_evaluate(tiny_config(steps=40, seed=1), tmp_path / "b", TASK)
+  runs = [compare_lib.load_run(tmp_path / n) for n in ("a", "b")]
+  assert [label for label, _ in runs] == ["a (RelRNN)", "b (RelRNN)"]
+  assert compare_lib.pick_metric(runs, "auto") == "accuracy"
+  with pytest.raises(ValueError, match="--metric='bpc' is in none of the runs"):
+    compare_lib.pick_metric(runs, "bpc")
+  compare_lib.plot(runs, "accuracy", tmp_path / "c.png")
+  assert (tmp_path / "c.png").stat().st_size > 5000

@@ -5,7 +5,7 @@ steps and must output, at the last step, the sum of the two values marked in
 the second half. Predicting 1 scores MSE 1/6 ("1.0x memoryless"); "accuracy"
 is the fraction of answers within 0.04 of the target.
 
-Defaults follow addtask.py (REFERENCE.md 3.8): RMSprop 1e-4, batch 10, clip
+Defaults follow addtask.py (ALGORITHM §9): RMSprop 1e-4, batch 10, clip
 1.0, T 100, H 128, with the reference's MSE broadcasting bug fixed; RelRNN and
 RelLSTM work here (the reference could not build them for this task).
 

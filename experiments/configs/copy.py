@@ -1,4 +1,4 @@
-"""Copy task (SPEC 6): recall 10 symbols after T blanks.
+"""Copy task (ALGORITHM §6): recall 10 symbols after T blanks.
 
 What it is for: the paper's first test of long-term memory. A memoryless model
 sits at loss ``10 ln 8 / (T + 20)`` ("1.0x memoryless") and 12.5% recall

@@ -1,11 +1,11 @@
-"""Denoise (SPEC 6): recall, in order, 10 symbols scattered among T + 9 blanks.
+"""Denoise (ALGORITHM §6): recall, in order, 10 symbols scattered among T + 9 blanks.
 
 What it is for: unlike copy, the symbols' positions are random, so a model must
 decide which past states are relevant; this is the task the paper uses for its
 relevance-screening analysis. A memoryless model scores ``10 ln 8 / (T + 20)``
 ("1.0x memoryless") and 12.5% recall accuracy.
 
-Defaults are the reference's (REFERENCE.md 3.4, 4): nu 15, rho 15, kaiming input
+Defaults are the reference's (ALGORITHM §9): nu 15, rho 15, kaiming input
 init, henaff recurrent init, modrelu, RMSprop 1e-3 (alpha 0.99), clip 1.0,
 H 128, batch 10, T 200, seed 100.
 

@@ -1,4 +1,4 @@
-"""Sequential and permuted MNIST (SPEC 6): classify an image read one pixel a step.
+"""Sequential and permuted MNIST (ALGORITHM §6): classify an image read one pixel a step.
 
 What it is for: long sequences (784 steps) with a single label at the end, the
 paper's test of credit assignment over long spans. With ``--data_dir`` it reads
@@ -9,7 +9,7 @@ validation, 500 test), which fits a CPU. ``--permute`` applies
 ``numpy.random.RandomState(100).permutation`` to the pixel order. The test
 accuracy reported is that of the epoch with the best validation accuracy.
 
-Defaults follow the reference's pixelmnist.py (REFERENCE.md 3.5): H 100,
+Defaults follow the reference's pixelmnist.py (ALGORITHM §9): H 100,
 nu 10, rho 10, RMSprop 1e-3 (alpha 0.99), clip 1.0, batch 100, seed 100.
 
 Command (permuted digits, RelLSTM; see docs/RESULTS.md):

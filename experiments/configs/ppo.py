@@ -1,4 +1,4 @@
-"""PPO with a recurrent actor-critic on memory tasks (SPEC 6, REFERENCE 3.9).
+"""PPO with a recurrent actor-critic on memory tasks (ALGORITHM §6, §10).
 
 What it is for: the paper's RL use of RelLSTM as an agent's memory. The
 defaults are the reference's PPO hyperparameters (torch-ac 1.1.0): 16
@@ -6,7 +6,7 @@ environments x 128 steps per update, 4 epochs, minibatches of 256 frames = 16
 windows of recurrence 16, gamma 0.99, GAE 0.95, entropy 0.01, value 0.5, clip
 0.2, gradient norm 0.5, Adam 1e-3; core hidden 64 with nu = rho = 5. Unlike the
 reference, every environment's memory restarts when its episode ends, in acting
-and in learning alike (SPEC 7), so the attention never reads another episode.
+and in learning alike (ALGORITHM §7), so the attention never reads another episode.
 
 Environments: gymnax MemoryChain-bsuite (``--memory_length``: how many steps the
 first observation's bit must be kept), and xminigrid MiniGrid-DoorKey-5x5,

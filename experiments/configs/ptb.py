@@ -1,4 +1,4 @@
-"""Character-level Penn Treebank (SPEC 6): next-character prediction, bits per char.
+"""Character-level Penn Treebank (ALGORITHM §6): next-character prediction, bits per char.
 
 What it is for: a real sequence-modelling benchmark where memory over long
 contexts pays. The corpus is the standard char-PTB: with ``--data_dir``, the
@@ -7,7 +7,7 @@ PTB that the ``treebank`` package ships (50 symbols, 5.0M training characters).
 The recurrent state is carried across BPTT windows; ``--carry_memory`` also
 carries RelRNN/RelLSTM's attention memory (the reference clears it per window).
 
-Defaults are the reference's PTBtask.py (REFERENCE.md 3.7, 4): embedding 200,
+Defaults are the reference's PTBtask.py (ALGORITHM §9): embedding 200,
 H 1024, batch 128 (evaluation 10), bptt 150, nu = rho = 10, RMSprop 1e-4 with
 alpha 0.9, no clipping, cayley/kaiming, modrelu, learning rate halved whenever
 validation does not improve, seed 400. The reference reached 1.43 BPC (LSTM,
