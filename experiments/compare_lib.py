@@ -50,16 +50,18 @@ def plot(runs, metric: str, path: pathlib.Path, title: str = ""):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(7, 4))
-  x_key = "step"
+  x_key, x_label = "step", "update"
   for label, records in runs:
     recs = [r for r in records if metric in r]
     x_key = next((k for k in _X_KEYS if recs and k in recs[0]), "step")
+    x_label = ("frames" if x_key == "frames" else
+               "epoch" if recs and "epoch" in recs[0] else "update")
     xs = [r[x_key] for r in recs]
     scale = 100.0 if "accuracy" in metric or metric == "success" else 1.0
     ax.plot(xs, [scale * r[metric] for r in recs], label=label,
             marker="o" if len(xs) < 25 else None, ms=4)
   ylabel = metric + (" (%)" if "accuracy" in metric or metric == "success" else "")
-  ax.set(xlabel={"step": "update (or epoch)", "frames": "frames"}[x_key], ylabel=ylabel,
+  ax.set(xlabel=x_label, ylabel=ylabel,
          title=title or f"{metric} of {len(runs)} runs")
   if metric in ("rel_loss", "loss", "train_loss"):
     ax.set_yscale("log")
