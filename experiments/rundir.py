@@ -174,7 +174,8 @@ def resume(workdir: pathlib.Path, template, unit: str = "update", total: int | N
         "extend that run, or use another --workdir")
   if start:
     logging.info("resumed from %s after %s %d", workdir / "checkpoints", unit, start)
-  return restored, start, manager, MetricsLog(workdir / "metrics.jsonl", start)
+  return restored, start, manager, MetricsLog(workdir / "metrics.jsonl", start,
+                                              workdir / "tb")
 
 
 def set_aside_from(manager: ocp.CheckpointManager, workdir: pathlib.Path, step: int,
@@ -192,10 +193,17 @@ def set_aside_from(manager: ocp.CheckpointManager, workdir: pathlib.Path, step: 
 
 class MetricsLog:
   """One JSON record per line; on resume keeps one record per step up to the
-  checkpoint (the last one written for a step wins)."""
+  checkpoint (the last one written for a step wins).
 
-  def __init__(self, path: pathlib.Path, resume_step: int):
+  With ``tb_dir``, every record written is also written to TensorBoard event
+  files there (tensorboardX; each numeric field as ``<split>/<field>`` at the
+  record's step), and events past ``resume_step`` are purged on resume.
+  """
+
+  def __init__(self, path: pathlib.Path, resume_step: int,
+               tb_dir: pathlib.Path | None = None):
     self.path = path
+    self._tb = None
     if path.exists():
       kept = {}
       for record in self._records():
@@ -204,6 +212,10 @@ class MetricsLog:
           kept[record["step"]] = record
       _write_atomic(path, "".join(json.dumps(r) + "\n" for r in
                                   sorted(kept.values(), key=lambda r: r["step"])))
+    if tb_dir is not None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(str(tb_dir), purge_step=resume_step + 1 if resume_step
+                               else None)
 
   def _records(self) -> list[dict]:
     text = self.path.read_text()
@@ -235,6 +247,25 @@ class MetricsLog:
   def write(self, record: dict):
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
+    self.scalars(record)
+
+  def close(self):
+    """Writes out pending TensorBoard events (tensorboardX writes them from a
+    background thread; ``flush`` alone does not wait for it)."""
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+  def scalars(self, record: dict):
+    """Writes ``record``'s numeric fields to TensorBoard only (no-op without tb_dir)."""
+    if self._tb is None:
+      return
+    split = record.get("split", "train")
+    for key, value in record.items():
+      if key not in ("step", "split", "epoch") and isinstance(value, (int, float)) \
+          and not isinstance(value, bool):
+        self._tb.add_scalar(f"{split}/{key}", value, record["step"])
+    self._tb.flush()
 
   def read(self) -> list[dict]:
     if not self.path.exists():

@@ -202,12 +202,14 @@ def plot_epochs(records: list[dict], path: pathlib.Path, title: str, series, yla
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker  # pylint: disable=unused-import
   epochs = [r["epoch"] for r in records]
   fig, ax = plt.subplots(figsize=(5.5, 3.6))
   for key, label in series:
     ax.plot(epochs, [scale * r[key] for r in records], label=label,
             marker="o" if len(epochs) < 25 else None)  # a lone epoch shows
   ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -295,6 +297,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, task) -> dict:
   finally:
     manager.wait_until_finished()
     manager.close()
+    log.close()
 
 
 def _train_loop(config, workdir, task, model, optimizer, state, start, manager, log,
@@ -326,7 +329,6 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
                       start + 1, start - start % config.log_every + config.log_every)
     else:
       block = saved
-  tb = tensorboard_writer(workdir, start)
   block_start = t0 = time.perf_counter()
   block_new = 0  # updates of this block run in this process (for the rate)
   for step in range(start + 1, config.steps + 1):
@@ -345,7 +347,6 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
       rate = block_new / (time.perf_counter() - block_start)
       record = {"split": "train", **dataclasses.asdict(m), "steps_per_s": rate}
       log.write(record)
-      write_scalars(tb, record)
       logging.info("update %d/%d | %s | %.1f updates/s | ETA %s", step, config.steps,
                    m.line(), rate, _fmt_time((config.steps - step) / rate))
       block = {"loss": [], "rel": [], "acc": []}
@@ -365,33 +366,9 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
                        config.eval_batch_size),
             "train_seconds": time.perf_counter() - t0}
   (workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
-  write_scalars(tb, record)
-  if tb is not None:
-    tb.close()
+  log.scalars(record)
   logging.info("held-out evaluation at update %d: %s", config.steps,
                Metrics(config.steps, record["loss"], record["rel_loss"],
                        record["accuracy"]).line())
   plot_curves(log.read(), workdir / "curves.png", f"{config.model}, T={config.T}")
   return record
-
-
-def tensorboard_writer(workdir: pathlib.Path, start: int):
-  """A tensorboardX writer on ``workdir/tb`` (events past ``start`` purged on
-  resume), or None when tensorboardX is not installed."""
-  try:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return SummaryWriter(str(workdir / "tb"), purge_step=start + 1 if start else None)
-
-
-def write_scalars(writer, record: dict, step_key: str = "step"):
-  """Every numeric field of ``record`` as ``<split>/<field>`` at its step."""
-  if writer is None:
-    return
-  split = record.get("split", "train")
-  for key, value in record.items():
-    if key not in (step_key, "split", "epoch") and isinstance(value, (int, float)) \
-        and not isinstance(value, bool):
-      writer.add_scalar(f"{split}/{key}", value, record[step_key])
-  writer.flush()

@@ -86,6 +86,7 @@ def train_and_evaluate(config, workdir, splits) -> dict:
     finally:
       manager.wait_until_finished()
       manager.close()
+      log.close()
 
 
 def _train(config, workdir, splits, model, optimizer, progress, start, manager, log):

@@ -136,6 +136,7 @@ def _train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict
   finally:
     manager.wait_until_finished()
     manager.close()
+    log.close()
 
 
 def _train(config, workdir, model, optimizer, progress, start, manager, log, train_data,

@@ -353,6 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     finally:
       manager.wait_until_finished()
       manager.close()
+      log.close()
 
 
 def _train(config, workdir, setup, state, start, manager, log, frames_per_update, updates):
