@@ -10,7 +10,6 @@ eval.json and curves.png to the work directory.
 
 import json
 import math
-import pathlib
 import time
 from typing import Any, NamedTuple
 

@@ -11,7 +11,6 @@ rate is halved. The test set is evaluated once, on the best parameters.
 
 import json
 import math
-import pathlib
 import time
 from typing import Any, NamedTuple
 

@@ -7,7 +7,6 @@ import os
 import pathlib
 import shutil
 
-import jax.numpy as jnp
 import ml_collections
 import pytest
 
