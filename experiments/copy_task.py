@@ -1,6 +1,6 @@
 """Trains a model on the copy task (ALGORITHM §6). See ``experiments/configs/copy.py``.
 
-  relscreen-copy --model=RelRNN --T=100 --steps=6000 --workdir=runs/copy_relrnn_T100
+  relscreen-copy --model=RelRNN --T=100 --steps=10000 --workdir=runs/copy_relrnn_T100
 
 Rerunning the same command resumes from the work directory's last checkpoint.
 """
