@@ -17,11 +17,11 @@ Command:
 """
 
 import json
-import pathlib
 
 from absl import flags
 import numpy as np
 
+from relscreen_experiments import rundir
 from relscreen_experiments import flags_lib
 from relscreen_experiments.attention_lib import collect, draw
 
@@ -37,9 +37,8 @@ def train_fn(config, workdir):
   del config
   if _SEQUENCES.value < 1:
     raise ValueError("--sequences must be >= 1")
+  workdir = rundir.prepare(workdir)  # before the work, not after
   info = collect(_CHECKPOINT_DIR.value, _SEQUENCES.value, _SEED.value)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   draw(info, workdir)
   (workdir / "attention.json").write_text(json.dumps(
       {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in info.items()}) + "\n")

@@ -26,7 +26,6 @@ Writes benchmark.json and benchmark.png to --workdir.
 """
 
 import json
-import pathlib
 import resource
 import statistics
 import sys
@@ -35,6 +34,7 @@ from absl import flags
 from absl import logging
 import jax
 
+from relscreen_experiments import rundir
 from relscreen_experiments import flags_lib
 from relscreen_experiments import timing
 
@@ -133,8 +133,10 @@ def main(argv):
     stream_batches = [int(v) for v in _STREAM.value]
   except ValueError:
     sys.exit(f"error: --streaming_batches must be integers, got {_STREAM.value}")
-  workdir = pathlib.Path(_WORKDIR.value)
-  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    workdir = rundir.prepare(_WORKDIR.value)
+  except rundir.WorkdirError as e:
+    sys.exit(f"error: {e}")
   records, stream = [], []
 
   meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,

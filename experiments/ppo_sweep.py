@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from relscreen_experiments import rundir
 from relscreen_experiments import flags_lib
 from relscreen_experiments.configs import ppo as ppo_config
 
@@ -95,7 +96,7 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
 def sweep(workdir: pathlib.Path):
   from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
   lengths = _parse_lengths(_LENGTHS.value)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = rundir.prepare(workdir)
   success = {}
   for model in _MODELS.value:
     success[model] = {}

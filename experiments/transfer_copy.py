@@ -14,13 +14,13 @@ Command (a RelRNN trained at T = 100, see docs/RESULTS.md):
       --workdir=runs/transfer_relrnn_T100
 """
 
-import pathlib
 import sys
 
 from absl import app
 from absl import flags
 
 from relscreen_experiments import flags_lib
+from relscreen_experiments import rundir
 from relscreen_experiments.transfer_lib import transfer, write_outputs
 
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None,
@@ -38,6 +38,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   flags_lib.quiet_other_loggers()
   try:
+    workdir = rundir.prepare(_WORKDIR.value)  # before the long evaluation, not after
     Ts = [int(v) for v in _TS.value]
     if not Ts or min(Ts) < 1:
       raise ValueError(f"--Ts must be integers >= 1, got {_TS.value}")
@@ -48,7 +49,7 @@ def main(argv):
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  write_outputs(pathlib.Path(_WORKDIR.value), info, rows)
+  write_outputs(workdir, info, rows)
 
 
 def run():

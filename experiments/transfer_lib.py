@@ -9,6 +9,7 @@ import time
 from absl import logging
 import jax
 
+from relscreen_experiments import rundir
 from relscreen_experiments import train
 import relscreen as rs
 
@@ -45,7 +46,7 @@ def write_outputs(workdir: pathlib.Path, info: dict, rows: list[dict]):
   import matplotlib.pyplot as plt
   import matplotlib.ticker  # pylint: disable=unused-import
 
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = rundir.prepare(workdir)
   (workdir / "transfer.json").write_text(json.dumps({**info, "rows": rows}, indent=2) + "\n")
   with (workdir / "transfer.csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
