@@ -31,8 +31,21 @@ def checkpoint_steps(workdir):
   return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
-def test_lower_total_is_refused_and_nothing_is_rewritten(tmp_path):
-  train.train_and_evaluate(tiny_config(steps=40), tmp_path, TASK)
+@pytest.fixture(scope="module")
+def trained_40(tmp_path_factory):
+  """A finished run of 40 updates (checkpoints 20 and 40), for tests to copy."""
+  path = tmp_path_factory.mktemp("trained_40")
+  train.train_and_evaluate(tiny_config(steps=40, checkpoint_every=20), path, TASK)
+  return path
+
+
+def copy_of(run: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
+  shutil.copytree(run, dest, dirs_exist_ok=True)
+  return dest
+
+
+def test_lower_total_is_refused_and_nothing_is_rewritten(tmp_path, trained_40):
+  copy_of(trained_40, tmp_path)
   before = {n: (tmp_path / n).read_text() for n in ("config.json", "eval.json",
                                                     "metrics.jsonl")}
   with pytest.raises(rundir.WorkdirError, match=r"--steps=20 is below update 40"):
@@ -133,20 +146,20 @@ def _truncate_data(step_dir: pathlib.Path):
     lambda d: (d / "default" / "_METADATA").unlink(),
     lambda d: shutil.rmtree(d / "default"),
 ], ids=["truncated", "no_metadata", "no_default"])
-def test_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, damage):
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path, damage,
+                                                                 trained_40):
   config = tiny_config(steps=40, checkpoint_every=20)
-  train.train_and_evaluate(config, tmp_path / "a", TASK)
-  shutil.copytree(tmp_path / "a", tmp_path / "b")
-  damage(tmp_path / "b" / "checkpoints" / "40")
-  train.train_and_evaluate(config, tmp_path / "b", TASK)  # restores 20, retrains 21-40
-  assert (tmp_path / "b" / "damaged_checkpoints" / "40").is_dir()
-  assert checkpoint_steps(tmp_path / "b") == [20, 40]
-  assert eval_record(tmp_path / "b") == eval_record(tmp_path / "a")
-  assert without_timing(records(tmp_path / "b")) == without_timing(records(tmp_path / "a"))
+  run = copy_of(trained_40, tmp_path / "b")
+  damage(run / "checkpoints" / "40")
+  train.train_and_evaluate(config, run, TASK)  # restores 20, retrains 21-40
+  assert (run / "damaged_checkpoints" / "40").is_dir()
+  assert checkpoint_steps(run) == [20, 40]
+  assert eval_record(run) == eval_record(trained_40)
+  assert without_timing(records(run)) == without_timing(records(trained_40))
 
 
-def test_torn_last_metrics_line_is_dropped_a_bad_line_is_named(tmp_path):
-  train.train_and_evaluate(tiny_config(steps=40), tmp_path, TASK)
+def test_torn_last_metrics_line_is_dropped_a_bad_line_is_named(tmp_path, trained_40):
+  copy_of(trained_40, tmp_path)
   path = tmp_path / "metrics.jsonl"
   good = path.read_text()
   path.write_text(good + '{"split": "train", "step": 6')  # killed mid-write
