@@ -185,14 +185,14 @@ def load_trained(workdir, task_fn) -> tuple[ml_collections.ConfigDict, Any, Any,
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   if not (workdir / "checkpoints").is_dir():
     raise ValueError(f"{workdir / 'checkpoints'} not found: the run saved no checkpoint")
-  manager = checkpoint_manager(workdir, create=False)
-  step = manager.latest_step()
-  if step is None:
-    raise ValueError(f"{workdir / 'checkpoints'} holds no checkpoint")
   task = task_fn(config)
   model = build_model(config, task)
   state, _, _ = init_state(config, task, model)
-  state = manager.restore(step, args=ocp.args.StandardRestore(state))
+  # The newest checkpoint that restores (a damaged one is set aside, as on resume).
+  state, step, manager = rundir.restore_latest(workdir, state)
+  manager.close()
+  if not step:
+    raise WorkdirError(f"{workdir / 'checkpoints'} holds no checkpoint that restores")
   return config, model, state.params, step
 
 
