@@ -64,7 +64,8 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
   fig, ax = plt.subplots(figsize=(5.5, 3.6))
   for model, runs in summary["success"].items():
     ax.plot(lengths, [runs[str(n)] for n in lengths], marker="o", label=model)
-  ax.axhline(summary["threshold"], color="gray", ls="--", lw=1)
+  ax.axhline(summary["threshold"], color="gray", ls="--", lw=1,
+             label=f"solved (>= {100 * summary['threshold']:.0f}%)")
   ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
   ax.set(xscale="log", xlabel="memory length", ylabel="success (fresh episodes)",
          ylim=(-0.02, 1.02), title=f"MemoryChain, {frames:,} frames per run")
@@ -80,10 +81,15 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
     for n in lengths:
       path = workdir / f"{model}_L{n}" / "metrics.jsonl"
       records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+      # An update in which no episode ended has no success rate (it logs 0): skip it.
+      records = [r for r in records if r.get("episodes", 1) > 0]
+      if not records:
+        continue
       y = np.array([r["success"] for r in records])
       w = max(1, len(y) // 20)
       x = np.array([r["frames"] for r in records])[w - 1:]
-      ax.plot(x, np.convolve(y, np.ones(w) / w, mode="valid"), label=f"L={n}")
+      ax.plot(x, np.convolve(y, np.ones(w) / w, mode="valid"), label=f"L={n}",
+              marker="o" if len(x) < 25 else None, ms=3)
     ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
     ax.set(xlabel="frames", ylabel="training success (smoothed)", title=model,
            ylim=(-0.02, 1.02))

@@ -314,6 +314,8 @@ def plot(records: list[dict], path: pathlib.Path, title: str, chance: float | No
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  # An update in which no episode ended has no success rate (it logs 0): skip it.
+  records = [r for r in records if r.get("episodes", 1) > 0]
   if not records:
     return
   frames = np.array([r["frames"] for r in records])
