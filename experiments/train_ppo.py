@@ -323,12 +323,12 @@ def plot(records: list[dict], path: pathlib.Path, title: str, chance: float | No
   for ax, key, label in zip(axes, ("success", "return", "entropy"),
                             ("success rate", "episode return", "policy entropy")):
     y = np.array([r[key] for r in records], float)
-    ax.plot(frames, y, alpha=0.3, color="C0", label="per update",
+    ax.plot(frames, y, alpha=0.3, color="C0", label="each logged update",
             marker="o" if len(y) < 25 else None)
     w = max(1, len(y) // 20)
     if len(y) >= w:
       ax.plot(frames[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), color="C0",
-              label=f"mean of {w} updates")
+              label=f"mean of {w} logged updates")
     ax.set(xlabel="frames", ylabel=label)
   if chance is not None:
     axes[0].axhline(chance, color="gray", ls=":", lw=1, label="chance")
