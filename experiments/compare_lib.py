@@ -20,7 +20,7 @@ def load_run(workdir) -> tuple[str, list[dict]]:
   if not metrics.is_file():
     raise rundir.WorkdirError(f"{metrics} not found: each --workdirs entry must be the "
                               "--workdir of a training run")
-  records = rundir.MetricsLog.read_only(metrics)
+  records = rundir.read_records(metrics)
   records = [r for r in records if r.get("split", "train") == "train"]
   label = path.name
   config = path / "config.json"

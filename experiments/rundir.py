@@ -103,11 +103,12 @@ def check_config(workdir: pathlib.Path, config, resumable):
 
 
 def write_config(workdir: pathlib.Path, config):
-  _write_atomic(workdir / "config.json",
+  write_atomic(workdir / "config.json",
                 json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def _write_atomic(path: pathlib.Path, text: str):
+def write_atomic(path: pathlib.Path, text: str):
+  """Writes ``text`` to ``path`` through a temporary file and a rename."""
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
   os.replace(tmp, path)
@@ -206,43 +207,16 @@ class MetricsLog:
     self._tb = None
     if path.exists():
       kept = {}
-      for record in self._records():
+      for record in read_records(path):
         if record["step"] <= resume_step:
           kept.pop(record["step"], None)
           kept[record["step"]] = record
-      _write_atomic(path, "".join(json.dumps(r) + "\n" for r in
-                                  sorted(kept.values(), key=lambda r: r["step"])))
+      write_atomic(path, "".join(json.dumps(r) + "\n" for r in
+                                 sorted(kept.values(), key=lambda r: r["step"])))
     if tb_dir is not None:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(str(tb_dir), purge_step=resume_step + 1 if resume_step
                                else None)
-
-  def _records(self) -> list[dict]:
-    text = self.path.read_text()
-    lines = text.split("\n")
-    records = []
-    for i, line in enumerate(lines, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        if not isinstance(record, dict) or "step" not in record:
-          raise ValueError("not a record with a 'step'")
-      except ValueError as e:  # json.JSONDecodeError is a ValueError
-        if i == len(lines) and not text.endswith("\n"):
-          logging.warning("%s: dropped a torn last line %d (a run stopped while writing "
-                          "it): %r", self.path, i, line[:80])
-          continue
-        raise WorkdirError(f"{self.path}, line {i}: {e}; fix or remove that line") from None
-      records.append(record)
-    return records
-
-  @classmethod
-  def read_only(cls, path: pathlib.Path) -> list[dict]:
-    """The records of ``path`` without rewriting it (a torn last line is skipped)."""
-    log = cls.__new__(cls)
-    log.path = path
-    return log._records()  # pylint: disable=protected-access
 
   def write(self, record: dict):
     with self.path.open("a") as f:
@@ -270,4 +244,27 @@ class MetricsLog:
   def read(self) -> list[dict]:
     if not self.path.exists():
       return []
-    return self._records()
+    return read_records(self.path)
+
+
+def read_records(path: pathlib.Path) -> list[dict]:
+  """The records of a JSON-lines file, read only: a torn last line is skipped
+  with a warning, any other bad line is a ``WorkdirError`` naming it."""
+  text = path.read_text()
+  lines = text.split("\n")
+  records = []
+  for i, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or "step" not in record:
+        raise ValueError("not a record with a 'step'")
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
+      if i == len(lines) and not text.endswith("\n"):
+        logging.warning("%s: dropped a torn last line %d (a run stopped while writing "
+                        "it): %r", path, i, line[:80])
+        continue
+      raise WorkdirError(f"{path}, line {i}: {e}; fix or remove that line") from None
+    records.append(record)
+  return records

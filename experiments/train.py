@@ -253,7 +253,7 @@ class PartialBlocks:
     the files of checkpoints no longer in ``keep``."""
     if block["loss"]:
       self.dir.mkdir(exist_ok=True)
-      rundir._write_atomic(self.dir / f"{step}.json", json.dumps(block))  # pylint: disable=protected-access
+      rundir.write_atomic(self.dir / f"{step}.json", json.dumps(block))
     for path in self.dir.glob("*.json") if self.dir.is_dir() else ():
       if path.stem.isdigit() and int(path.stem) not in set(keep) | {step}:
         path.unlink()
@@ -278,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict
 
   Returns the held-out evaluation record. Raises ``NonFiniteLossError`` when the
   loss or the parameters stop being finite (checkpoints whose parameters gave it
-  are removed; earlier ones are kept), ``WorkdirError`` for a work directory that
+  are set aside in ``nonfinite_checkpoints/``; earlier ones are kept), ``WorkdirError`` for a work directory that
   cannot be used (in use, another configuration, a total below what is saved).
   """
   with rundir.locked(workdir) as path:
