@@ -18,6 +18,7 @@ Every training binary writes to its ``--workdir`` through these pieces:
   logged step up to the restored checkpoint. A torn last line (a kill during a
   write) is dropped with a warning; any other bad line is an error naming the
   file and line.
+- ``opened``: all of the above around a training loop, closing what it opened.
 - ``set_aside_from``: after a non-finite loss, waits for pending saves and
   moves the checkpoints whose parameters produced it to
   ``nonfinite_checkpoints/``, so the newest one left is one that did not.
@@ -177,6 +178,26 @@ def resume(workdir: pathlib.Path, template, unit: str = "update", total: int | N
     logging.info("resumed from %s after %s %d", workdir / "checkpoints", unit, start)
   return restored, start, manager, MetricsLog(workdir / "metrics.jsonl", start,
                                               workdir / "tb")
+
+
+@contextlib.contextmanager
+def opened(workdir, config, resumable, template, unit: str = "update",
+           total: int | None = None, total_flag: str = "steps"):
+  """A run's directory for the length of the block: locked, ``config`` checked
+  against ``config.json``, the newest good checkpoint restored into
+  ``template``'s structure, ``config.json`` written. Yields
+  ``(path, restored, start, manager, log)``; on exit, pending saves are waited
+  for and the manager and the log closed, however the block ends."""
+  with locked(workdir) as path:
+    check_config(path, config, resumable)
+    restored, start, manager, log = resume(path, template, unit, total, total_flag)
+    try:
+      write_config(path, config)
+      yield path, restored, start, manager, log
+    finally:
+      manager.wait_until_finished()
+      manager.close()
+      log.close()
 
 
 def set_aside_from(manager: ocp.CheckpointManager, workdir: pathlib.Path, step: int,

@@ -30,8 +30,6 @@ from relscreen import parallel as rs_parallel
 
 # The work-directory pieces, under the names the binaries have always used.
 MetricsLog = rundir.MetricsLog
-checkpoint_manager = rundir.checkpoint_manager
-resume = rundir.resume
 WorkdirError = rundir.WorkdirError
 
 # Fields that may change between a run and its resumption; all others must match.
@@ -278,26 +276,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict
 
   Returns the held-out evaluation record. Raises ``NonFiniteLossError`` when the
   loss or the parameters stop being finite (checkpoints whose parameters gave it
-  are set aside in ``nonfinite_checkpoints/``; earlier ones are kept), ``WorkdirError`` for a work directory that
-  cannot be used (in use, another configuration, a total below what is saved).
+  are set aside in ``nonfinite_checkpoints/``; earlier ones are kept), and
+  ``WorkdirError`` for a work directory that cannot be used (in use, another
+  configuration, a total below what is saved).
   """
-  with rundir.locked(workdir) as path:
-    return _train_and_evaluate(config, path, task)
-
-
-def _train_and_evaluate(config, workdir: pathlib.Path, task) -> dict:
-  rundir.check_config(workdir, config, RESUMABLE_FIELDS)
   model = build_model(config, task)
   state, optimizer, (data_key, eval_key) = init_state(config, task, model)
-  state, start, manager, log = resume(workdir, state, total=config.steps)
-  rundir.write_config(workdir, config)
-  try:
-    return _train_loop(config, workdir, task, model, optimizer, state, start, manager, log,
+  with rundir.opened(workdir, config, RESUMABLE_FIELDS, state,
+                     total=config.steps) as (path, state, start, manager, log):
+    return _train_loop(config, path, task, model, optimizer, state, start, manager, log,
                        data_key, eval_key)
-  finally:
-    manager.wait_until_finished()
-    manager.close()
-    log.close()
 
 
 def _train_loop(config, workdir, task, model, optimizer, state, start, manager, log,

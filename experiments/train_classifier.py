@@ -72,20 +72,12 @@ def evaluate(eval_step, params, x, y, batch_size: int) -> dict:
 
 def train_and_evaluate(config, workdir, splits) -> dict:
   """Trains for ``config.epochs`` epochs (resuming when possible); returns eval.json."""
-  with rundir.locked(workdir) as path:
-    rundir.check_config(path, config, train.RESUMABLE_FIELDS + ("max_batches",))
-    model = train.build_model(config, Shapes(splits.train_x.shape[-1], 10), last_only=True)
-    state, optimizer, _ = train.init_state(config, None, model, splits.train_x[:1])
-    progress = Progress(state, state.params, jnp.array(-1.0))
-    progress, start, manager, log = train.resume(path, progress, "epoch", config.epochs,
-                                                 "epochs")
-    rundir.write_config(path, config)
-    try:
-      return _train(config, path, splits, model, optimizer, progress, start, manager, log)
-    finally:
-      manager.wait_until_finished()
-      manager.close()
-      log.close()
+  model = train.build_model(config, Shapes(splits.train_x.shape[-1], 10), last_only=True)
+  state, optimizer, _ = train.init_state(config, None, model, splits.train_x[:1])
+  with rundir.opened(workdir, config, train.RESUMABLE_FIELDS + ("max_batches",),
+                     Progress(state, state.params, jnp.array(-1.0)), "epoch", config.epochs,
+                     "epochs") as (path, progress, start, manager, log):
+    return _train(config, path, splits, model, optimizer, progress, start, manager, log)
 
 
 def _train(config, workdir, splits, model, optimizer, progress, start, manager, log):

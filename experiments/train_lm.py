@@ -110,12 +110,6 @@ def evaluate(model, eval_step, params, data, config) -> float:
 
 def train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict:
   """Trains for ``config.epochs`` epochs (resuming when possible); returns eval.json."""
-  with rundir.locked(workdir) as path:
-    rundir.check_config(path, config, train.RESUMABLE_FIELDS + ("max_windows",))
-    return _train_and_evaluate(config, path, splits, vocab)
-
-
-def _train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict:
   model = build(config, len(vocab))
   optimizer = make_optimizer(config)
   train_data = datasets.batchify(splits["train"], config.batch)
@@ -125,17 +119,12 @@ def _train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict
   params = model.init(key, train_data[:1, :2])["params"]
   state = train.TrainState(params, optimizer.init(params))
   progress = Progress(state, params, jnp.array(jnp.inf), jnp.array(config.lr, jnp.float32))
-  progress, start, manager, log = train.resume(workdir, progress, "epoch", config.epochs,
-                                               "epochs")
-  rundir.write_config(workdir, config)
-  (workdir / "vocab.json").write_text(json.dumps(vocab) + "\n")
-  try:
-    return _train(config, workdir, model, optimizer, progress, start, manager, log,
+  with rundir.opened(workdir, config, train.RESUMABLE_FIELDS + ("max_windows",), progress,
+                     "epoch", config.epochs, "epochs") as (path, progress, start, manager,
+                                                           log):
+    (path / "vocab.json").write_text(json.dumps(vocab) + "\n")
+    return _train(config, path, model, optimizer, progress, start, manager, log,
                   train_data, val_data, test_data)
-  finally:
-    manager.wait_until_finished()
-    manager.close()
-    log.close()
 
 
 def _train(config, workdir, model, optimizer, progress, start, manager, log, train_data,

@@ -342,20 +342,12 @@ def plot(records: list[dict], path: pathlib.Path, title: str, chance: float | No
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains (resuming from ``workdir``), evaluates the final policy, plots."""
   setup = build(config)
-  with rundir.locked(workdir) as path:
-    rundir.check_config(path, config, RESUMABLE_FIELDS)
-    frames_per_update = config.num_envs * config.frames_per_env
-    updates = -(-config.frames // frames_per_update)
-    state = initial_run_state(setup)
-    state, start, manager, log = train_lib.resume(path, state, total=updates)
-    rundir.write_config(path, config)
-    try:
-      return _train(config, path, setup, state, start, manager, log, frames_per_update,
-                    updates)
-    finally:
-      manager.wait_until_finished()
-      manager.close()
-      log.close()
+  frames_per_update = config.num_envs * config.frames_per_env
+  updates = -(-config.frames // frames_per_update)
+  with rundir.opened(workdir, config, RESUMABLE_FIELDS, initial_run_state(setup),
+                     total=updates) as (path, state, start, manager, log):
+    return _train(config, path, setup, state, start, manager, log, frames_per_update,
+                  updates)
 
 
 def _train(config, workdir, setup, state, start, manager, log, frames_per_update, updates):
