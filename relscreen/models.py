@@ -363,13 +363,22 @@ def step(params: dict, config: ModelConfig, state: State, x_t: Array,
   _check_params(config, params)
   _check_state(config, state, x_t, "x_t")
   probe = jnp.zeros((), x_t.dtype) if probe is None else probe
+  if reset is not None:
+    reset = jnp.asarray(reset)
+    if reset.shape != (x_t.shape[0],) or reset.dtype != jnp.bool_:
+      raise ValueError(f"reset must be a bool array of shape ({x_t.shape[0]},), got "
+                       f"{reset.dtype}{list(reset.shape)}")
+  return _step_jit(params, config, state, x_t, probe, reset)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _step_jit(params, config, state, x_t, probe, reset):
+  """The checked step as one compiled program: a call outside ``jit`` compiles
+  once per config and shape instead of once per operation (inside ``jit`` it is
+  inlined)."""
   xp = project_input(params, config, x_t)
   if reset is None:
     return _step(params, config, state, xp, probe)
-  reset = jnp.asarray(reset)
-  if reset.shape != (x_t.shape[0],) or reset.dtype != jnp.bool_:
-    raise ValueError(f"reset must be a bool array of shape ({x_t.shape[0]},), got "
-                     f"{reset.dtype}{list(reset.shape)}")
   return _step_with_reset(params, config, state, xp, probe, reset)
 
 
@@ -720,6 +729,13 @@ def forward(params: dict, config: ModelConfig, x: Array, state: State | None = N
   if probes is not None and probes.shape != (batch, length, config.hidden):
     raise ValueError(f"probes must have shape {(batch, length, config.hidden)}, "
                      f"got {tuple(probes.shape)}")
+  return _forward_jit(params, config, x, state, probes, h0, c0)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _forward_jit(params, config, x, state, probes, h0, c0):
+  """``forward`` after its checks, as one compiled program (see ``_step_jit``)."""
+  batch, length = x.shape[:2]
   fresh = state is None
   if _uses_custom_vjp(config, fresh, probes) and length > 1:
     zeros = jnp.zeros((batch, config.hidden), x.dtype)

@@ -1,6 +1,7 @@
-"""Test-session settings: silent rank promotion is an error, and compiled
-programs are cached on disk for the session's processes (xdist workers and the
-binaries the tests start share it), so identical steps compile once."""
+"""Test-session settings: silent rank promotion is an error, compiled programs
+are cached on disk for the session's processes (xdist workers and the binaries
+the tests start share it), so identical steps compile once, and XLA skips its
+expensive CPU optimisation passes (see below)."""
 
 import os
 import pathlib
@@ -9,6 +10,13 @@ _CACHE = pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax_ca
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The suite's time is mostly XLA compiling small programs, each run for a few
+# steps: skipping the CPU backend's expensive optimisation passes compiles them
+# ~40% faster (measured: a RelRNN gradient program 2.6 s -> 1.5 s) and changes
+# no result a test asserts. Set XLA_FLAGS yourself (even empty) to test the
+# fully optimised programs; the binaries the tests start inherit the choice.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                      "--xla_llvm_disable_expensive_passes=true")
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -22,7 +22,7 @@ def setup(name, length=L, **options):
   options = {"nu": 2, "rho": 3, **options}
   cfg = rs.model_config(name, I, hidden=H, **options)
   x = jax.random.normal(jax.random.PRNGKey(0), (B, length, I), jnp.float32)
-  params = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(1), x)["params"]
+  params = jax.jit(rs.RecurrentCore(cfg).init)(jax.random.PRNGKey(1), x)["params"]
   if jax.config.x64_enabled:
     params, x = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), (params, x))
   return cfg, params, x
