@@ -5,11 +5,13 @@ recurrence and self-attention in neural networks" (NeurIPS 2020).
 """
 
 from relscreen.attention import additive_attention, masked_softmax
-from relscreen.cells import Phi, apply_phi, lstm_step, modrelu, rnn_step
+from relscreen.cells import Cell, Phi, apply_phi, from_flax, gru_step, lstm_step, modrelu, rnn_step
+from relscreen.config import PAPER_MODELS, Eviction, Relevance
 from relscreen.diagnostics import GradientFlow, gradient_flow
 from relscreen.initializers import InputInit, RecurrentInit
+from relscreen.memories import Memory
 from relscreen.models import (REGISTRY, CellType, MemoryType, ModelConfig, State, forward,
-                              init_state, model_config, step)
+                              gradient_path, init_state, model_config, param_shapes, step)
 from relscreen.modules import LanguageModel, RecurrentCore, RelevanceCell, SequenceModel
 from relscreen.optim import make_optimizer, torch_rmsprop
 from relscreen.rsm import RSMState, Screened
@@ -19,6 +21,8 @@ from relscreen.tasks import (AddingTask, Batch, CopyTask, RecallTask, DenoiseTas
 __version__ = "0.1.0"
 
 __all__ = [
+    "PAPER_MODELS", "Cell", "Eviction", "Memory", "Relevance", "from_flax", "gradient_path",
+    "gru_step", "param_shapes",
     "REGISTRY", "AddingTask", "Batch", "RecallTask", "CellType", "LanguageModel", "CopyTask", "DenoiseTask", "VariableCopyTask",
     "memoryless_loss", "InputInit", "MemoryType", "ModelConfig", "Phi",
     "GradientFlow", "gradient_flow", "recall_loss",

@@ -9,6 +9,7 @@ only the work that truly depends on the previous step.
 """
 
 import enum
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,3 +87,82 @@ def lstm_gating(gates: Array, c: Array) -> tuple[Array, Array]:
   f, i, o, g = jnp.split(gates, 4, axis=-1)
   c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
   return jax.nn.sigmoid(o) * jnp.tanh(c), c
+
+
+def gru_step(params: dict, xp: Array, s: Array) -> Array:
+  """One GRU step, the equations of ``flax.linen.GRUCell`` (gates r, z, n).
+
+  ``params["V"]`` [h, 3h] holds the recurrent kernels of r, z and n side by side
+  and ``params["bn"]`` [h] the recurrent bias of n; the input kernels and biases
+  are folded into ``xp`` [b, 3h] (``x U + b``). With ``s`` the recurrent input::
+
+    r = sigmoid(xp_r + s V_r),  z = sigmoid(xp_z + s V_z)
+    n = tanh(xp_n + r * (s V_n + bn)),  h = (1 - z) * n + z * s
+  """
+  xr, xz, xn = jnp.split(xp, 3, axis=-1)
+  hr, hz, hn = jnp.split(s @ params["V"], 3, axis=-1)
+  r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+  n = jnp.tanh(xn + r * add_bias(hn, params["bn"]))
+  return (1.0 - z) * n + z * s
+
+
+def _no_extra(batch, hidden, dtype):
+  del batch, hidden, dtype
+  return ()
+
+
+class Cell(NamedTuple):
+  """A user's recurrent cell as pure functions, for any memory (ALGORITHM §11).
+
+  In the style of optax's ``GradientTransformation``: a name and the functions,
+  nothing else. The memory decides what the cell sees as its recurrent input:
+  ``h_{t-1}`` without memory, the mixed state ``s_t`` with one.
+
+  Attributes:
+    name: used to name composed models (``Rel`` + name).
+    init: ``(key, input_size, hidden, dtype) -> params`` (any pytree).
+    step: ``(params, s [b, h], extra, x [b, i]) -> (h [b, h], extra)``: ``s`` is the
+      recurrent input, ``extra`` the cell's own state besides it (an LSTM's cell
+      state; ``()`` when it has none).
+    init_extra: ``(batch, hidden, dtype) -> extra`` at the start of a sequence.
+  """
+
+  name: str
+  init: Callable[[Array, int, int, Any], Any]
+  step: Callable[[Any, Array, Any, Array], tuple[Array, Any]]
+  init_extra: Callable[[int, int, Any], Any] = _no_extra
+
+
+def from_flax(module, name: str | None = None) -> Cell:
+  """A ``Cell`` from a Flax Linen recurrent cell (``nn.RNNCellBase``).
+
+  The cell's carry is either its hidden state (``GRUCell``, ``SimpleCell``,
+  ``MGUCell``) or a tuple whose last entry is it (``LSTMCell``'s ``(c, h)``); the
+  memory replaces that hidden state with the mixed state, the rest of the carry
+  is the cell's ``extra``.
+  """
+
+  def carry_struct(batch, input_size):
+    return jax.eval_shape(lambda: module.initialize_carry(jax.random.PRNGKey(0),
+                                                          (batch, input_size)))
+
+  def init(key, input_size, hidden, dtype):
+    del hidden
+    x = jnp.zeros((1, input_size), dtype)
+    carry = module.initialize_carry(key, x.shape)
+    return module.init(key, carry, x)["params"]
+
+  def step(params, s, extra, x):
+    carry = (*extra, s) if isinstance(extra, tuple) and extra else s
+    carry, _ = module.apply({"params": params}, carry, x)
+    if isinstance(carry, tuple):
+      return carry[-1], tuple(carry[:-1])
+    return carry, ()
+
+  def init_extra(batch, hidden, dtype):
+    struct = carry_struct(batch, 1)
+    if isinstance(struct, tuple):
+      return tuple(jnp.zeros((batch, hidden), dtype) for _ in struct[:-1])
+    return ()
+
+  return Cell(name or type(module).__name__.removesuffix("Cell"), init, step, init_extra)

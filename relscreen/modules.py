@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from relscreen import initializers as inits
@@ -28,7 +29,12 @@ class RecurrentCore(nn.Module):
   config: ModelConfig
 
   def setup(self):
-    cfg, h, i = self.config, self.config.hidden, self.config.input_size
+    cfg = self.config
+    if cfg.layers > 1:
+      self.stack = [RecurrentCore(cfg.layer(l), name=f"layers_{l}")
+                    for l in range(cfg.layers)]
+      return
+    h, i = cfg.hidden, cfg.input_size
     p = {}
     if cfg.cell is CellType.RNN:
       p["U"] = self.param("U", inits.input_kernel(cfg.i_init, i, h), (i, h))
@@ -36,20 +42,44 @@ class RecurrentCore(nn.Module):
       p["V"] = self.param("V", inits.recurrent(cfg.r_init, h), (h, h))
       if cfg.phi is Phi.MODRELU:
         p["mod_b"] = self.param("mod_b", inits.uniform(0.01), (h,))
-    else:
+    elif cfg.cell is CellType.LSTM:
       p["W"] = self.param("W", inits.normal(math.sqrt(2.0 / (i + 2 * h))), (h + i, 4 * h))
       p["b"] = self.param("b", inits.torch_bias(i + h), (4 * h,))
+    elif cfg.cell is CellType.GRU:  # flax.linen.GRUCell's initialisers
+      zeros = lambda key, shape: jnp.zeros(shape, jnp.float32)
+      p["U"] = self.param("U", nn.initializers.lecun_normal(dtype=jnp.float32), (i, 3 * h))
+      p["b"] = self.param("b", zeros, (3 * h,))
+      p["V"] = self.param("V", _stacked_orthogonal(3), (h, 3 * h))
+      p["bn"] = self.param("bn", zeros, (h,))
+    else:
+      p["cell"] = self.param("cell", lambda key: cfg.user_cell.init(key, i, h, jnp.float32))
     if cfg.attentive:
       p["Ua"] = self.param("Ua", inits.uniform(1.0 / math.sqrt(h)), (h, h))
       p["Va"] = self.param("Va", inits.uniform(1.0 / math.sqrt(h)), (h, h))
       p["v"] = self.param("v", inits.normal(math.sqrt(2.0 / (h + 1))), (h,))
     self.params_dict = p
 
+  @property
+  def _params(self):
+    if self.config.layers > 1:
+      return {f"layers_{l}": layer._params for l, layer in enumerate(self.stack)}  # pylint: disable=protected-access
+    return self.params_dict
+
   def __call__(self, x, state=None, probes=None, h0=None, c0=None):
-    return models.forward(self.params_dict, self.config, x, state, probes, h0, c0)
+    return models.forward(self._params, self.config, x, state, probes, h0, c0)
 
   def step(self, state, x_t, probe=None, reset=None):
-    return models.step(self.params_dict, self.config, state, x_t, probe, reset)
+    return models.step(self._params, self.config, state, x_t, probe, reset)
+
+
+def _stacked_orthogonal(n: int):
+  """n orthogonal [h, h] blocks side by side: [h, n h] (a GRU's three recurrent kernels)."""
+  def init(key, shape, dtype=jnp.float32):
+    h = shape[0]
+    keys = jax.random.split(key, n)
+    return jnp.concatenate([nn.initializers.orthogonal()(k, (h, h), dtype) for k in keys],
+                           axis=1)
+  return init
 
 
 class SequenceModel(nn.Module):
@@ -90,6 +120,12 @@ class RelevanceCell(nn.RNNCellBase):
   config: ModelConfig
   capacity: int | None = None
   dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.config.layers > 1:
+      raise ValueError(f"RelevanceCell is one layer; {self.config.name} has "
+                       f"{self.config.layers}: stack nn.RNN(RelevanceCell(...)) layers instead")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, carry, x):

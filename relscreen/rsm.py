@@ -5,12 +5,18 @@ relevant set R of at most ``rho`` states. S is right-aligned: its newest state i
 at slot ``nu - 1``, its oldest at slot 0, and empty slots (time -1) sit on the
 left, so storing is a shift and the screening candidate is always slot 0.
 Every array has a fixed size: the state does not grow with the sequence length.
+
+How a state earns its score and which state leaves R are ``Rules`` (ALGORITHM
+§11); the defaults are the paper's. With ``rho = 0`` the memory is a plain window
+over the last ``nu`` stored states.
 """
 
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from relscreen.config import Eviction, Relevance
 
 Array = jax.Array
 
@@ -24,6 +30,19 @@ class RSMState(NamedTuple):
   r_keys: Array  # [b, rho, h]
   r_score: Array  # [b, rho] score frozen when the state entered R
   r_time: Array  # [b, rho] int32, -1 when empty
+  seen: Array  # [b] int32 candidates offered to R so far (the fifo / reservoir clock)
+
+
+class Rules(NamedTuple):
+  """The relevance and eviction rules (``config.Relevance``, ``config.Eviction``)."""
+
+  relevance: Relevance = Relevance.SUM
+  eviction: Eviction = Eviction.TOP
+  decay: float = 0.9  # gamma of Relevance.DECAY
+  seed: int = 0  # Eviction.RESERVOIR: row b's draws come from fold_in(key(seed), b)
+
+
+PAPER = Rules()
 
 
 class Screened(NamedTuple):
@@ -39,7 +58,7 @@ def init(batch: int, hidden: int, nu: int, rho: int, dtype=jnp.float32) -> RSMSt
   def bank(n):
     return (jnp.zeros((batch, n, hidden), dtype), jnp.zeros((batch, n, hidden), dtype),
             jnp.zeros((batch, n), dtype), jnp.full((batch, n), -1, jnp.int32))
-  return RSMState(*bank(nu), *bank(rho))
+  return RSMState(*bank(nu), *bank(rho), jnp.zeros((batch,), jnp.int32))
 
 
 def banks(mem: RSMState):
@@ -58,33 +77,70 @@ def newest(mem: RSMState) -> Array:
   return mem.s_vals[:, -1]
 
 
-def accumulate(mem: RSMState, alpha: Array) -> RSMState:
-  """Adds the weights S received this step to S's scores (no gradient).
+def accumulate(mem: RSMState, alpha: Array, rules: Rules = PAPER) -> RSMState:
+  """Adds this step's attention weights to the scores (no gradient flows).
 
-  Only S's part of ``alpha`` [b, nu+rho] counts; weights received in R are not
-  accumulated, and empty slots receive exactly 0.
+  ``alpha`` [b, nu+rho] holds the weights over S then R; empty slots receive
+  exactly 0. ``sum`` and ``mean`` add S's weights, ``max`` keeps S's largest,
+  ``decay`` decays every score by gamma and adds the weights, in S and in R.
   """
   nu = mem.s_score.shape[1]
-  return mem._replace(s_score=mem.s_score + jax.lax.stop_gradient(alpha[:, :nu]))
+  a_s, a_r = (jax.lax.stop_gradient(a) for a in (alpha[:, :nu], alpha[:, nu:]))
+  if rules.relevance is Relevance.MAX:
+    return mem._replace(s_score=jnp.maximum(mem.s_score, a_s))
+  if rules.relevance is Relevance.DECAY:
+    return mem._replace(s_score=rules.decay * mem.s_score + a_s,
+                        r_score=jnp.where(mem.r_time >= 0,
+                                          rules.decay * mem.r_score + a_r, mem.r_score))
+  return mem._replace(s_score=mem.s_score + a_s)
 
 
-def screen(mem: RSMState, do: Array) -> tuple[RSMState, Screened]:
+def _row_draws(rules: Rules, seen: Array) -> Array:
+  """Row b's uniform draw in [0, seen_b] for its (seen_b + 1)-th candidate."""
+  base = jax.random.PRNGKey(rules.seed)
+
+  def draw(row, n):
+    key = jax.random.fold_in(jax.random.fold_in(base, row), n)
+    return jax.random.randint(key, (), 0, n + 1)
+
+  return jax.vmap(draw)(jnp.arange(seen.shape[0]), seen)
+
+
+def screen(mem: RSMState, do: Array, t: Array | int = 0,
+           rules: Rules = PAPER) -> tuple[RSMState, Screened]:
   """Offers S's oldest state to R, in rows where ``do`` [b] and S is full.
 
-  Streaming top-rho by score: while R has fewer than rho states the candidate
-  enters unconditionally; afterwards it replaces R's minimum only if its score is
+  Paper (``top``): while R has fewer than rho states the candidate enters
+  unconditionally; afterwards it replaces R's minimum only if its score is
   strictly larger (the lowest slot among equal minima); otherwise it is dropped.
+  ``fifo``: it always enters, in place of R's oldest state. ``reservoir``: the
+  n-th candidate (n from 0) fills slot n while R has room, then replaces slot j
+  for a uniform draw j in [0, n] when j < rho (Vitter's Algorithm R): R holds a
+  uniform sample of every state that ever left S. ``t`` is the current step (the
+  ``mean`` rule divides a candidate's sum by the t - t_j steps it spent in S).
   """
   rho = mem.r_score.shape[1]
   cand_time, cand_score = mem.s_time[:, 0], jax.lax.stop_gradient(mem.s_score[:, 0])
+  if rules.relevance is Relevance.MEAN:
+    cand_score = cand_score / jnp.maximum(t - cand_time, 1).astype(cand_score.dtype)
   eligible = do & (cand_time >= 0)  # S is full exactly when its oldest slot is used
+  if rho == 0:  # a window: the oldest state just leaves
+    return mem, Screened(jnp.where(eligible, cand_time, -1),
+                         jnp.where(eligible, cand_score, jnp.nan), jnp.zeros_like(eligible))
   filled = mem.r_time >= 0  # [b, rho]: always a prefix, since R only fills at its end
   count = jnp.sum(filled, axis=1)
-  slot_min = jnp.argmin(jnp.where(filled, mem.r_score, jnp.inf), axis=1)  # first of ties
-  min_score = jnp.take_along_axis(mem.r_score, slot_min[:, None], axis=1)[:, 0]
   has_room = count < rho
-  admitted = eligible & (has_room | (cand_score > min_score))
-  slot = jnp.where(has_room, count, slot_min)
+  if rules.eviction is Eviction.TOP:
+    slot_min = jnp.argmin(jnp.where(filled, mem.r_score, jnp.inf), axis=1)  # first of ties
+    min_score = jnp.take_along_axis(mem.r_score, slot_min[:, None], axis=1)[:, 0]
+    admitted = eligible & (has_room | (cand_score > min_score))
+    slot = jnp.where(has_room, count, slot_min)
+  elif rules.eviction is Eviction.FIFO:
+    admitted, slot = eligible, mem.seen % rho  # slot seen mod rho holds the oldest
+  else:
+    draw = _row_draws(rules, mem.seen)
+    admitted = eligible & (has_room | (draw < rho))
+    slot = jnp.where(has_room, count, jnp.minimum(draw, rho - 1))
   write = admitted[:, None] & (jnp.arange(rho)[None, :] == slot[:, None])  # [b, rho]
 
   def put(bank, cand):
@@ -93,7 +149,8 @@ def screen(mem: RSMState, do: Array) -> tuple[RSMState, Screened]:
 
   mem = mem._replace(
       r_vals=put(mem.r_vals, mem.s_vals[:, 0]), r_keys=put(mem.r_keys, mem.s_keys[:, 0]),
-      r_score=put(mem.r_score, cand_score), r_time=put(mem.r_time, cand_time))
+      r_score=put(mem.r_score, cand_score), r_time=put(mem.r_time, cand_time),
+      seen=mem.seen + eligible.astype(jnp.int32))
   info = Screened(jnp.where(eligible, cand_time, -1),
                   jnp.where(eligible, cand_score, jnp.nan), admitted)
   return mem, info
@@ -112,8 +169,8 @@ def push(mem: RSMState, value: Array, key: Array, t: Array, do: Array) -> RSMSta
       s_time=shift(mem.s_time, jnp.broadcast_to(t, (b,)).astype(jnp.int32)))
 
 
-def store(mem: RSMState, value: Array, key: Array, t: Array,
-          do: Array) -> tuple[RSMState, Screened]:
+def store(mem: RSMState, value: Array, key: Array, t: Array, do: Array,
+          rules: Rules = PAPER) -> tuple[RSMState, Screened]:
   """Screens S's oldest state (its score already holds this step's weight), then pushes."""
-  mem, info = screen(mem, do)
+  mem, info = screen(mem, do, t, rules)
   return push(mem, value, key, t, do), info

@@ -18,33 +18,65 @@ def sigmoid(z):
 
 
 class Screen:
-  """ALGORITHM §3 for one row: S (oldest first) and R as lists of [time, score, value]."""
+  """ALGORITHM §3 and §11 for one row: S (oldest first) and R as lists of
+  [time, score, value, steps in S].
 
-  def __init__(self, nu, rho):
+  ``relevance``: sum (the paper's), mean (the sum over the steps spent in S), max,
+  decay (gamma * score + weight, in S and R). ``eviction``: top (the paper's),
+  fifo (replace the state in R with the smallest time), reservoir (Algorithm R:
+  the n-th candidate replaces slot ``draw(n)`` if that is < rho; the draws are
+  given, so both sides use the same random numbers).
+  """
+
+  def __init__(self, nu, rho, relevance="sum", eviction="top", decay=0.9, draw=None):
     self.nu, self.rho, self.S, self.R = nu, rho, [], []
+    self.relevance, self.eviction, self.decay, self.draw = relevance, eviction, decay, draw
+    self.seen = 0
 
-  def add_weights(self, weights):
-    """weights[j] goes to the j-th oldest state of S."""
+  def add_weights(self, weights, r_weights=()):
+    """weights[j] goes to the j-th oldest state of S, r_weights[j] to R's j-th slot."""
     for entry, w in zip(self.S, weights):
-      entry[1] += w
+      entry[3] += 1
+      if self.relevance == "max":
+        entry[1] = max(entry[1], w)
+      elif self.relevance == "decay":
+        entry[1] = self.decay * entry[1] + w
+      else:
+        entry[1] += w
+    if self.relevance == "decay":
+      for entry, w in zip(self.R, r_weights):
+        entry[1] = self.decay * entry[1] + w
 
   def store(self, time, value):
     """Screens S's oldest if S is full, then appends. Returns (time, score, admitted)."""
     info = (-1, np.nan, False)
     if len(self.S) == self.nu:
       cand = self.S.pop(0)
+      if self.relevance == "mean":
+        cand[1] = cand[1] / max(cand[3], 1)
       admitted = False
-      if len(self.R) < self.rho:
+      if self.rho == 0:
+        pass
+      elif len(self.R) < self.rho:
         self.R.append(cand)
         admitted = True
+      elif self.eviction == "fifo":
+        self.R[int(np.argmin([r[0] for r in self.R]))] = cand
+        admitted = True
+      elif self.eviction == "reservoir":
+        j = self.draw(self.seen)
+        if j < self.rho:
+          self.R[j] = cand
+          admitted = True
       else:
         scores = [r[1] for r in self.R]
         j = int(np.argmin(scores))  # first index among ties
         if cand[1] > scores[j]:
           self.R[j] = cand
           admitted = True
+      self.seen += 1
       info = (cand[0], cand[1], admitted)
-    self.S.append([time, 0.0, value])
+    self.S.append([time, 0.0, value, 0])
     return info
 
 

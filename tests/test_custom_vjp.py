@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import relscreen as rs
-from relscreen import models
+from relscreen import models, reverse
 
 
 @pytest.mark.parametrize("name, phi, nu, rho, block", [
@@ -18,12 +18,11 @@ from relscreen import models
     ("MemLSTM", "tanh", 2, 3, 64),  # one block of 10 steps
     ("RelRNN", "tanh", 1, 12, 64),  # R never fills: every slot screened in unconditionally
 ])
-def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho, block, monkeypatch, float64):
-  monkeypatch.setattr(models, "_reverse_chunk_size", lambda steps: min(block, steps))
+def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho, block, float64):
   kw = {"phi": phi} if "RNN" in name else {}
-  cfg = rs.model_config(name, 3, hidden=6, nu=nu, rho=rho, **kw)
+  cfg = rs.model_config(name, 3, hidden=6, nu=nu, rho=rho, reverse_block=block, **kw)
   plain = dataclasses.replace(cfg, custom_vjp=False)
-  assert models._uses_custom_vjp(cfg, True, None)  # pylint: disable=protected-access
+  assert models.gradient_path(cfg) == "custom" and models.gradient_path(plain) == "autodiff"
   params = float64(dict(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0),
                                                     jnp.zeros((2, 4, 3)))["params"]))
   params["v"] = 6.0 * params["v"]  # peaked attention: some late states outscore R's weakest
@@ -38,7 +37,7 @@ def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho, block, monkeypa
 
   if cfg.memory is rs.MemoryType.RELEVANCE and rho < 12:
     # The reverse pass must undo screening writes that evicted a state from R.
-    _, _, _, _, (slot, evicted) = models._attentive_forward(  # pylint: disable=protected-access
+    _, _, _, _, (slot, evicted) = reverse.attentive_forward(
         params, cfg, jnp.swapaxes(x, 0, 1), h0, c0)
     assert bool(jnp.any((slot >= 0) & (evicted >= 0)))
   grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=4)

@@ -13,7 +13,7 @@ from relscreen import models
 from tests import numpy_reference
 
 B, L, I, H = 3, 12, 4, 5
-ALL = tuple(rs.REGISTRY)
+ALL = rs.PAPER_MODELS  # other cells and memories: tests/test_composable.py
 
 
 def setup(name, length=L, **options):
@@ -199,8 +199,8 @@ def test_bad_shapes_and_names_are_clear():
     rs.forward(params, cfg, x.astype(jnp.int32))
   with pytest.raises(ValueError, match="x_t must have shape"):
     rs.step(params, cfg, rs.init_state(cfg, B), x)
-  with pytest.raises(ValueError, match="unknown model 'GRU'"):
-    rs.model_config("GRU", I)
+  with pytest.raises(ValueError, match="unknown model 'RelTransformer'"):
+    rs.model_config("RelTransformer", I)
   with pytest.raises(ValueError, match="capacity"):
     rs.init_state(rs.model_config("MemRNN", I), B)
 

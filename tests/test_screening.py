@@ -1,5 +1,7 @@
 """The vectorised screening (relscreen.rsm) against the per-row NumPy reference."""
 
+import functools
+
 from hypothesis import given, settings, strategies as st
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 
 from relscreen import rsm
+from relscreen.config import Eviction, Relevance
 from tests.numpy_reference import Screen
 
 SHAPES = [(3, 2, 1), (4, 3, 2), (2, 1, 3), (5, 4, 4)]  # (batch, nu, rho)
@@ -16,23 +19,39 @@ SHAPES = [(3, 2, 1), (4, 3, 2), (2, 1, 3), (5, 4, 4)]  # (batch, nu, rho)
 RTOL = {np.float64: 1e-12, np.float32: 0.0}
 
 
-def run_both(batch, nu, rho, steps, weights, store_mask):
-  """Feeds the same weights to both; returns per-step (ours, reference) snapshots."""
+def reservoir_draws(rules, batch):
+  """Row b's draw for its n-th candidate, as ``rsm`` makes it (Algorithm R's randomness)."""
+  def draw(b, n):
+    seen = jnp.zeros((batch,), jnp.int32).at[b].set(n)
+    return int(rsm._row_draws(rules, seen)[b])  # pylint: disable=protected-access
+  return draw
+
+
+def run_both(batch, nu, rho, steps, weights, store_mask, rules=rsm.PAPER, r_weights=None):
+  """Feeds the same weights to both; returns per-step (ours, reference) snapshots.
+
+  ``weights`` [steps, b, nu] go to S's states (oldest first), ``r_weights``
+  [steps, b, rho] (default 0) to R's slots."""
   hidden = 2
   dtype = np.float64 if jax.config.x64_enabled else np.float32  # the float64 fixture
   mem = rsm.init(batch, hidden, nu, rho, dtype)
-  refs = [Screen(nu, rho) for _ in range(batch)]
-  store = jax.jit(rsm.store)
-  accumulate = jax.jit(rsm.accumulate)
+  draw = reservoir_draws(rules, batch)
+  refs = [Screen(nu, rho, rules.relevance.value, rules.eviction.value, rules.decay,
+                 functools.partial(draw, b)) for b in range(batch)]
+  store = jax.jit(functools.partial(rsm.store, rules=rules))
+  accumulate = jax.jit(functools.partial(rsm.accumulate, rules=rules))
+  r_weights = np.zeros((steps, batch, rho)) if r_weights is None else r_weights
   for t in range(steps):
     m = len(refs[0].S)
     # Weights for the m states in S, oldest first; ours are right-aligned in S.
     w = weights[t, :, :m]
     alpha = np.zeros((batch, nu + rho), dtype)
     alpha[:, nu - m:nu] = w
+    n_r = len(refs[0].R)
+    alpha[:, nu:nu + n_r] = r_weights[t, :, :n_r]
     mem = accumulate(mem, jnp.asarray(alpha))
     for b in range(batch):
-      refs[b].add_weights(w[b].astype(np.float64))
+      refs[b].add_weights(w[b].astype(np.float64), r_weights[t, b, :n_r].astype(np.float64))
     value = np.full((batch, hidden), t, dtype)
     do = bool(store_mask[t])
     mem, info = store(mem, jnp.asarray(value), jnp.asarray(value), jnp.int32(t),
@@ -128,3 +147,67 @@ def test_state_shapes_fixed():
   mem, _ = rsm.store(mem, jnp.ones((2, 3)), jnp.ones((2, 3)), jnp.int32(0),
                      jnp.ones((2,), bool))
   assert [(x.shape, x.dtype) for x in jax.tree_util.tree_leaves(mem)] == before
+
+
+RULES = [rsm.Rules(relevance, eviction, decay=0.75, seed=3)
+         for relevance in Relevance for eviction in Eviction]
+
+
+@pytest.mark.parametrize("rules", RULES, ids=lambda r: f"{r.relevance.value}-{r.eviction.value}")
+def test_every_rule_matches_reference(rules, float64):
+  """Every relevance x eviction rule against the per-row reference, R receiving
+  weights too (only ``decay`` counts them); one shape with R filling and cycling."""
+  del float64
+  batch, nu, rho, steps = 3, 2, 2, 16
+  rng = np.random.default_rng(7)
+  run_both(batch, nu, rho, steps, rng.random((steps, batch, nu)), rng.random(steps) < 0.8,
+           rules, rng.random((steps, batch, rho)))
+
+
+@settings(max_examples=10, deadline=None)
+@given(rule=st.sampled_from(RULES), seed=st.integers(0, 2**31 - 1))
+def test_every_rule_with_ties_matches_reference(rule, seed):
+  """Dyadic weights (exact in float32) make ties between scores frequent."""
+  batch, nu, rho, steps = 3, 2, 2, 14
+  rng = np.random.default_rng(seed)
+  weights = (rng.integers(0, 2, (steps, batch, nu)) / 2).astype(np.float32)
+  r_weights = (rng.integers(0, 2, (steps, batch, rho)) / 2).astype(np.float32)
+  run_both(batch, nu, rho, steps, weights, np.ones(steps, bool),
+           rule._replace(decay=0.5), r_weights)
+
+
+def test_window_never_admits(float64):
+  """rho = 0 is the window memory: the oldest state just leaves."""
+  del float64
+  rng = np.random.default_rng(0)
+  mem = run_both(2, 3, 0, 10, rng.random((10, 2, 3)), np.ones(10, bool))
+  assert mem.r_time.shape == (2, 0)
+
+
+def test_mean_ranks_as_sum_does(float64):
+  """Every state spends the same number of steps in S (nu k), so mean = sum / (nu k)
+  and the two rules admit the same states: a property, not a coincidence."""
+  del float64
+  rng = np.random.default_rng(1)
+  weights = rng.random((30, 4, 3))
+  mean = run_both(4, 3, 2, 30, weights, np.ones(30, bool),
+                  rsm.Rules(Relevance.MEAN, Eviction.TOP))
+  total = run_both(4, 3, 2, 30, weights, np.ones(30, bool))
+  np.testing.assert_array_equal(mean.r_time, total.r_time)
+
+
+def test_reservoir_keeps_a_uniform_sample():
+  """Algorithm R: after n candidates each was kept with probability rho / n.
+  1000 rows, rho = 4, n = 20: each candidate's kept-fraction is 0.2 +- 0.013 (1
+  sd); a bound of 5 sd fails with probability ~1e-5 over the 20 candidates."""
+  batch, nu, rho, steps = 1000, 1, 4, 21
+  mem = rsm.init(batch, 1, nu, rho)
+  store = jax.jit(functools.partial(rsm.store, rules=rsm.Rules(eviction=Eviction.RESERVOIR)))
+  for t in range(steps):
+    mem, _ = store(mem, jnp.zeros((batch, 1)), jnp.zeros((batch, 1)), jnp.int32(t),
+                   jnp.ones((batch,), bool))
+  kept = np.asarray(mem.r_time)
+  assert np.all(np.sort(kept, 1)[:, :-1] < np.sort(kept, 1)[:, 1:])  # distinct
+  fractions = np.array([(kept == n).any(1).mean() for n in range(steps - 1)])
+  sd = np.sqrt(0.2 * 0.8 / batch)
+  assert np.all(np.abs(fractions - 0.2) < 5 * sd), fractions

@@ -1,0 +1,187 @@
+"""One time step of a single layer, as pure functions (ALGORITHM §1-3, §11).
+
+The step is the same for every cell and memory: attend over the memory with the
+query ``s_{t-1} Va``, let the weights update the memory's scores (``read``), mix
+the newest stored state with the attended context into ``s_t``, step the cell on
+``(x_t, s_t)``, and store its ``h_t`` (``write``). The cell is dispatched on in
+``_cell`` and ``project_input``, the memory in ``memories.of``; nothing else
+here knows which cell or memory it runs.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from relscreen import attention, cells, memories
+from relscreen.config import CellType, ModelConfig
+
+Array = jax.Array
+
+
+class State(NamedTuple):
+  """The recurrent state of one layer between steps; its size never depends on
+  elapsed time.
+
+  ``s`` is what the next step feeds to the cell: ``h_{t-1}`` without memory, the
+  mixed state ``s_{t-1}`` (whose projection is the next query) with one. ``c`` is
+  the cell's own state besides it (an LSTM's cell state, a user cell's extra;
+  None for RNN and GRU cells). ``t`` counts the steps taken, shared by the batch.
+  """
+
+  t: Array  # [] int32
+  s: Array  # [b, h]
+  c: Any  # [b, h] LSTM cell state, a user cell's extra, or None
+  memory: Any  # the memory's state (rsm.RSMState, full_memory.FullMemory) or None
+
+
+def init_state(config: ModelConfig, batch: int, h0: Array | None = None,
+               c0: Array | None = None, capacity: int | None = None,
+               dtype=jnp.float32) -> State:
+  """A fresh state of a single-layer config (``capacity``: states a full memory keeps)."""
+  zeros = jnp.zeros((batch, config.hidden), dtype)
+  s = zeros if h0 is None else jnp.asarray(h0, dtype)
+  if config.cell is CellType.LSTM:
+    c = zeros if c0 is None else jnp.asarray(c0, dtype)
+  elif config.cell is CellType.USER:
+    c = config.user_cell.init_extra(batch, config.hidden, dtype)
+  else:
+    c = None
+  memory = memories.of(config)
+  if memory is not None:
+    try:
+      memory = memory.init(batch, config.hidden, dtype, capacity)
+    except ValueError as e:
+      raise ValueError(f"{config.name}: {e}") from None
+  return State(jnp.zeros((), jnp.int32), s, c, memory)
+
+
+def project_input(params: dict, config: ModelConfig, x: Array) -> Array:
+  """The cell's input term for any leading shape [..., gates]: ``x U + b`` (RNN,
+  GRU) or ``x W_x + b`` (LSTM), computed for a whole sequence outside the scan.
+  A user's cell gets ``x`` itself."""
+  if config.cell is CellType.USER:
+    return x
+  kernel = params["W"][config.hidden:] if config.cell is CellType.LSTM else params["U"]
+  return cells.add_bias(x @ kernel, params["b"])
+
+
+def _cell(params, config, xp, s, c):
+  """Steps the cell on the projected input and recurrent input ``s``: ``(h, a, c)``,
+  with ``a`` the RNN's pre-activation (None for other cells)."""
+  if config.cell is CellType.RNN:
+    h, a = cells.rnn_step(params, config.phi, xp, s)
+    return h, a, None
+  if config.cell is CellType.LSTM:
+    h, c = cells.lstm_step(params, xp, s, c)
+    return h, None, c
+  if config.cell is CellType.GRU:
+    return cells.gru_step(params, xp, s), None, None
+  h, c = config.user_cell.step(params["cell"], s, c, xp)
+  return h, None, c
+
+
+def _store(params, config, memory, h, t):
+  """Stores ``h`` when ``t mod k == 0``; returns the memory and screening info."""
+  do = jnp.broadcast_to(t % config.k == 0, (h.shape[0],))
+  return memories.of(config).write(memory, h, h @ params["Ua"], t, do)
+
+
+def _diagnostics(values_time, attended, screened):
+  out = {"alpha": attended.alpha, "scores": attended.scores, "slot_time": values_time}
+  if screened is not None:
+    out.update(evicted_time=screened.time, evicted_score=screened.score,
+               admitted=screened.admitted)
+  return out
+
+
+def first_mixed(config, a, s_init):
+  """s_0 (ALGORITHM §2): the pre-activation for the RNN cell, h_init for others."""
+  return a if config.cell is CellType.RNN else s_init
+
+
+def mixed(config, newest, context):
+  """s_t = 0.5 (newest stored state + attn * attended context), t >= 1."""
+  attn = config.attn if config.cell is CellType.RNN else 1.0
+  return 0.5 * (newest + attn * context)
+
+
+def first_step(params, config, state, xp, probe):
+  """Step 0 (ALGORITHM §2): no attention. RNN: s_0 = a_0; other cells: s_0 = h_init."""
+  h, a, c = _cell(params, config, xp, state.s, state.c)
+  h = h + probe
+  s = first_mixed(config, a, state.s)
+  time = memories.of(config).slot_time(state.memory)
+  memory, screened = _store(params, config, state.memory, h, state.t)
+  out = {"h": h}
+  if config.diagnostics:
+    nothing = attention.Attended(None, jnp.zeros(time.shape, h.dtype),
+                                 jnp.full(time.shape, -jnp.inf, h.dtype))
+    out.update(_diagnostics(time, nothing, screened))
+  return State(state.t + 1, s, c, memory), out
+
+
+def later_step(params, config, state, xp, probe):
+  """Step t >= 1: attend over the memory with query ``s_{t-1} Va``, mix, step the cell."""
+  mem = memories.of(config)
+  attended = attention.additive_attention_banks(state.s @ params["Va"],
+                                                mem.banks(state.memory), params["v"])
+  time = mem.slot_time(state.memory) if config.diagnostics else None
+  memory = mem.read(state.memory, attended.alpha)
+  s = mixed(config, mem.newest(memory), attended.context)
+  h, _, c = _cell(params, config, xp, s, state.c)
+  h = h + probe
+  memory, screened = _store(params, config, memory, h, state.t)
+  out = {"h": h}
+  if config.diagnostics:
+    out.update(_diagnostics(time, attended, screened))
+  return State(state.t + 1, s, c, memory), out
+
+
+def any_step(params, config, state, xp, probe):
+  """A step from any state: ``first_step`` at t = 0, ``later_step`` after."""
+  if not config.attentive:
+    h, _, c = _cell(params, config, xp, state.s, state.c)
+    h = h + probe
+    return State(state.t + 1, h, c, None), {"h": h}
+  return jax.lax.cond(state.t == 0,
+                      lambda *a: first_step(params, config, *a),
+                      lambda *a: later_step(params, config, *a), state, xp, probe)
+
+
+def reset_rows(config: ModelConfig, state: State, reset: Array) -> State:
+  """Rows where ``reset`` [b] get a fresh zero state (empty memory); others are kept.
+
+  ``t`` is shared by the batch and is left as it is.
+  """
+  capacity = state.memory.time.shape[1] if hasattr(state.memory, "count") else None
+  fresh = init_state(config, state.s.shape[0], capacity=capacity, dtype=state.s.dtype)
+
+  def pick(new, old):
+    return jnp.where(reset.reshape(reset.shape + (1,) * (old.ndim - 1)), new, old)
+
+  rows = jax.tree_util.tree_map(pick, fresh._replace(t=None), state._replace(t=None))
+  return rows._replace(t=state.t)
+
+
+def step_with_reset(params, config, state, xp, probe, reset):
+  """``any_step`` where rows flagged in ``reset`` start a new sequence (ALGORITHM §7, RL)."""
+  if config.attentive and config.k != 1:
+    raise ValueError(f"per-row resets need k=1 ({config.name} has k={config.k}): with "
+                     "k > 1 which steps are stored depends on each row's own clock")
+  state = reset_rows(config, state, reset)
+  if not config.attentive or config.cell is not CellType.RNN:
+    # From a zero state, step 0 equals a later step over an empty memory: the
+    # mixed state is 0.5 (0 + 0) = 0 = h_init and nothing is attended.
+    return any_step(params, config, state, xp, probe)
+  # RNN cell: step 0 keeps the pre-activation as s_0; pick it per restarted row.
+  first_state, first_out = first_step(params, config, state, xp, probe)
+  later_state, later_out = any_step(params, config, state, xp, probe)
+
+  def pick(a, b):
+    if a.ndim == 0:
+      return b
+    return jnp.where(reset.reshape(reset.shape + (1,) * (a.ndim - 1)), a, b)
+
+  return (jax.tree_util.tree_map(pick, first_state, later_state),
+          jax.tree_util.tree_map(pick, first_out, later_out))

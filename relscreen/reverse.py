@@ -1,0 +1,332 @@
+"""The hand-built reverse pass of attentive RNN and LSTM layers.
+
+Autodiff through ``lax.scan`` saves what every step needs for its transpose and
+transposes each shift, screening write and select of the memory. But the memory
+only ever holds earlier hidden states, and which state sits in which slot is
+known from a few integers per step. So the forward pass keeps h_t, s_t, c_t and
+(RSM) which relevant-set slot each step's screening wrote and the time it
+evicted; the reverse pass re-runs one step at a time with ``jax.vjp`` on the
+step's own inputs (previous mixed state, cell, attended banks).
+
+RSM: the reverse pass carries the memory backwards from its final state, undoing
+each store (S gets back the state that left it; a relevant-set write is undone
+by putting back the state it evicted) together with the slots' cotangents. A
+state's cotangent moves with it from R back to S, and is complete when the
+reverse pass reaches the step that stored it: S's slot for h_t then holds
+dL/dh_t. No buffer indexed by time; the states put back are gathered once per
+block of steps (``_RelevanceReverse``). Full memory: the attended bank is h
+itself; slot cotangents go to a dH buffer (``_FullReverse``). Memory O(t b h).
+
+Which models take it: ``models.gradient_path``. The bookkeeping of each memory
+kind is one class with a declared interface (``initial``, ``segments``,
+``prefix``, ``block_inputs``, ``pop``, ``attended``, ``add``); the block size is
+``ModelConfig.reverse_block``. The relevance and eviction rules never enter it:
+scores carry no gradient, and undoing a store needs only which R slot it wrote
+and which state that slot held (``_admission``), whatever rule chose them.
+"""
+
+import copy
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from relscreen import attention, cells, core, rsm
+from relscreen.config import CellType
+
+
+def _local_mix(config, v, q, kv, valid, newest):
+  """The mixed state s_t (t >= 1) from the query ``q`` = s_{t-1} Va, the attended
+  banks ``kv`` (``(keys, values)`` pairs, masks ``valid``) and the newest state."""
+  banks = [(k, vals, ok) for (k, vals), ok in zip(kv, valid)]
+  return core.mixed(config, newest, attention.additive_attention_banks(q, banks, v).context)
+
+
+def _activation(config, p, pre, c_prev):
+  """The cell from its pre-activation ``xp + s rec``: (h, c); c is zeros for RNN cells."""
+  if config.cell is CellType.RNN:
+    return cells.apply_phi(config.phi, pre, p.get("mod_b")), jnp.zeros_like(pre)
+  return cells.lstm_gating(pre, c_prev)
+
+
+def _local_first(config, p, s_init, c_init, x_0):
+  h, a, c = core._cell(p, config, core.project_input(p, config, x_0), s_init, c_init)  # pylint: disable=protected-access
+  s = core.first_mixed(config, a, s_init)
+  return h, s, (jnp.zeros_like(h) if c is None else c)
+
+
+def _admission(before: rsm.RSMState, after: rsm.RSMState):
+  """Which relevant-set slot a store wrote, [b] (-1: none), and the time it evicted."""
+  if before.r_time.shape[1] == 0:  # a window: nothing is ever written to R
+    none = jnp.full(before.r_time.shape[:1], -1, jnp.int32)
+    return none, none
+  changed = before.r_time != after.r_time
+  slot = jnp.where(jnp.any(changed, axis=1), jnp.argmax(changed, axis=1), -1)
+  evicted = jnp.take_along_axis(before.r_time, jnp.maximum(slot, 0)[:, None], axis=1)[:, 0]
+  return slot.astype(jnp.int32), evicted
+
+
+def attentive_forward(params, config, x, s_init, c_init):
+  """The plain forward scan over time-major inputs ``x`` [t, b, i]; also returns
+  what the custom reverse pass needs: h, s and (LSTM) c of every step
+  [t, b, h], written in place into buffers, and (RSM) each step's admission
+  (``_admission``, [t - 1, b] twice). The input projection happens inside the
+  step, so neither it nor its cotangent is ever stored for the whole sequence."""
+  state = core.init_state(config, x.shape[1], s_init, c_init, capacity=x.shape[0],
+                     dtype=s_init.dtype)
+  zero = jnp.zeros((), s_init.dtype)
+  state, first = core.first_step(params, config, state,
+                                 core.project_input(params, config, x[0]), zero)
+  lstm = config.cell is CellType.LSTM
+  shape = x.shape[:2] + (config.hidden,)
+  buffers = [jnp.zeros(shape, s_init.dtype).at[0].set(v)
+             for v in ((first["h"], state.s, state.c) if lstm else (first["h"], state.s))]
+
+  def body(carry, inputs):
+    state, buffers = carry
+    t, x_t = inputs
+    new, out = core.later_step(params, config, state, core.project_input(params, config, x_t),
+                               zero)
+    rows = (out["h"], new.s, new.c) if lstm else (out["h"], new.s)
+    buffers = [b.at[t].set(v) for b, v in zip(buffers, rows)]
+    admitted = (_admission(state.memory, new.memory)
+                if config.screened else None)
+    return (new, buffers), admitted
+
+  (final, buffers), admitted = jax.lax.scan(body, (state, buffers),
+                                            (jnp.arange(1, x.shape[0]), x[1:]))
+  h, s, c = buffers if lstm else (*buffers, None)
+  return final, h, s, c, admitted
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def attentive_scan(params, config, x, s_init, c_init):
+  """Hidden states h [t, b, h] of a fresh attentive RNN/LSTM layer over time-major
+  ``x`` [t, b, i], and its final state; differentiated by the pass below."""
+  final, h, _, _, _ = attentive_forward(params, config, x, s_init, c_init)
+  return h, final
+
+
+def _attentive_scan_fwd(params, config, x, s_init, c_init):
+  final, h, s, c, admitted = attentive_forward(params, config, x, s_init, c_init)
+  memory = final.memory if config.screened else None
+  return (h, final), (params, x, s_init, c_init, h, s, c, admitted, memory)
+
+
+class _RelevanceReverse:
+  """RSM bookkeeping of the reverse pass: the memory and its slots' cotangents are
+  carried backwards from the final memory, undoing one store per step.
+
+  Attention does not depend on the order of the slots, so the reverse pass keeps
+  S and R as one bank (S in slots [0, nu), R after it), attended in one piece,
+  and S as a ring (h_t in slot t mod nu): undoing a store rewrites one S slot
+  and, where screening wrote one, one R slot; nothing shifts or concatenates.
+  The newest state enters the step on its own (``newest``), so its cotangent
+  needs no slot either."""
+
+  segments = 1
+
+  def __init__(self, config, h, ua, memory):
+    self.nu, self.h, self.ua = config.nu, h, ua
+    ring = functools.partial(jnp.roll, shift=h.shape[0] % config.nu, axis=1)
+    bank = [jnp.concatenate([ring(a), b], axis=1) for a, b in (
+        (memory.s_vals, memory.r_vals), (memory.s_keys, memory.r_keys),
+        (memory.s_time, memory.r_time))]
+    self.initial = (*bank, jnp.zeros_like(bank[0]), jnp.zeros_like(bank[1]))
+
+  def prefix(self, size: int) -> "_RelevanceReverse":
+    del size  # the memory has nu + rho slots whatever the step
+    return self
+
+  def block_inputs(self, t, admitted):
+    """For a block of steps ``t`` [n]: the states (values and keys, [n, b, h] each)
+    that undoing their stores puts back, the one that had left S and the one R
+    had evicted; gathered and multiplied by Ua once per block, not per step."""
+    _, evicted = admitted
+    back = self.h[jnp.maximum(t - self.nu, 0)]  # left S: the same time in every row (k = 1)
+    put_back = self.h[jnp.maximum(evicted, 0), jnp.arange(evicted.shape[1])[None, :]]
+    back_key, put_back_key = jnp.split(jnp.concatenate([back, put_back]) @ self.ua, 2)
+    return back, back_key, put_back, put_back_key
+
+  def pop(self, carry, t):
+    """The cotangents of h_t as a value and as a key, summed over its uses as a
+    slot: after step t's store, h_t is in S's slot t mod nu."""
+    _, _, _, d_vals, d_keys = carry
+    j = t % self.nu
+    return d_vals[:, j], d_keys[:, j]
+
+  def attended(self, carry, t, admitted, rows):
+    """Undoes step t's store: S's slot t mod nu gets back the state that left S,
+    and the R slot that screening wrote gets back the state it had evicted. The
+    written slot's cotangent belongs to the state that left S and moves with it;
+    the evicted state's so far is zero. Returns the bank step t attended to (as
+    ``_local_mix`` takes it), its mask and the carry."""
+    vals, keys, time, d_vals, d_keys = carry
+    back, back_key, put_back, put_back_key = rows
+    slot, evicted = admitted
+    j = t % self.nu
+    slots = jnp.arange(time.shape[1])[None, :]
+    write = slots == jnp.where(slot >= 0, self.nu + slot, -1)[:, None]  # [b, nu + rho]
+    ring = slots == j
+    rows_mask = write[..., None]
+
+    def undo(a, in_r, in_s):
+      # Selects only (no in-place slot update): XLA fuses them into one loop.
+      if a.ndim == 2:
+        return jnp.where(ring, in_s[:, None], jnp.where(write, in_r, a))
+      return jnp.where(ring[..., None], in_s[:, None], jnp.where(rows_mask, in_r, a))
+
+    moved = [jnp.sum(jnp.where(rows_mask, d, 0.0), axis=1) for d in (d_vals, d_keys)]
+    vals = undo(vals, put_back[:, None], back)
+    keys = undo(keys, put_back_key[:, None], back_key)
+    time = undo(time, evicted[:, None], jnp.full(time.shape[:1], t - self.nu, time.dtype))
+    d_vals, d_keys = undo(d_vals, 0.0, moved[0]), undo(d_keys, 0.0, moved[1])
+    return ((keys, vals),), (time >= 0,), (vals, keys, time, d_vals, d_keys)
+
+  def add(self, carry, d_kv):
+    vals, keys, time, d_vals, d_keys = carry
+    ((dk, dv),) = d_kv
+    return vals, keys, time, d_vals + dv, d_keys + dk
+
+
+class _FullReverse:
+  """Full-memory bookkeeping of the reverse pass (k = 1: slot j holds h_j): the
+  bank is h itself, batch-major, and the slots' cotangents sum into dH, dK.
+
+  Steps before t = n attend to fewer than n slots: ``prefix(n)`` restricts the
+  bank to them, so a stretch of early steps costs what its slots cost."""
+
+  segments = 4  # stretches of the reverse pass with their own bank size
+
+  def __init__(self, config, h, ua, memory):
+    del config, memory
+    self.hist = jnp.swapaxes(h, 0, 1)  # [b, t, h]
+    self.keys = self.hist @ ua  # every key once, as the forward pass cached them
+    self.initial = (jnp.zeros_like(self.hist), jnp.zeros_like(self.hist))
+    self.size = self.hist.shape[1]
+
+  def prefix(self, size: int) -> "_FullReverse":
+    """The same bookkeeping over the first ``size`` slots only."""
+    view = copy.copy(self)
+    view.size = size
+    return view
+
+  def block_inputs(self, t, admitted):
+    del t, admitted
+
+  def pop(self, carry, t):
+    d_hist, d_keys = carry
+    return d_hist[:, t], d_keys[:, t]
+
+  def attended(self, carry, t, admitted, rows):
+    del admitted, rows
+    n = self.size
+    valid = jnp.broadcast_to(jnp.arange(n)[None, :] < t, (self.hist.shape[0], n))
+    return ((self.keys[:, :n], self.hist[:, :n]),), (valid,), carry
+
+  def add(self, carry, d_kv):
+    d_hist, d_keys = carry
+    ((dk, dv),) = d_kv
+    n = self.size
+    return d_hist.at[:, :n].add(dv), d_keys.at[:, :n].add(dk)
+
+
+def _attentive_scan_bwd(config, residuals, cotangents):
+  """Reverse pass. Per step it runs the cell's and the attention's own reverse
+  (``jax.vjp`` of ``_activation`` and ``_local_mix``) and the matrix products in
+  between by hand, against transposed copies of the matrices made once (XLA's CPU
+  dot is several times slower on a transposed operand). The gradients of the
+  matrices (Va, Ua, U/W, b) are formed from the step cotangents once per block
+  of steps, as matrix products over the block, not as an outer product per step."""
+  params, x, s_init, c_init, h, s, c, admitted, memory = residuals
+  g_h, _ = cotangents  # the final state's cotangent is zero: ``forward`` stops it
+  params = dict(params)
+  lstm = config.cell is CellType.LSTM
+  ua, va = params["Ua"], params["Va"]
+  recurrent = params["W"][:config.hidden] if lstm else params["V"]
+  input_kernel = params["W"][config.hidden:] if lstm else params["U"]
+  ua_t, both_t = ua.T, jnp.concatenate([recurrent, va], axis=1).T
+  act = {k: params[k] for k in ("mod_b",) if k in params}  # gradients summed per step
+  book = (_RelevanceReverse if config.screened else _FullReverse)(
+      config, h, ua, memory)
+
+  def step(book, carry, inputs):
+    mem, d_newest, dq_next, dc_next, d_small = carry
+    t, pre_t, q_t, g_t, h_prev, c_prev, adm, rows = inputs
+    dv, dk = book.pop(mem, t)
+    dh = g_t + d_newest + dv + dk @ ua_t  # d_newest: h_t as step t + 1's newest state
+    c_prev = jnp.zeros_like(h_prev) if c_prev is None else c_prev
+    _, pullback = jax.vjp(lambda p, pre, cp: _activation(config, p, pre, cp), act, pre_t,
+                          c_prev)
+    d_act, dpre, dc_prev = pullback((dh, dc_next))
+    # s_t fed the cell (pre = xp + s_t rec) and step t + 1's query (s_t Va): one product.
+    ds = jnp.concatenate([dpre, dq_next], axis=-1) @ both_t
+    kv, valid, mem = book.attended(mem, t, adm, rows)
+    _, pullback = jax.vjp(lambda v, q, kv, n: _local_mix(config, v, q, kv, valid, n),
+                          params["v"], q_t, kv, h_prev)
+    d_v, dq, d_kv, d_newest = pullback(ds)
+    mem = book.add(mem, d_kv)
+    d_small = jax.tree_util.tree_map(jnp.add, d_small, {"v": d_v, **d_act})
+    return (mem, d_newest, dq, dc_prev, d_small), (dq, dpre, dk)
+
+  def block(book, carry, inputs):
+    carry, sums = carry
+    t, x_b, g_b, h_b, h_prev, s_prev, s_b, c_prev, adm = inputs
+    # What the steps recompute without needing a cotangent, for the block at once.
+    pre = core.project_input(params, config, x_b) + s_b @ recurrent
+    carry, (dq, dxp, dk) = jax.lax.scan(
+        functools.partial(step, book), carry,
+        (t, pre, s_prev @ va, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm)),
+        reverse=True)
+    outer = lambda a, b: jnp.einsum("tbh,tbk->hk", a, b)
+    sums = {"Va": sums["Va"] + outer(s_prev, dq), "Ua": sums["Ua"] + outer(h_b, dk),
+            "rec": sums["rec"] + outer(s_b, dxp), "in": sums["in"] + outer(x_b, dxp),
+            "b": sums["b"] + jnp.sum(dxp, axis=(0, 1))}
+    return (carry, sums), dxp @ input_kernel.T
+
+  length = h.shape[0]
+  xs = (jnp.arange(1, length), x[1:], g_h[1:], h[1:], h[:-1], s[:-1], s[1:],
+        None if c is None else c[:-1], admitted)
+  zeros = jnp.zeros_like(h[0])
+  sums = {"Va": jnp.zeros_like(va), "Ua": jnp.zeros_like(ua),
+          "rec": jnp.zeros_like(recurrent), "in": jnp.zeros_like(input_kernel),
+          "b": jnp.zeros_like(params["b"])}
+  small = {"v": jnp.zeros_like(params["v"]), **jax.tree_util.tree_map(jnp.zeros_like, act)}
+  carry = ((book.initial, zeros, zeros, zeros, small), sums)
+  # Whole blocks cover the last steps, in stretches that attend to at most as many
+  # slots as their last step does; the first ``rest`` steps form a short block.
+  chunk = max(1, min(config.reverse_block, length - 1))
+  rest = (length - 1) % chunk
+  blocks = (length - 1) // chunk
+  tail = jax.tree_util.tree_map(lambda a: a[rest:].reshape((-1, chunk) + a.shape[1:]), xs)
+  ends = sorted({round(blocks * (k + 1) / book.segments) for k in range(book.segments)} - {0})
+  dx = []
+  for start, end in reversed(list(zip([0] + ends[:-1], ends))):
+    stretch = jax.tree_util.tree_map(lambda a, i=start, j=end: a[i:j], tail)
+    carry, dx_part = jax.lax.scan(functools.partial(block, book.prefix(rest + end * chunk)),
+                                  carry, stretch, reverse=True)
+    dx.insert(0, dx_part.reshape((-1,) + dx_part.shape[2:]))
+  if rest:
+    head = jax.tree_util.tree_map(lambda a: a[:rest], xs)
+    carry, dx_head = block(book.prefix(rest), carry, head)
+    dx.insert(0, dx_head)
+  dx_tail = jnp.concatenate(dx)
+  (mem, d_newest, dq_next, dc_next, d_small), sums = carry
+  ds_next = dq_next @ va.T
+  dv, dk = book.pop(mem, 0)
+  _, pullback = jax.vjp(lambda p, si, ci, xt: _local_first(config, p, si, ci, xt),
+                        params, s_init, c_init, x[0])
+  dp, ds_init, dc_init, dx0 = pullback((g_h[0] + d_newest + dv + dk @ ua.T, ds_next,
+                                        dc_next))
+  dp.update({k: dp[k] + d_small[k] for k in d_small})
+  dp["Va"] = dp["Va"] + sums["Va"]
+  dp["Ua"] = dp["Ua"] + sums["Ua"] + h[0].T @ dk
+  dp["b"] = dp["b"] + sums["b"]
+  if lstm:
+    dp["W"] = dp["W"] + jnp.concatenate([sums["rec"], sums["in"]])
+  else:
+    dp["V"], dp["U"] = dp["V"] + sums["rec"], dp["U"] + sums["in"]
+  return dp, jnp.concatenate([dx0[None], dx_tail]), ds_init, dc_init
+
+
+attentive_scan.defvjp(_attentive_scan_fwd, _attentive_scan_bwd)
