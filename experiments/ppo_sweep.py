@@ -28,7 +28,9 @@ from relscreen_experiments import rundir
 from relscreen_experiments import flags_lib
 from relscreen_experiments.configs import ppo as ppo_config
 
-_MODELS = flags.DEFINE_list("models", ["LSTM", "RelLSTM"], "agent cores to compare")
+_MODELS = flags.DEFINE_list("models", ["LSTM", "RelLSTM"], "agent cores to compare; "
+                            "MODEL:RELEVANCE/EVICTION sets a Rel core's rules, e.g. "
+                            "RelLSTM:decay/top")
 _LENGTHS = flags.DEFINE_list("memory_lengths", ["4", "8", "16", "32", "64", "128"],
                              "MemoryChain delays")
 _FRAMES = flags.DEFINE_integer("frames", 1_000_000, "frame budget of every run")
@@ -57,6 +59,23 @@ def longest_solved(lengths, success, threshold) -> int | None:
   return best
 
 
+def parse_model(spec: str) -> tuple[str, dict]:
+  """``RelLSTM`` or ``RelLSTM:decay/fifo`` (relevance/eviction rules) -> (name, rules)."""
+  name, _, rules = spec.partition(":")
+  if not rules:
+    return name, {}
+  relevance, _, eviction = rules.partition("/")
+  if relevance not in ("sum", "mean", "max", "decay") or eviction not in (
+      "", "top", "fifo", "reservoir"):
+    raise ValueError(f"--models: {spec!r} is not MODEL or MODEL:RELEVANCE/EVICTION "
+                     "(e.g. RelLSTM:decay/top)")
+  return name, {"relevance": relevance, "eviction": eviction or "top"}
+
+
+def run_name(spec: str) -> str:
+  return spec.replace(":", "_").replace("/", "-")
+
+
 def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
   import matplotlib
   matplotlib.use("Agg")
@@ -79,7 +98,7 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
                            squeeze=False)
   for ax, model in zip(axes[0], summary["success"]):
     for n in lengths:
-      path = workdir / f"{model}_L{n}" / "metrics.jsonl"
+      path = workdir / f"{run_name(model)}_L{n}" / "metrics.jsonl"
       records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
       # An update in which no episode ended has no success rate (it logs 0): skip it.
       records = [r for r in records if r.get("episodes", 1) > 0]
@@ -102,15 +121,18 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
 def sweep(workdir: pathlib.Path):
   from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
   lengths = _parse_lengths(_LENGTHS.value)
+  for model in _MODELS.value:
+    parse_model(model)  # every spec checked before the first run
   workdir = rundir.prepare(workdir)
   success = {}
   for model in _MODELS.value:
     success[model] = {}
+    name, rules = parse_model(model)
     for n in lengths:
       config = ppo_config.get_config()
-      config.update(env="MemoryChain-bsuite", memory_length=n, model=model,
-                    frames=_FRAMES.value, seed=_SEED.value, log_every=10)
-      run_dir = workdir / f"{model}_L{n}"
+      config.update(env="MemoryChain-bsuite", memory_length=n, model=name,
+                    frames=_FRAMES.value, seed=_SEED.value, log_every=10, **rules)
+      run_dir = workdir / f"{run_name(model)}_L{n}"
       done = run_dir / "eval.json"
       if done.exists() and json.loads(done.read_text())["frames"] >= _FRAMES.value:
         record = json.loads(done.read_text())

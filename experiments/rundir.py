@@ -35,6 +35,8 @@ import socket
 from absl import logging
 import orbax.checkpoint as ocp
 
+from relscreen_experiments.configs import common
+
 
 class WorkdirError(ValueError):
   """The work directory cannot be used (bad path, in use, bad files)."""
@@ -83,9 +85,13 @@ def locked(workdir):
     os.close(fd)  # releases the lock
 
 
-def check_config(workdir: pathlib.Path, config, resumable):
+def check_config(workdir: pathlib.Path, config, resumable, later_fields=None):
   """Raises ``WorkdirError`` unless ``config`` agrees with ``config.json`` (when
-  there is one) on every field not in ``resumable``. Writes nothing."""
+  there is one) on every field not in ``resumable``. Writes nothing.
+  ``later_fields``: fields added after runs were first written, with the value
+  an older config.json (which lacks them) ran with (default: the supervised
+  binaries' ``configs.common.LATER_FIELDS``)."""
+  later_fields = common.LATER_FIELDS if later_fields is None else later_fields
   path = workdir / "config.json"
   if not path.exists():
     return
@@ -94,6 +100,7 @@ def check_config(workdir: pathlib.Path, config, resumable):
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise WorkdirError(f"{path} is not valid JSON ({e}); move it away to start afresh") from e
   current = config.to_dict()
+  saved = {**{k: v for k, v in later_fields.items() if k in current}, **saved}
   changed = sorted(k for k in set(saved) | set(current)
                    if k not in resumable and saved.get(k) != current.get(k))
   if changed:

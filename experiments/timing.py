@@ -26,12 +26,13 @@ def streamed_models(specs) -> list[str]:
 
 
 def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
-          remat_chunk: int) -> dict:
-  """Compiled (train step, forward) for one model and length, with their inputs."""
+          remat_chunk: int, **options) -> dict:
+  """Compiled (train step, forward) for one model and length, with their inputs;
+  ``options`` go to ``model_config`` (relevance and eviction rules, layers)."""
   name, custom_vjp = parse_model(spec)
   task = rs.CopyTask(length - 20)
   cfg = rs.model_config(name, task.input_size, hidden=hidden, nu=nu, rho=rho,
-                        remat_chunk=remat_chunk, custom_vjp=custom_vjp)
+                        remat_chunk=remat_chunk, custom_vjp=custom_vjp, **options)
   model = rs.SequenceModel(cfg, task.num_classes)
   x = task.batch(jax.random.PRNGKey(0), batch).x
   params = model.init(jax.random.PRNGKey(1), x)["params"]

@@ -25,6 +25,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from relscreen_experiments import rundir
+from relscreen_experiments.configs import common
 import relscreen as rs
 from relscreen import parallel as rs_parallel
 
@@ -68,14 +69,23 @@ class Metrics:
             f"accuracy {100 * self.accuracy:.1f}%")
 
 
+def composable_options(config) -> dict:
+  """The relevance / eviction / layers / custom_vjp fields of a run's config (their
+  paper values where an older config.json lacks them)."""
+  return {k: config.get(k, default) for k, default in common.LATER_FIELDS.items()}
+
+
 def build_model(config: ml_collections.ConfigDict, task: Task, last_only: bool = False,
                 diagnostics: bool = False) -> rs.SequenceModel:
   """The one place where a run's config becomes a model config."""
+  if config.get("layers", 1) > 1 and config.get("diag_every", 0) > 0:
+    raise ValueError("--diag_every needs --layers=1: the gradient diagnostics probe one "
+                     "layer's hidden states")
   model_config = rs.model_config(
       config.model, task.input_size, hidden=config.hidden, phi=config.phi, nu=config.nu,
       rho=config.rho, k=config.k, attn=config.attn if "RNN" in config.model else 1.0,
       r_init=config.r_init, i_init=config.i_init, remat_chunk=config.remat_chunk,
-      diagnostics=diagnostics)
+      diagnostics=diagnostics, **composable_options(config))
   return rs.SequenceModel(model_config, task.num_classes, last_only)
 
 

@@ -38,7 +38,8 @@ def build(config, vocab_size: int):
   model_config = rs.model_config(
       config.model, config.emsize, hidden=config.hidden, phi=config.phi, nu=config.nu,
       rho=config.rho, k=config.k, attn=config.attn if "RNN" in config.model else 1.0,
-      r_init=config.r_init, i_init=config.i_init, remat_chunk=config.remat_chunk)
+      r_init=config.r_init, i_init=config.i_init, remat_chunk=config.remat_chunk,
+      **train.composable_options(config))
   if config.carry_memory and model_config.memory is rs.MemoryType.FULL:
     raise ValueError(f"--carry_memory needs a fixed-size memory (RelRNN/RelLSTM); "
                      f"{config.model} keeps every state")

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from relscreen import attention, cells, memories
+from relscreen import attention, cells, full_memory, memories
 from relscreen.config import CellType, ModelConfig
 
 Array = jax.Array
@@ -154,7 +154,8 @@ def reset_rows(config: ModelConfig, state: State, reset: Array) -> State:
 
   ``t`` is shared by the batch and is left as it is.
   """
-  capacity = state.memory.time.shape[1] if hasattr(state.memory, "count") else None
+  full = isinstance(state.memory, full_memory.FullMemory)
+  capacity = state.memory.time.shape[1] if full else None
   fresh = init_state(config, state.s.shape[0], capacity=capacity, dtype=state.s.dtype)
 
   def pick(new, old):

@@ -26,9 +26,13 @@ class GradientFlow(NamedTuple):
 
 
 def recurrent_kernel_norm(core_grads: dict, config: ModelConfig) -> Array:
-  """``||dL/dV||`` for the RNN family; the norm over all four LSTM gate maps
-  (input and recurrent parts together, as the original) for the LSTM family."""
-  return jnp.linalg.norm(core_grads["V" if config.cell is CellType.RNN else "W"])
+  """``||dL/dV||`` for RNN and GRU cells (all three GRU gate maps); the norm over
+  all four LSTM gate maps (input and recurrent parts together, as the original)
+  for LSTM cells; over all of a user cell's parameters for a user cell."""
+  if config.cell is CellType.USER:
+    leaves = jax.tree_util.tree_leaves(core_grads["cell"])
+    return jnp.sqrt(sum(jnp.sum(leaf ** 2) for leaf in leaves))
+  return jnp.linalg.norm(core_grads["W" if config.cell is CellType.LSTM else "V"])
 
 
 def gradient_flow(apply_fn: Callable, params, config: ModelConfig, batch: tasks.Batch,

@@ -159,9 +159,9 @@ def test_gradflow_binary_end_to_end_and_sweep_flag_errors(tmp_path):
   # above; here only its flag checking, which needs no compilation.
   sw = [sys.executable, "-m", "relscreen_experiments.sweep", "--T=3", "--steps=2",
         f"--workdir={tmp_path}/sw"]
-  bad = subprocess.run(sw[:-1] + ["--baselines=GRU", f"--workdir={tmp_path}/bad"],
+  bad = subprocess.run(sw[:-1] + ["--baselines=Transformer", f"--workdir={tmp_path}/bad"],
                        capture_output=True, text=True, timeout=300)
-  assert bad.returncode == 1 and "--baselines: unknown ['GRU']" in bad.stderr
+  assert bad.returncode == 1 and "--baselines: unknown ['Transformer']" in bad.stderr
 
 
 def test_benchmark_streams_autodiff_variants_as_their_model():
@@ -170,5 +170,5 @@ def test_benchmark_streams_autodiff_variants_as_their_model():
   from relscreen_experiments import timing
   assert timing.streamed_models(["RNN", "RelRNN@autodiff", "RNN@autodiff", "RelRNN"]) == [
       "RNN", "RelRNN"]
-  with pytest.raises(ValueError, match="unknown model 'GRU'"):
-    timing.streamed_models(["GRU"])
+  with pytest.raises(ValueError, match="unknown model 'Transformer'"):
+    timing.streamed_models(["Transformer"])

@@ -4,10 +4,11 @@ Each field is ``(name, default, help, choices or None)`` and becomes an absl
 flag of the same name; a binary's config module overrides the defaults.
 """
 
-from relscreen.models import REGISTRY
+from relscreen.config import REGISTRY, Eviction, Relevance
 
 _BASE = (
-    ("model", "RelRNN", "registered model to train", tuple(REGISTRY)),
+    ("model", "RelRNN", "model to train: a memory prefix (Mem, Rel, Win or none) and a "
+     "cell (RNN, LSTM, GRU)", tuple(REGISTRY)),
     ("T", 100, "delay T of the task (sequence length T + 2 c_length)", None),
     ("steps", 3000, "total training updates (rerun with a larger value to extend)", None),
     ("seed", 100, "seed for parameters and data: same seed, same run", None),
@@ -17,6 +18,14 @@ _BASE = (
     ("nu", 10, "short-term buffer size (RelRNN/RelLSTM)", None),
     ("rho", 15, "relevant-set size (RelRNN/RelLSTM)", None),
     ("k", 1, "store every k-th state (attentive models)", None),
+    ("relevance", "sum", "how a state in S earns its score (Rel models; sum is the paper's)",
+     tuple(r.value for r in Relevance)),
+    ("eviction", "top", "what a candidate leaving S does to R (Rel models; top is the "
+     "paper's)", tuple(e.value for e in Eviction)),
+    ("decay", 0.9, "gamma of --relevance=decay, in [0, 1]", None),
+    ("layers", 1, "stacked layers, each with its own memory", None),
+    ("custom_vjp", True, "differentiate attentive RNN/LSTM models with the hand-built "
+     "reverse pass (same gradients as autodiff, O(L B H) memory)", None),
     ("attn", 1.0, "weight of the attended context in the mixed state (RNN family)", None),
     ("r_init", "henaff", "recurrent kernel init",
      ("henaff", "cayley", "random", "xavier", "kaiming", "identity")),
@@ -39,9 +48,14 @@ _BASE = (
 )
 
 # Flags that must be > 0, and those that may also be 0.
-POSITIVE = ("T", "batch", "hidden", "nu", "rho", "k", "lr", "n_symbols", "c_length",
+POSITIVE = ("T", "batch", "hidden", "nu", "rho", "k", "layers", "lr", "n_symbols", "c_length",
             "log_every", "checkpoint_every", "eval_batch_size")
-NON_NEGATIVE = ("steps", "eval_batches", "clip", "remat_chunk", "diag_every")
+NON_NEGATIVE = ("steps", "eval_batches", "clip", "remat_chunk", "diag_every", "decay")
+
+# Fields added after runs were first written: a config.json without one ran with
+# this value (so those runs still resume and load).
+LATER_FIELDS = {"relevance": "sum", "eviction": "top", "decay": 0.9, "layers": 1,
+                "custom_vjp": True}
 
 
 def fields(extra=(), **defaults):

@@ -32,12 +32,18 @@ FIELDS = (
     ("env", "MemoryChain-bsuite", "environment: MemoryChain-bsuite or an xminigrid "
      f"MiniGrid-* id ({', '.join(rl_envs.ENVS[1:])}, ...)", None),
     ("memory_length", 5, "MemoryChain: steps between the bit and the query", None),
-    ("model", "RelLSTM", "recurrent core of the agent", ("LSTM", "RelLSTM", "MemLSTM")),
+    ("model", "RelLSTM", "recurrent core of the agent",
+     ("LSTM", "RelLSTM", "MemLSTM", "WinLSTM", "GRU", "RelGRU", "MemGRU", "WinGRU")),
     ("frames", 200_000, "total environment frames (rerun with more to extend)", None),
     ("seed", 1, "seed for parameters, environments and sampling: same seed, same run", None),
     ("hidden", 64, "hidden units of the core", None),
     ("nu", 5, "short-term buffer size (RelLSTM)", None),
     ("rho", 5, "relevant-set size (RelLSTM)", None),
+    ("relevance", "sum", "how a state in S earns its score (Rel cores; sum is the paper's)",
+     ("sum", "mean", "max", "decay")),
+    ("eviction", "top", "what a candidate leaving S does to R (Rel cores; top is the "
+     "paper's)", ("top", "fifo", "reservoir")),
+    ("decay", 0.9, "gamma of --relevance=decay, in [0, 1]", None),
     ("mem_capacity", 0, "MemLSTM: states kept per episode (0: the longest episode)", None),
     ("encoder", "auto", "observation encoder: conv (reference trunk, grids >= 7x7), "
      "mlp, or auto", ("auto", "conv", "mlp")),
