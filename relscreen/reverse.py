@@ -27,6 +27,7 @@ and which state that slot held (``_admission``), whatever rule chose them.
 
 import copy
 import functools
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -111,6 +112,29 @@ def _attentive_scan_fwd(params, config, x, s_init, c_init):
   final, h, s, c, admitted = attentive_forward(params, config, x, s_init, c_init)
   memory = final.memory if config.screened else None
   return (h, final), (params, x, s_init, c_init, h, s, c, admitted, memory)
+
+
+class Bookkeeping(Protocol):
+  """What the reverse pass needs from a memory kind: its slots, carried backwards.
+
+  ``initial`` is the carry at the last step (the final memory and zero slot
+  cotangents); ``segments`` the number of stretches of the reverse pass with their
+  own bank size, ``prefix(n)`` the bookkeeping restricted to the first ``n`` slots.
+  Per block of steps ``t`` [n], ``block_inputs`` gathers what the steps' undos need
+  at once. Per step, ``pop`` gives h_t's cotangent as a value and as a key,
+  ``attended`` undoes step t's store and returns the bank step t attended to
+  (``(keys, values)`` pairs), its masks and the carry, and ``add`` adds the bank's
+  cotangents to the carry.
+  """
+
+  initial: Any
+  segments: int
+
+  def prefix(self, size: int) -> "Bookkeeping": ...
+  def block_inputs(self, t, admitted) -> Any: ...
+  def pop(self, carry, t) -> tuple[Any, Any]: ...
+  def attended(self, carry, t, admitted, rows) -> tuple[Any, Any, Any]: ...
+  def add(self, carry, d_kv) -> Any: ...
 
 
 class _RelevanceReverse:
@@ -247,7 +271,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   input_kernel = params["W"][config.hidden:] if lstm else params["U"]
   ua_t, both_t = ua.T, jnp.concatenate([recurrent, va], axis=1).T
   act = {k: params[k] for k in ("mod_b",) if k in params}  # gradients summed per step
-  book = (_RelevanceReverse if config.screened else _FullReverse)(
+  book: Bookkeeping = (_RelevanceReverse if config.screened else _FullReverse)(
       config, h, ua, memory)
 
   def step(book, carry, inputs):

@@ -10,7 +10,9 @@ import os
 import re
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+# Added to the test session's flags (tests/conftest.py: fast compilation).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8")
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
