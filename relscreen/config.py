@@ -213,9 +213,9 @@ def model_config(name: str | None = None, input_size: int | None = None, *,
     cell = CellType.USER
   if name is not None:
     if name not in REGISTRY:
-      raise ValueError(f"unknown model {name!r}; a memory prefix ({', '.join(p or '-' for p in PREFIXES)}"
-                       f") then a cell ({', '.join(CELL_NAMES)}), e.g. "
-                       f"{', '.join(REGISTRY)}")
+      prefixes = ", ".join(p or "none" for p in PREFIXES)
+      raise ValueError(f"unknown model {name!r}; a memory prefix ({prefixes}) then a cell "
+                       f"({', '.join(CELL_NAMES)}): {', '.join(REGISTRY)}")
     named_cell, named_memory = REGISTRY[name]
     for given, named, what in ((cell, named_cell, "cell"), (memory, named_memory, "memory")):
       if given is not None and _as_enum(type(named), given, what) is not named:

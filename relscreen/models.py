@@ -45,8 +45,8 @@ def init_state(config: ModelConfig, batch: int, h0: Array | None = None,
     return core.init_state(config, batch, h0, c0, capacity, dtype)
   if h0 is not None or c0 is not None:
     raise ValueError("h0 / c0 are for single-layer models; pass a state instead")
-  return tuple(core.init_state(config.layer(l), batch, capacity=capacity, dtype=dtype)
-               for l in range(config.layers))
+  return tuple(core.init_state(config.layer(i), batch, capacity=capacity, dtype=dtype)
+               for i in range(config.layers))
 
 
 def gradient_path(config: ModelConfig) -> str:
@@ -76,7 +76,7 @@ def param_shapes(config: ModelConfig) -> dict:
   not listed. With ``layers > 1``: one dict per layer, under ``layers_l``.
   """
   if config.layers > 1:
-    return {f"layers_{l}": param_shapes(config.layer(l)) for l in range(config.layers)}
+    return {f"layers_{i}": param_shapes(config.layer(i)) for i in range(config.layers)}
   h, i = config.hidden, config.input_size
   if config.cell is CellType.RNN:
     shapes = {"U": (i, h), "b": (h,), "V": (h, h)}
@@ -96,12 +96,12 @@ def param_shapes(config: ModelConfig) -> dict:
 def _check_params(config: ModelConfig, params, where: str = "params"):
   """Names the first missing or misshapen parameter instead of a jax TypeError."""
   if config.layers > 1:
-    for l in range(config.layers):
-      key = f"layers_{l}"
+    for i in range(config.layers):
+      key = f"layers_{i}"
       if key not in params:
         raise ValueError(f"{where} has no {key!r}: {config.name} has {config.layers} "
                          f"layers, each with its own params under 'layers_<l>'")
-      _check_params(config.layer(l), params[key], f"{where}[{key!r}]")
+      _check_params(config.layer(i), params[key], f"{where}[{key!r}]")
     return
   if config.cell is CellType.USER and "cell" not in params:
     raise ValueError(f"{where} has no 'cell' (the user cell's own parameters)")
@@ -139,8 +139,8 @@ def _check_state(config: ModelConfig, state, x: Array, what: str):
                                                                                  State):
       raise ValueError(f"{config.name} has {config.layers} layers: its state is a tuple "
                        f"of {config.layers} states (init_state makes it)")
-    for l, layer in enumerate(state):
-      _check_state(config.layer(l), layer, x, what)
+    for i, layer in enumerate(state):
+      _check_state(config.layer(i), layer, x, what)
     return
   if not isinstance(state, State):
     raise ValueError(f"state must be a relscreen State for {config.name}, got "
@@ -197,8 +197,8 @@ def _step_jit(params, config, state, x_t, probe, reset):
   if config.layers == 1:
     return _layer_step(params, config, state, x_t, probe, reset)
   states = []
-  for l in range(config.layers):
-    layer_state, out = _layer_step(params[f"layers_{l}"], config.layer(l), state[l], x_t,
+  for i in range(config.layers):
+    layer_state, out = _layer_step(params[f"layers_{i}"], config.layer(i), state[i], x_t,
                                    probe, reset)
     states.append(layer_state)
     x_t = out["h"]
@@ -246,9 +246,9 @@ def _forward_jit(params, config, x, state, probes, h0, c0):
   if config.layers == 1:
     return _layer_forward(params, config, x, state, probes, h0, c0)
   finals = []
-  for l in range(config.layers):
-    out, final = _layer_forward(params[f"layers_{l}"], config.layer(l), x,
-                                None if state is None else state[l], None, None, None)
+  for i in range(config.layers):
+    out, final = _layer_forward(params[f"layers_{i}"], config.layer(i), x,
+                                None if state is None else state[i], None, None, None)
     finals.append(final)
     x = out["h"]
   return out, tuple(finals)

@@ -31,8 +31,8 @@ class RecurrentCore(nn.Module):
   def setup(self):
     cfg = self.config
     if cfg.layers > 1:
-      self.stack = [RecurrentCore(cfg.layer(l), name=f"layers_{l}")
-                    for l in range(cfg.layers)]
+      self.stack = [RecurrentCore(cfg.layer(i), name=f"layers_{i}")
+                    for i in range(cfg.layers)]
       return
     h, i = cfg.hidden, cfg.input_size
     p = {}
@@ -62,7 +62,7 @@ class RecurrentCore(nn.Module):
   @property
   def _params(self):
     if self.config.layers > 1:
-      return {f"layers_{l}": layer._params for l, layer in enumerate(self.stack)}  # pylint: disable=protected-access
+      return {f"layers_{i}": layer._params for i, layer in enumerate(self.stack)}  # pylint: disable=protected-access
     return self.params_dict
 
   def __call__(self, x, state=None, probes=None, h0=None, c0=None):

@@ -73,7 +73,7 @@ def check_invariants(cfg, params, x, x2):
   chex.assert_trees_all_close(state, final, rtol=1e-12, atol=1e-12)
   # The state keeps its size (a full memory's is set by its capacity, not by t).
   assert [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(state)] == shapes
-  if not any(cfg.layer(l).memory is rs.MemoryType.FULL for l in range(cfg.layers)):
+  if not any(cfg.layer(i).memory is rs.MemoryType.FULL for i in range(cfg.layers)):
     longer = rs.init_state(cfg, B, capacity=10 * L, dtype=x.dtype)
     assert [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(longer)] == shapes
   return out
@@ -124,7 +124,7 @@ GRADIENT_CASES = {
 def test_custom_pass_equals_autodiff_for_other_memories(case, float64):
   del float64
   cfg, params, x, _ = build(**GRADIENT_CASES[case])
-  assert all(rs.gradient_path(cfg.layer(l)) == "custom" for l in range(cfg.layers))
+  assert all(rs.gradient_path(cfg.layer(i)) == "custom" for i in range(cfg.layers))
   plain = dataclasses.replace(cfg, custom_vjp=False)
   weights = jnp.sin(jnp.arange(B * L * H, dtype=x.dtype)).reshape(B, L, H)
   loss = lambda p, c: jnp.sum(jnp.tanh(rs.forward(p, c, x)[0]["h"]) * weights)
@@ -231,3 +231,33 @@ def test_readme_user_cell_snippet_runs():
   logits, outputs, _ = scope["model"].apply({"params": scope["params"]}, scope["x"])
   assert logits.shape == (2, 7, 9) and outputs["h"].shape == (2, 7, 64)
   assert scope["cfg"].name == "RelMine"
+
+
+def test_binaries_take_the_rules_and_old_configs_keep_the_papers():
+  """--relevance/--eviction/--layers/--custom_vjp reach the model; a config.json
+  written before those flags existed builds the paper's model; the ablation and
+  PPO sweep binaries name a bad rule."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from relscreen_experiments import ppo_sweep, train  # pylint: disable=g-import-not-at-top
+  from relscreen_experiments.configs import copy as copy_config  # pylint: disable=g-import-not-at-top
+  config = copy_config.get_config()
+  config.update(relevance="decay", eviction="reservoir", layers=2, custom_vjp=False)
+  cfg = train.build_model(config, rs.CopyTask(5)).config
+  assert (cfg.relevance, cfg.eviction, cfg.layers, cfg.custom_vjp) == (
+      rs.Relevance.DECAY, rs.Eviction.RESERVOIR, 2, False)
+  old = {k: v for k, v in config.to_dict().items()
+         if k not in ("relevance", "eviction", "decay", "layers", "custom_vjp")}
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  cfg = train.build_model(ml_collections.ConfigDict(old), rs.CopyTask(5)).config
+  assert (cfg.relevance, cfg.eviction, cfg.layers, cfg.custom_vjp) == (
+      rs.Relevance.SUM, rs.Eviction.TOP, 1, True)
+  assert ppo_sweep.parse_model("RelLSTM:decay/fifo") == (
+      "RelLSTM", {"relevance": "decay", "eviction": "fifo"})
+  with pytest.raises(ValueError, match="not MODEL or MODEL:RELEVANCE/EVICTION"):
+    ppo_sweep.parse_model("RelLSTM:median")
+  done = subprocess.run([sys.executable, "-m", "relscreen_experiments.ablation",
+                         "--relevances=sum,median", "--workdir=unused"], capture_output=True,
+                        text=True, timeout=120)
+  assert done.returncode == 1 and "--relevances: unknown ['median']" in done.stderr, (
+      done.stderr[-2000:])
