@@ -89,7 +89,8 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
   ax.set(xscale="log", xlabel="memory length", ylabel="success (fresh episodes)",
          ylim=(-0.02, 1.02), title=f"MemoryChain, {frames:,} frames per run")
   ax.set_xticks(lengths, [str(n) for n in lengths])
-  ax.legend()
+  ax.minorticks_off()  # only the swept lengths are labelled
+  ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(workdir / "success.png", dpi=100)
   plt.close(fig)
