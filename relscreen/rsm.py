@@ -28,7 +28,7 @@ class RSMState(NamedTuple):
   s_time: Array  # [b, nu] int32 time index of each state, -1 when empty
   r_vals: Array  # [b, rho, h] relevant set R
   r_keys: Array  # [b, rho, h]
-  r_score: Array  # [b, rho] score frozen when the state entered R
+  r_score: Array  # [b, rho] score, frozen when the state entered R (except under decay)
   r_time: Array  # [b, rho] int32, -1 when empty
   seen: Array  # [b] int32 candidates offered to R so far (the fifo / reservoir clock)
 
