@@ -27,6 +27,7 @@ import numpy as np
 from relscreen_experiments import rundir
 from relscreen_experiments import flags_lib
 from relscreen_experiments.configs import ppo as ppo_config
+from relscreen.config import Eviction, Relevance
 
 _MODELS = flags.DEFINE_list("models", ["LSTM", "RelLSTM"], "agent cores to compare; "
                             "MODEL:RELEVANCE/EVICTION sets a Rel core's rules, e.g. "
@@ -65,8 +66,8 @@ def parse_model(spec: str) -> tuple[str, dict]:
   if not rules:
     return name, {}
   relevance, _, eviction = rules.partition("/")
-  if relevance not in ("sum", "mean", "max", "decay") or eviction not in (
-      "", "top", "fifo", "reservoir"):
+  if (relevance not in {r.value for r in Relevance}
+      or eviction not in {"", *(e.value for e in Eviction)}):
     raise ValueError(f"--models: {spec!r} is not MODEL or MODEL:RELEVANCE/EVICTION "
                      "(e.g. RelLSTM:decay/top)")
   return name, {"relevance": relevance, "eviction": eviction or "top"}

@@ -114,9 +114,7 @@ def build(config) -> Setup:
     raise ValueError(f"--encoder=conv needs grid views of at least 7x7; {env.name} "
                      f"observes {env.obs_shape}; use --encoder=mlp")
   core = rl_agent.core_config(config.model, env.obs_shape, encoder, config.hidden,
-                              config.nu, config.rho,
-                              **{k: config.get(k, v) for k, v in
-                                 (("relevance", "sum"), ("eviction", "top"), ("decay", 0.9))})
+                              config.nu, config.rho, **train_lib.composable_options(config))
   agent = rl_agent.ActorCritic(core, env.num_actions, encoder, env.grid)
   optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
                           optax.adam(config.lr, eps=config.adam_eps))

@@ -27,6 +27,7 @@ Commands:
 import ml_collections
 
 from relscreen_experiments import rl_envs
+from relscreen.config import Eviction, Relevance
 
 FIELDS = (
     ("env", "MemoryChain-bsuite", "environment: MemoryChain-bsuite or an xminigrid "
@@ -40,9 +41,9 @@ FIELDS = (
     ("nu", 5, "short-term buffer size (RelLSTM)", None),
     ("rho", 5, "relevant-set size (RelLSTM)", None),
     ("relevance", "sum", "how a state in S earns its score (Rel cores; sum is the paper's)",
-     ("sum", "mean", "max", "decay")),
+     tuple(r.value for r in Relevance)),
     ("eviction", "top", "what a candidate leaving S does to R (Rel cores; top is the "
-     "paper's)", ("top", "fifo", "reservoir")),
+     "paper's)", tuple(e.value for e in Eviction)),
     ("decay", 0.9, "gamma of --relevance=decay, in [0, 1]", None),
     ("mem_capacity", 0, "MemLSTM: states kept per episode (0: the longest episode)", None),
     ("encoder", "auto", "observation encoder: conv (reference trunk, grids >= 7x7), "
