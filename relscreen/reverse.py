@@ -22,7 +22,7 @@ kind is one class with a declared interface (``initial``, ``segments``,
 ``prefix``, ``block_inputs``, ``pop``, ``attended``, ``add``); the block size is
 ``ModelConfig.reverse_block``. The relevance and eviction rules never enter it:
 scores carry no gradient, and undoing a store needs only which R slot it wrote
-and which state that slot held (``_admission``), whatever rule chose them.
+and which state that slot held (``ring.Admission``), whatever rule chose them.
 """
 
 import copy
@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from relscreen import attention, cells, core, rsm
+from relscreen import attention, cells, core, memories, ring
 from relscreen.config import CellType
 
 
@@ -56,25 +56,17 @@ def _local_first(config, p, s_init, c_init, x_0):
   return h, s, (jnp.zeros_like(h) if c is None else c)
 
 
-def _admission(before: rsm.RSMState, after: rsm.RSMState):
-  """Which relevant-set slot a store wrote, [b] (-1: none), and the time it evicted."""
-  if before.r_time.shape[1] == 0:  # a window: nothing is ever written to R
-    none = jnp.full(before.r_time.shape[:1], -1, jnp.int32)
-    return none, none
-  changed = before.r_time != after.r_time
-  slot = jnp.where(jnp.any(changed, axis=1), jnp.argmax(changed, axis=1), -1)
-  evicted = jnp.take_along_axis(before.r_time, jnp.maximum(slot, 0)[:, None], axis=1)[:, 0]
-  return slot.astype(jnp.int32), evicted
-
-
 def attentive_forward(params, config, x, s_init, c_init):
   """The plain forward scan over time-major inputs ``x`` [t, b, i]; also returns
   what the custom reverse pass needs: h, s and (LSTM) c of every step
-  [t, b, h], written in place into buffers, and (RSM) each step's admission
-  (``_admission``, [t - 1, b] twice). The input projection happens inside the
-  step, so neither it nor its cotangent is ever stored for the whole sequence."""
-  state = core.init_state(config, x.shape[1], s_init, c_init, capacity=x.shape[0],
-                     dtype=s_init.dtype)
+  [t, b, h], written in place into buffers, and (RSM) each step's
+  ``ring.Admission`` ([t - 1, b] each). An RSM memory runs in the ring layout
+  (``relscreen.ring``) and is put back in ``rsm``'s at the end. The input
+  projection happens inside the step, so neither it nor its cotangent is ever
+  stored for the whole sequence."""
+  length = x.shape[0]
+  state = core.init_state(config, x.shape[1], s_init, c_init, capacity=length,
+                          dtype=s_init.dtype)
   zero = jnp.zeros((), s_init.dtype)
   state, first = core.first_step(params, config, state,
                                  core.project_input(params, config, x[0]), zero)
@@ -83,19 +75,37 @@ def attentive_forward(params, config, x, s_init, c_init):
   buffers = [jnp.zeros(shape, s_init.dtype).at[0].set(v)
              for v in ((first["h"], state.s, state.c) if lstm else (first["h"], state.s))]
 
-  def body(carry, inputs):
-    state, buffers = carry
-    t, x_t = inputs
-    new, out = core.later_step(params, config, state, core.project_input(params, config, x_t),
-                               zero)
-    rows = (out["h"], new.s, new.c) if lstm else (out["h"], new.s)
-    buffers = [b.at[t].set(v) for b, v in zip(buffers, rows)]
-    admitted = (_admission(state.memory, new.memory)
-                if config.screened else None)
-    return (new, buffers), admitted
+  def record(buffers, t, h, s, c):
+    return [b.at[t].set(v) for b, v in zip(buffers, (h, s, c) if lstm else (h, s))]
 
-  (final, buffers), admitted = jax.lax.scan(body, (state, buffers),
-                                            (jnp.arange(1, x.shape[0]), x[1:]))
+  if not config.screened:  # the full memory: core's step as it is
+    def body(carry, inputs):
+      state, buffers = carry
+      t, x_t = inputs
+      new, out = core.later_step(params, config, state,
+                                 core.project_input(params, config, x_t), zero)
+      return (new, record(buffers, t, out["h"], new.s, new.c)), None
+
+    (final, buffers), admitted = jax.lax.scan(body, (state, buffers),
+                                              (jnp.arange(1, length), x[1:]))
+  else:
+    nu, rules = config.nu, memories.rules_of(config)
+
+    def body(carry, inputs):
+      mem, s, c, newest, buffers = carry
+      t, x_t = inputs
+      attended = attention.additive_attention_banks(
+          s @ params["Va"], ((mem.keys, mem.vals, mem.time >= 0),), params["v"])
+      mem = ring.accumulate(mem, attended.alpha, nu, rules)
+      s = core.mixed(config, newest, attended.context)
+      h, _, c = core._cell(params, config, core.project_input(params, config, x_t), s, c)  # pylint: disable=protected-access
+      mem, admission = ring.store(mem, h, h @ params["Ua"], t, nu, rules)
+      return (mem, s, c, h, record(buffers, t, h, s, c)), admission
+
+    carry = (ring.from_rsm(state.memory, 1), state.s, state.c, first["h"], buffers)
+    (mem, s, c, _, buffers), admitted = jax.lax.scan(body, carry,
+                                                     (jnp.arange(1, length), x[1:]))
+    final = core.State(jnp.asarray(length, jnp.int32), s, c, ring.to_rsm(mem, nu, length))
   h, s, c = buffers if lstm else (*buffers, None)
   return final, h, s, c, admitted
 
@@ -152,11 +162,9 @@ class _RelevanceReverse:
 
   def __init__(self, config, h, ua, memory):
     self.nu, self.h, self.ua = config.nu, h, ua
-    ring = functools.partial(jnp.roll, shift=h.shape[0] % config.nu, axis=1)
-    bank = [jnp.concatenate([ring(a), b], axis=1) for a, b in (
-        (memory.s_vals, memory.r_vals), (memory.s_keys, memory.r_keys),
-        (memory.s_time, memory.r_time))]
-    self.initial = (*bank, jnp.zeros_like(bank[0]), jnp.zeros_like(bank[1]))
+    bank = ring.from_rsm(memory, h.shape[0])
+    self.initial = (bank.vals, bank.keys, bank.time, jnp.zeros_like(bank.vals),
+                    jnp.zeros_like(bank.keys))
 
   def prefix(self, size: int) -> "_RelevanceReverse":
     del size  # the memory has nu + rho slots whatever the step

@@ -106,9 +106,9 @@ def _row_draws(rules: Rules, seen: Array) -> Array:
   return jax.vmap(draw)(jnp.arange(seen.shape[0]), seen)
 
 
-def screen(mem: RSMState, do: Array, t: Array | int = 0,
-           rules: Rules = PAPER) -> tuple[RSMState, Screened]:
-  """Offers S's oldest state to R, in rows where ``do`` [b] and S is full.
+def choose(cand_time: Array, cand_score: Array, r_score: Array, r_time: Array,
+           seen: Array, do: Array, t: Array | int = 0, rules: Rules = PAPER):
+  """The screening decision for a candidate leaving S (``rho >= 1``), per row.
 
   Paper (``top``): while R has fewer than rho states the candidate enters
   unconditionally; afterwards it replaces R's minimum only if its score is
@@ -118,29 +118,51 @@ def screen(mem: RSMState, do: Array, t: Array | int = 0,
   for a uniform draw j in [0, n] when j < rho (Vitter's Algorithm R): R holds a
   uniform sample of every state that ever left S. ``t`` is the current step (the
   ``mean`` rule divides a candidate's sum by the t - t_j steps it spent in S).
+
+  Args:
+    cand_time, cand_score: the candidate's time (-1: none) and summed score, [b].
+    r_score, r_time: R's scores and times, [b, rho] (R fills as a prefix).
+    seen: candidates offered to R so far, [b]; do: rows that store now, [b].
+
+  Returns:
+    ``(score, eligible, admitted, slot)``: the score the candidate keeps, whether
+    it was offered, whether it enters R, and the R slot it would take, each [b].
   """
-  rho = mem.r_score.shape[1]
-  cand_time, cand_score = mem.s_time[:, 0], jax.lax.stop_gradient(mem.s_score[:, 0])
+  rho = r_score.shape[1]
   if rules.relevance is Relevance.MEAN:
     cand_score = cand_score / jnp.maximum(t - cand_time, 1).astype(cand_score.dtype)
   eligible = do & (cand_time >= 0)  # S is full exactly when its oldest slot is used
-  if rho == 0:  # a window: the oldest state just leaves
-    return mem, Screened(jnp.where(eligible, cand_time, -1),
-                         jnp.where(eligible, cand_score, jnp.nan), jnp.zeros_like(eligible))
-  filled = mem.r_time >= 0  # [b, rho]: always a prefix, since R only fills at its end
+  filled = r_time >= 0  # [b, rho]: always a prefix, since R only fills at its end
   count = jnp.sum(filled, axis=1)
   has_room = count < rho
   if rules.eviction is Eviction.TOP:
-    slot_min = jnp.argmin(jnp.where(filled, mem.r_score, jnp.inf), axis=1)  # first of ties
-    min_score = jnp.take_along_axis(mem.r_score, slot_min[:, None], axis=1)[:, 0]
+    slot_min = jnp.argmin(jnp.where(filled, r_score, jnp.inf), axis=1)  # first of ties
+    min_score = jnp.take_along_axis(r_score, slot_min[:, None], axis=1)[:, 0]
     admitted = eligible & (has_room | (cand_score > min_score))
     slot = jnp.where(has_room, count, slot_min)
   elif rules.eviction is Eviction.FIFO:
-    admitted, slot = eligible, mem.seen % rho  # slot seen mod rho holds the oldest
+    admitted, slot = eligible, seen % rho  # slot seen mod rho holds the oldest
   else:
-    draw = _row_draws(rules, mem.seen)
+    draw = _row_draws(rules, seen)
     admitted = eligible & (has_room | (draw < rho))
     slot = jnp.where(has_room, count, jnp.minimum(draw, rho - 1))
+  return cand_score, eligible, admitted, slot
+
+
+def screen(mem: RSMState, do: Array, t: Array | int = 0,
+           rules: Rules = PAPER) -> tuple[RSMState, Screened]:
+  """Offers S's oldest state to R, in rows where ``do`` [b] and S is full; the
+  decision is ``choose``'s. A window (rho = 0) lets the oldest state leave."""
+  rho = mem.r_score.shape[1]
+  cand_time, cand_score = mem.s_time[:, 0], jax.lax.stop_gradient(mem.s_score[:, 0])
+  if rho == 0:
+    if rules.relevance is Relevance.MEAN:
+      cand_score = cand_score / jnp.maximum(t - cand_time, 1).astype(cand_score.dtype)
+    eligible = do & (cand_time >= 0)
+    return mem, Screened(jnp.where(eligible, cand_time, -1),
+                         jnp.where(eligible, cand_score, jnp.nan), jnp.zeros_like(eligible))
+  cand_score, eligible, admitted, slot = choose(cand_time, cand_score, mem.r_score,
+                                                mem.r_time, mem.seen, do, t, rules)
   write = admitted[:, None] & (jnp.arange(rho)[None, :] == slot[:, None])  # [b, rho]
 
   def put(bank, cand):
