@@ -85,8 +85,8 @@ def core_config(model: str, obs_shape, encoder: str, hidden: int, nu: int,
                 rho: int, **options) -> models.ModelConfig:
   """The recurrent core's config; ``encoder`` decides its input width; ``options``
   (relevance and eviction rules) go to ``model_config``."""
-  if not model.endswith(("LSTM", "GRU")):
-    raise ValueError(f"--model={model!r}: the RL agent's core is an LSTM or GRU cell, "
+  if not model.endswith(("LSTM", "GRU", "LRU")):
+    raise ValueError(f"--model={model!r}: the RL agent's core is an LSTM, GRU or LRU cell, "
                      "with or without memory (LSTM, RelLSTM, MemLSTM, WinLSTM, GRU, ...)")
   width = EMBEDDING if encoder == "mlp" else 64 * ((min(obs_shape[:2]) - 1) // 2 - 2) ** 2
   return rs.model_config(model, width, hidden=hidden, nu=nu, rho=rho, **options)

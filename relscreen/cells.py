@@ -9,6 +9,7 @@ only the work that truly depends on the previous step.
 """
 
 import enum
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -166,3 +167,65 @@ def from_flax(module, name: str | None = None) -> Cell:
     return ()
 
   return Cell(name or type(module).__name__.removesuffix("Cell"), init, step, init_extra)
+
+
+def lru(r_min: float = 0.9, r_max: float = 0.999, max_phase: float = 2 * math.pi,
+        name: str = "LRU") -> Cell:
+  """The Linear Recurrent Unit (Orvieto et al., ICML 2023) as a ``Cell``: a peer
+  baseline, a diagonal complex linear recurrence with a nonlinear readout.
+
+  With N = hidden complex modes, input u_t [b, i] and state x_t [b, N] (complex):
+
+    lambda = exp(-exp(nu_log) + i exp(theta_log))
+    x_t = lambda * x_{t-1} + exp(gamma_log) * (u_t B^T)
+    h_t = gelu(Re(x_t C^T) + u_t D)
+
+  B [N, i] and C [H, N] are complex (stored as real and imaginary parts), D [i, H]
+  is real (the paper's skip connection, dense here because i != H). Initialised as
+  in the paper: lambda uniform on the ring r_min <= |lambda| <= r_max (uniform in
+  area), phases uniform in [0, max_phase], gamma = sqrt(1 - |lambda|^2) (the
+  normalisation that keeps E|x_t|^2 at the input's scale), the real and imaginary
+  parts of B normal with variance 1/(2 i), of C with variance 1/N; D normal with
+  variance 1/i (the paper's diagonal D is N(0, 1)). The paper puts a GELU/GLU
+  block after each LRU; here one GELU is the readout.
+
+  Its recurrence does not read the recurrent input ``s``: a memory around it (whose
+  mixed state is what ``s`` carries) is never consulted, so it is registered as
+  ``LRU`` alone, a memory-free peer of GRU and LSTM. ``extra`` is the complex state
+  as ``(real, imaginary)`` [b, N] each.
+  """
+
+  def init(key, input_size, hidden, dtype):
+    k = jax.random.split(key, 7)
+    u1 = jax.random.uniform(k[0], (hidden,), dtype)
+    u2 = jax.random.uniform(k[1], (hidden,), dtype)
+    nu_log = jnp.log(-0.5 * jnp.log(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2))
+    theta_log = jnp.log(max_phase * u2)
+    gamma_log = jnp.log(jnp.sqrt(1.0 - jnp.exp(-2.0 * jnp.exp(nu_log))))
+    normal = lambda key, shape, var: jnp.sqrt(var) * jax.random.normal(key, shape, dtype)
+    return {"nu_log": nu_log, "theta_log": theta_log, "gamma_log": gamma_log,
+            "B_re": normal(k[2], (hidden, input_size), 1.0 / (2 * input_size)),
+            "B_im": normal(k[3], (hidden, input_size), 1.0 / (2 * input_size)),
+            "C_re": normal(k[4], (hidden, hidden), 1.0 / hidden),
+            "C_im": normal(k[5], (hidden, hidden), 1.0 / hidden),
+            "D": normal(k[6], (input_size, hidden), 1.0 / input_size)}
+
+  def step(params, s, extra, x):
+    del s  # a linear recurrence on its own state only
+    re, im = extra
+    modulus = jnp.exp(-jnp.exp(params["nu_log"]))[None, :]
+    phase = jnp.exp(params["theta_log"])[None, :]
+    lam_re, lam_im = modulus * jnp.cos(phase), modulus * jnp.sin(phase)
+    gamma = jnp.exp(params["gamma_log"])[None, :]
+    bu_re, bu_im = gamma * (x @ params["B_re"].T), gamma * (x @ params["B_im"].T)
+    re, im = lam_re * re - lam_im * im + bu_re, lam_re * im + lam_im * re + bu_im
+    y = re @ params["C_re"].T - im @ params["C_im"].T + x @ params["D"]
+    return jax.nn.gelu(y, approximate=False), (re, im)
+
+  def init_extra(batch, hidden, dtype):
+    return (jnp.zeros((batch, hidden), dtype), jnp.zeros((batch, hidden), dtype))
+
+  return Cell(name, init, step, init_extra)
+
+
+LRU = lru()  # the registered ``LRU``: one object, so configs naming it hash alike

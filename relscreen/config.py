@@ -9,14 +9,15 @@ screened memory has two more knobs: how a stored state earns its score (the
 Names compose a memory prefix and a cell: ``""`` (no memory), ``Mem`` (full),
 ``Rel`` (relevance-screened) or ``Win`` (window), then ``RNN``, ``LSTM`` or
 ``GRU``: ``model_config("RelGRU", 3)``. The six names of the paper (RNN, LSTM,
-MemRNN, MemLSTM, RelRNN, RelLSTM) keep their meaning and their defaults.
+MemRNN, MemLSTM, RelRNN, RelLSTM) keep their meaning and their defaults. ``LRU``
+(``cells.lru``, a linear recurrent unit) is a memory-free peer baseline.
 """
 
 import dataclasses
 import enum
 from typing import Any
 
-from relscreen.cells import Cell, Phi
+from relscreen.cells import LRU, Cell, Phi
 from relscreen.initializers import InputInit, RecurrentInit
 
 
@@ -60,6 +61,11 @@ CELL_NAMES = {"RNN": CellType.RNN, "LSTM": CellType.LSTM, "GRU": CellType.GRU}
 REGISTRY: dict[str, tuple[CellType, MemoryType]] = {
     prefix + cell_name: (cell, memory)
     for prefix, memory in PREFIXES.items() for cell_name, cell in CELL_NAMES.items()}
+# Built-in cells defined through the user-cell interface (``cells.Cell``), by name.
+# The LRU's recurrence never reads the memory's mixed state, so it has no memory
+# prefix: it is a memory-free peer baseline (``cells.lru``).
+BUILTIN_CELLS: dict[str, Cell] = {"LRU": LRU}
+REGISTRY.update({name: (CellType.USER, MemoryType.NONE) for name in BUILTIN_CELLS})
 PAPER_MODELS = ("RNN", "LSTM", "MemRNN", "MemLSTM", "RelRNN", "RelLSTM")
 
 
@@ -221,6 +227,8 @@ def model_config(name: str | None = None, input_size: int | None = None, *,
       if given is not None and _as_enum(type(named), given, what) is not named:
         raise ValueError(f"{what}={given!r} contradicts the name {name!r}")
     cell, memory = named_cell, named_memory
+    if name in BUILTIN_CELLS:
+      options["user_cell"] = BUILTIN_CELLS[name]
   if cell is None or memory is None:
     raise ValueError("model_config needs a name (e.g. 'RelGRU') or both cell and memory")
   cell = _as_enum(CellType, cell, "cell")

@@ -8,7 +8,7 @@ from relscreen.config import REGISTRY, Eviction, Relevance
 
 _BASE = (
     ("model", "RelRNN", "model to train: a memory prefix (Mem, Rel, Win or none) and a "
-     "cell (RNN, LSTM, GRU)", tuple(REGISTRY)),
+     "cell (RNN, LSTM, GRU), or LRU (a linear recurrent unit, no memory)", tuple(REGISTRY)),
     ("T", 100, "delay T of the task (sequence length T + 2 c_length)", None),
     ("steps", 3000, "total training updates (rerun with a larger value to extend)", None),
     ("seed", 100, "seed for parameters and data: same seed, same run", None),

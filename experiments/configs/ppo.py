@@ -34,7 +34,7 @@ FIELDS = (
      f"MiniGrid-* id ({', '.join(rl_envs.ENVS[1:])}, ...)", None),
     ("memory_length", 5, "MemoryChain: steps between the bit and the query", None),
     ("model", "RelLSTM", "recurrent core of the agent",
-     ("LSTM", "RelLSTM", "MemLSTM", "WinLSTM", "GRU", "RelGRU", "MemGRU", "WinGRU")),
+     ("LSTM", "RelLSTM", "MemLSTM", "WinLSTM", "GRU", "RelGRU", "MemGRU", "WinGRU", "LRU")),
     ("frames", 200_000, "total environment frames (rerun with more to extend)", None),
     ("seed", 1, "seed for parameters, environments and sampling: same seed, same run", None),
     ("hidden", 64, "hidden units of the core", None),
