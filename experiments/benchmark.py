@@ -14,7 +14,9 @@ scan instead, side by side. Autodiff through MemRNN/MemLSTM's growing memory
 saves it at every step (O(L^2 B H)), so ``@autodiff`` Mem models run with
 ``--mem_remat_chunk`` (chunked rematerialisation) unless it is 0.
 Configurations whose plan exceeds ``--max_gb`` are reported but not run.
-``max_rss_gb`` in benchmark.json is the process's peak resident memory.
+``max_rss_gb`` in benchmark.json is the process's peak resident memory. Each
+record also has the first call's cost: ``trace_s`` (tracing and lowering to XLA)
+and ``compile_s`` (XLA's compiler), with the ``XLA_FLAGS`` in force in ``meta``.
 
 Command (the issue-5 measurement, see docs/RESULTS.md):
   relscreen-benchmark --models=RNN,RelRNN,RelRNN@autodiff,LSTM,RelLSTM,RelLSTM@autodiff,MemRNN \
@@ -26,6 +28,7 @@ Writes benchmark.json and benchmark.png to --workdir.
 """
 
 import json
+import os
 import resource
 import statistics
 import sys
@@ -74,12 +77,14 @@ def bench_length(length: int) -> list[dict]:
                       "min_s": min(times[n]) if n in times else None,
                       "times_s": times.get(n), "peak_gb": timing.peak_gb(built[n][kind][0]),
                       "remat_chunk": built[n]["remat_chunk"],
+                      **built[n]["compile_s"][kind],
                       "per_step_us": 1e6 * med / length if med else None,
                       "ratio_to_first": med / base if med and base else None})
-      logging.info("L=%d %-7s %-8s median %s  peak %.3f GB  ratio %s", length, kind, n,
+      logging.info("L=%d %-7s %-8s median %s  peak %.3f GB  ratio %s  first call: "
+                   "trace %.1f s + compile %.1f s", length, kind, n,
                    f"{med * 1e3:.1f} ms" if med else "not run", records[-1]["peak_gb"],
                    f"{records[-1]['ratio_to_first']:.2f}x" if records[-1]["ratio_to_first"]
-                   else "-")
+                   else "-", records[-1]["trace_s"], records[-1]["compile_s"])
   return records
 
 
@@ -140,7 +145,9 @@ def main(argv):
   records, stream = [], []
 
   meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,
-          "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value}
+          "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value,
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "compilation_cache": jax.config.jax_compilation_cache_dir}
 
   def save():  # after every length: a later failure loses nothing measured
     meta["max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

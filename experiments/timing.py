@@ -39,11 +39,23 @@ def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
   opt = rs.make_optimizer("rmsprop", 1e-3)
   state = train.TrainState(params, opt.init(params))
   step = train.make_train_step(model, task, opt, batch)
-  step_c = step.lower(state, jax.random.PRNGKey(0)).compile()
+  step_c, step_s = compile_timed(step, state, jax.random.PRNGKey(0))
   fwd = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
-  fwd_c = fwd.lower(params, x).compile()
+  fwd_c, fwd_s = compile_timed(fwd, params, x)
   return {"train": (step_c, (state, jax.random.PRNGKey(0))), "forward": (fwd_c, (params, x)),
-          "remat_chunk": remat_chunk}
+          "remat_chunk": remat_chunk, "compile_s": {"train": step_s, "forward": fwd_s}}
+
+
+def compile_timed(jitted, *args):
+  """``jitted`` compiled for ``args``, and the seconds spent tracing and lowering
+  it to XLA (``trace_s``) and in XLA's compiler (``compile_s``): what a run's first
+  call pays before it computes anything. A persistent compilation cache
+  (``JAX_COMPILATION_CACHE_DIR``) makes ``compile_s`` a cache read."""
+  t0 = time.perf_counter()
+  lowered = jitted.lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  return compiled, {"trace_s": t1 - t0, "compile_s": time.perf_counter() - t1}
 
 
 def time_round_robin(compiled: dict, repeats: int) -> dict:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -139,9 +140,13 @@ def test_binary_runs_and_reports_bad_flags(tmp_path):
   cmd = [sys.executable, "-m", "relscreen_experiments.copy_task", f"--workdir={tmp_path}",
          "--T=4", "--steps=4", "--hidden=8", "--log_every=2", "--checkpoint_every=2",
          "--eval_batches=1", "--eval_batch_size=4", "--model=RelLSTM"]
-  done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  # Without JAX_COMPILATION_CACHE_DIR a binary caches compiled programs under ~.
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env["HOME"] = str(tmp_path / "home")
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
   assert done.returncode == 0, done.stderr
   assert "update 4/4" in done.stderr and "held-out evaluation" in done.stderr
+  assert any((tmp_path / "home" / ".cache" / "relscreen" / "xla").iterdir())
   bad = subprocess.run(cmd + ["--nu=0"], capture_output=True, text=True, timeout=300)
   assert bad.returncode == 1 and "--nu must be > 0" in bad.stderr
 
