@@ -115,6 +115,17 @@ def write_config(workdir: pathlib.Path, config):
                 json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
+def write_eval(workdir: pathlib.Path, record: dict) -> dict:
+  """Writes ``record`` as eval.json with the device it was measured on (its
+  times depend on it: the same command runs on CPU and GPU); returns it so."""
+  import jax  # pylint: disable=g-import-not-at-top
+  device = jax.devices()[0]
+  record = {**record, "device": f"{device.platform}: {device.device_kind}",
+            "device_count": jax.device_count()}
+  write_atomic(workdir / "eval.json", json.dumps(record, indent=2) + "\n")
+  return record
+
+
 def write_atomic(path: pathlib.Path, text: str):
   """Writes ``text`` to ``path`` through a temporary file and a rename."""
   tmp = path.with_name(path.name + ".tmp")

@@ -363,7 +363,7 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
             **evaluate(model, task, state.params, eval_key, config.eval_batches,
                        config.eval_batch_size),
             "train_seconds": time.perf_counter() - t0}
-  (workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+  record = rundir.write_eval(workdir, record)
   log.scalars(record)
   logging.info("held-out evaluation at update %d: %s", config.steps,
                Metrics(config.steps, record["loss"], record["rel_loss"],

@@ -8,7 +8,6 @@ Writes config.json, metrics.jsonl (one record per epoch), checkpoints/,
 eval.json and curves.png to the work directory.
 """
 
-import json
 import math
 import time
 from typing import Any, NamedTuple
@@ -130,7 +129,7 @@ def _train(config, workdir, splits, model, optimizer, progress, start, manager, 
   result = {"best_epoch": best.get("epoch"), "best_val_accuracy":
             float(progress.best_val_accuracy), "test_accuracy": test["accuracy"],
             "test_loss": test["loss"], "train_seconds": time.perf_counter() - t0}
-  (workdir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+  result = rundir.write_eval(workdir, result)
   logging.info("best validation accuracy %.2f%% (epoch %s); test accuracy %.2f%%",
                100 * result["best_val_accuracy"], result["best_epoch"],
                100 * result["test_accuracy"])

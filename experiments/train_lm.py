@@ -178,7 +178,7 @@ def _train(config, workdir, model, optimizer, progress, start, manager, log, tra
   result = {"best_val_bpc": float(progress.best_val_bpc),
             "test_bpc": evaluate(model, eval_step, progress.best_params, test_data, config),
             "train_seconds": time.perf_counter() - t0}
-  (workdir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+  result = rundir.write_eval(workdir, result)
   logging.info("best validation bpc %.3f; test bpc %.3f", result["best_val_bpc"],
                result["test_bpc"])
   records = log.read()

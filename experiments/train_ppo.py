@@ -15,7 +15,6 @@ curves.png.
 """
 
 import dataclasses
-import json
 import pathlib
 import time
 from typing import Any, NamedTuple
@@ -387,7 +386,7 @@ def _train(config, workdir, setup, state, start, manager, log, frames_per_update
   record = {"split": "eval", "step": updates, "frames": updates * frames_per_update,
             **evaluate(state.params, jax.random.PRNGKey(config.seed + 1)),
             "train_seconds": time.perf_counter() - t0}
-  (workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+  record = rundir.write_eval(workdir, record)
   logging.info("evaluation after %d frames: success %.3f over %d episodes, return %.3f",
                record["frames"], record["success"], record["episodes"], record["return"])
   title = f"{config.model}, {setup.env.name}" + (

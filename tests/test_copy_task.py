@@ -99,7 +99,9 @@ def test_training_lowers_loss_and_writes_files(tmp_path):
     assert (tmp_path / name).stat().st_size > 0
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
                 if p.name.isdigit()) == ["40", "60"]
-  assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == result["accuracy"]
+  saved = json.loads((tmp_path / "eval.json").read_text())
+  assert saved["accuracy"] == result["accuracy"]
+  assert saved["device"].startswith(jax.devices()[0].platform) and saved["device_count"] >= 1
 
 
 def test_resumed_run_continues_and_equals_uninterrupted(tmp_path):
