@@ -10,7 +10,8 @@ plan per (cell, rules) at the task's length. Writes to ``--workdir``:
   ablation.json / ablation.csv  one row per configuration and seed: held-out
                                 accuracy, loss, gradient ratio
                                 ||dL/dh_0|| / ||dL/dh_last||, ms per step, memory
-  ablation_summary.csv          per configuration: median and range over seeds
+  ablation_summary.csv          per configuration: median and range over seeds, and
+                                the accuracy at equal wall time (``summarise``)
   ablation.png                  held-out accuracy per configuration, one dot per seed
 Each (configuration, seed) trains in its own sub-directory, so a rerun resumes
 and an interrupted ablation loses at most one run's progress since its last
@@ -92,9 +93,21 @@ def train_one(c: dict, seed: int, workdir: pathlib.Path) -> dict:
   result = train.train_and_evaluate(config, run_dir, recall.make_task(_TASK.value, config))
   grads = rundir.read_records(run_dir / "gradients.jsonl")
   norms = np.array(grads[-1]["hidden_grad_norms"])
+  curve = [(r["step"], r["accuracy"]) for r in rundir.read_records(run_dir / "metrics.jsonl")
+           if r.get("split") == "train"]
   return {**{k: v for k, v in c.items() if k != "dir"}, "seed": seed, "nu": config.nu,
           "rho": config.rho, "accuracy": result["accuracy"], "loss": result["loss"],
-          "grad_ratio_t0_over_last": float(norms[0] / norms[-1])}
+          "grad_ratio_t0_over_last": float(norms[0] / norms[-1]), "curve": curve}
+
+
+def accuracy_at_time(curve, step_ms: float, budget_ms: float):
+  """``(updates, accuracy)`` a run reaches within ``budget_ms`` of training at
+  ``step_ms`` per update: the last logged block of ``curve`` (``(update,
+  accuracy)`` pairs, each the block's mean over fresh batches) that ends within
+  the budget; ``(updates, None)`` when none does."""
+  updates = int(budget_ms // step_ms)
+  reached = [acc for step, acc in curve if step <= updates]
+  return updates, (reached[-1] if reached else None)
 
 
 def measure_costs(rows: list[dict]):
@@ -115,15 +128,25 @@ def measure_costs(rows: list[dict]):
 
 
 def summarise(rows: list[dict]) -> list[dict]:
+  """Per configuration: held-out accuracy after ``--steps`` updates (median and
+  range over seeds), and the training accuracy at equal wall time: within the
+  time the cheapest configuration takes for ``--steps`` updates (by the step
+  times measured side by side), each configuration's last logged block."""
+  budget_ms = min(_STEPS.value * r["step_ms"] for r in rows)
   out = []
   for label in dict.fromkeys(r["label"] for r in rows):
     mine = [r for r in rows if r["label"] == label]
     acc = [r["accuracy"] for r in mine]
     ratio = [r["grad_ratio_t0_over_last"] for r in mine]
+    timed = [accuracy_at_time(r["curve"], r["step_ms"], budget_ms) for r in mine]
+    at_time = [a for _, a in timed if a is not None]
     out.append({"label": label, "seeds": len(mine), "accuracy_median": statistics.median(acc),
                 "accuracy_min": min(acc), "accuracy_max": max(acc),
                 "grad_ratio_median": statistics.median(ratio),
-                "step_ms": mine[0]["step_ms"], "peak_gb": mine[0]["peak_gb"]})
+                "step_ms": mine[0]["step_ms"], "peak_gb": mine[0]["peak_gb"],
+                "equal_time_s": budget_ms / 1e3, "equal_time_updates": timed[0][0],
+                "equal_time_accuracy_median": (statistics.median(at_time) if at_time
+                                               else None)})
   return out
 
 
@@ -182,11 +205,16 @@ def train_fn(config, workdir):
   measure_costs(rows)
   summary = summarise(rows)
   for s in summary:
-    logging.info("%-22s acc %.1f%% (%.1f-%.1f) | grad ratio %.3g | %.1f ms/step | %.3f GB",
-                 s["label"], 100 * s["accuracy_median"], 100 * s["accuracy_min"],
-                 100 * s["accuracy_max"], s["grad_ratio_median"], s["step_ms"], s["peak_gb"])
+    logging.info("%-22s acc %.1f%% (%.1f-%.1f) | grad ratio %.3g | %.1f ms/step | %.3f GB"
+                 " | in %.0f s: %d updates, accuracy %s", s["label"],
+                 100 * s["accuracy_median"], 100 * s["accuracy_min"],
+                 100 * s["accuracy_max"], s["grad_ratio_median"], s["step_ms"], s["peak_gb"],
+                 s["equal_time_s"], s["equal_time_updates"],
+                 "-" if s["equal_time_accuracy_median"] is None
+                 else f"{100 * s['equal_time_accuracy_median']:.1f}%")
   (workdir / "ablation.json").write_text(json.dumps(rows, indent=1) + "\n")
-  write_csv(workdir / "ablation.csv", rows)
+  write_csv(workdir / "ablation.csv", [{k: v for k, v in r.items() if k != "curve"}
+                                       for r in rows])
   write_csv(workdir / "ablation_summary.csv", summary)
   draw(rows, summary, workdir / "ablation.png")
 
