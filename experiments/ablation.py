@@ -100,16 +100,6 @@ def train_one(c: dict, seed: int, workdir: pathlib.Path) -> dict:
           "grad_ratio_t0_over_last": float(norms[0] / norms[-1]), "curve": curve}
 
 
-def accuracy_at_time(curve, step_ms: float, budget_ms: float):
-  """``(updates, accuracy)`` a run reaches within ``budget_ms`` of training at
-  ``step_ms`` per update: the last logged block of ``curve`` (``(update,
-  accuracy)`` pairs, each the block's mean over fresh batches) that ends within
-  the budget; ``(updates, None)`` when none does."""
-  updates = int(budget_ms // step_ms)
-  reached = [acc for step, acc in curve if step <= updates]
-  return updates, (reached[-1] if reached else None)
-
-
 def measure_costs(rows: list[dict]):
   """ms per training step (median of round-robin rounds) and XLA's memory plan, per
   configuration (the same for every seed)."""
@@ -138,7 +128,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     mine = [r for r in rows if r["label"] == label]
     acc = [r["accuracy"] for r in mine]
     ratio = [r["grad_ratio_t0_over_last"] for r in mine]
-    timed = [accuracy_at_time(r["curve"], r["step_ms"], budget_ms) for r in mine]
+    timed = [timing.accuracy_at_time(r["curve"], r["step_ms"], budget_ms) for r in mine]
     at_time = [a for _, a in timed if a is not None]
     out.append({"label": label, "seeds": len(mine), "accuracy_median": statistics.median(acc),
                 "accuracy_min": min(acc), "accuracy_max": max(acc),

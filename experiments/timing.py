@@ -103,3 +103,13 @@ def streaming(name: str, batch: int, hidden: int, nu: int, rho: int, steps: int 
   median = sorted(latencies)[len(latencies) // 2]
   return {"model": name, "batch": batch, "median_step_us": 1e6 * median,
           "stream_steps_per_s": batch / median}
+
+
+def accuracy_at_time(curve, step_ms: float, budget_ms: float):
+  """``(updates, accuracy)`` a run reaches within ``budget_ms`` of training at
+  ``step_ms`` per update: the last logged block of ``curve`` (``(update,
+  accuracy)`` pairs, each the block's mean over fresh batches) that ends within
+  the budget; ``(updates, None)`` when none does."""
+  updates = int(budget_ms // step_ms)
+  reached = [acc for step, acc in curve if step <= updates]
+  return updates, (reached[-1] if reached else None)

@@ -83,9 +83,9 @@ def test_lru_trains_in_the_supervised_loop_and_as_an_rl_core(tmp_path):
 
 
 def test_accuracy_at_equal_wall_time():
-  from relscreen_experiments import ablation  # pylint: disable=g-import-not-at-top
+  from relscreen_experiments import timing  # pylint: disable=g-import-not-at-top
   curve = [(100, 0.1), (200, 0.4), (300, 0.9)]
   # 1 s at 4 ms per update is 250 updates: the block that ends at 200.
-  assert ablation.accuracy_at_time(curve, 4.0, 1000.0) == (250, 0.4)
-  assert ablation.accuracy_at_time(curve, 2.0, 1000.0) == (500, 0.9)
-  assert ablation.accuracy_at_time(curve, 20.0, 1000.0) == (50, None)
+  assert timing.accuracy_at_time(curve, 4.0, 1000.0) == (250, 0.4)
+  assert timing.accuracy_at_time(curve, 2.0, 1000.0) == (500, 0.9)
+  assert timing.accuracy_at_time(curve, 20.0, 1000.0) == (50, None)
