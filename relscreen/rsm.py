@@ -106,6 +106,14 @@ def _row_draws(rules: Rules, seen: Array) -> Array:
   return jax.vmap(draw)(jnp.arange(seen.shape[0]), seen)
 
 
+def _candidate(cand_time: Array, cand_score: Array, do: Array, t, rules: Rules):
+  """The candidate's score under ``rules`` (``mean`` divides the sum by the t - t_j
+  steps it spent in S) and whether it is offered: where ``do`` and S is full."""
+  if rules.relevance is Relevance.MEAN:
+    cand_score = cand_score / jnp.maximum(t - cand_time, 1).astype(cand_score.dtype)
+  return cand_score, do & (cand_time >= 0)  # S is full exactly when its oldest slot is used
+
+
 def choose(cand_time: Array, cand_score: Array, r_score: Array, r_time: Array,
            seen: Array, do: Array, t: Array | int = 0, rules: Rules = PAPER):
   """The screening decision for a candidate leaving S (``rho >= 1``), per row.
@@ -129,9 +137,7 @@ def choose(cand_time: Array, cand_score: Array, r_score: Array, r_time: Array,
     it was offered, whether it enters R, and the R slot it would take, each [b].
   """
   rho = r_score.shape[1]
-  if rules.relevance is Relevance.MEAN:
-    cand_score = cand_score / jnp.maximum(t - cand_time, 1).astype(cand_score.dtype)
-  eligible = do & (cand_time >= 0)  # S is full exactly when its oldest slot is used
+  cand_score, eligible = _candidate(cand_time, cand_score, do, t, rules)
   filled = r_time >= 0  # [b, rho]: always a prefix, since R only fills at its end
   count = jnp.sum(filled, axis=1)
   has_room = count < rho
@@ -156,9 +162,7 @@ def screen(mem: RSMState, do: Array, t: Array | int = 0,
   rho = mem.r_score.shape[1]
   cand_time, cand_score = mem.s_time[:, 0], jax.lax.stop_gradient(mem.s_score[:, 0])
   if rho == 0:
-    if rules.relevance is Relevance.MEAN:
-      cand_score = cand_score / jnp.maximum(t - cand_time, 1).astype(cand_score.dtype)
-    eligible = do & (cand_time >= 0)
+    cand_score, eligible = _candidate(cand_time, cand_score, do, t, rules)
     return mem, Screened(jnp.where(eligible, cand_time, -1),
                          jnp.where(eligible, cand_score, jnp.nan), jnp.zeros_like(eligible))
   cand_score, eligible, admitted, slot = choose(cand_time, cand_score, mem.r_score,
