@@ -4,17 +4,22 @@ What it is for: the paper's claim that relevancy screening gives a recurrent
 agent a longer usable memory. For every model in ``--models`` and every delay in
 ``--memory_lengths`` it trains ``relscreen-ppo`` on MemoryChain-bsuite with the
 same frame budget (``--frames``) and the reference's PPO defaults, then scores
-the final policy on fresh episodes. Writes to ``--workdir``:
-  summary.json        final success (evaluation) per model and length, and the
-                      longest length at which each model reaches --threshold
+the final policy on fresh episodes, for every seed in ``--seeds``. Writes to
+``--workdir``:
+  summary.json        final success (evaluation) per model, length and seed, the
+                      median over seeds, and the longest length at which each
+                      model's median reaches --threshold
+  table.md            the same as a Markdown table (median, and min-max over seeds)
   success.png         evaluation success against memory length, one line a model
-  curves.png          training success against frames for every run
-Each run trains in its own sub-directory (``<model>_L<length>``), so a rerun
-resumes and skips finished runs.
+                      (the median), shaded from the worst seed to the best
+  curves.png          training success against frames, one panel a model, one
+                      line a length (median over seeds, shaded min-max)
+Each run trains in its own sub-directory (``<model>_L<length>_s<seed>``), so a
+rerun resumes and skips finished runs.
 
 Command (see docs/RESULTS.md):
   relscreen-ppo-sweep --models=LSTM,RelLSTM --memory_lengths=4,8,16,32,64,128 \\
-      --frames=1000000 --workdir=runs/ppo_chain_sweep
+      --frames=1000000 --seeds=1,2 --workdir=runs/ppo_chain_sweep
 """
 
 import json
@@ -35,7 +40,8 @@ _MODELS = flags.DEFINE_list("models", ["LSTM", "RelLSTM"], "agent cores to compa
 _LENGTHS = flags.DEFINE_list("memory_lengths", ["4", "8", "16", "32", "64", "128"],
                              "MemoryChain delays")
 _FRAMES = flags.DEFINE_integer("frames", 1_000_000, "frame budget of every run")
-_SEED = flags.DEFINE_integer("seed", 1, "seed of every run")
+_SEEDS = flags.DEFINE_list("seeds", ["1"], "seeds: every model and length trains once per "
+                           "seed")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.95, "success rate that counts as solved")
 _WORKDIR = flags_lib.define_workdir()
 
@@ -48,6 +54,16 @@ def _parse_lengths(values) -> list[int]:
   if any(v < 1 for v in lengths):
     raise ValueError(f"--memory_lengths must be >= 1, got {lengths}")
   return lengths
+
+
+def _parse_seeds(values) -> list[int]:
+  try:
+    seeds = [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f"--seeds must be integers, got {','.join(values)}") from None
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f"--seeds must be distinct integers, got {','.join(values)}")
+  return seeds
 
 
 def longest_solved(lengths, success, threshold) -> int | None:
@@ -73,8 +89,49 @@ def parse_model(spec: str) -> tuple[str, dict]:
   return name, {"relevance": relevance, "eviction": eviction or "top"}
 
 
-def run_name(spec: str) -> str:
-  return spec.replace(":", "_").replace("/", "-")
+def run_name(spec: str, length: int, seed: int) -> str:
+  """The sub-directory of one run: ``RelLSTM_decay-top_L256_s2``."""
+  return f"{spec.replace(':', '_').replace('/', '-')}_L{length}_s{seed}"
+
+
+def summarize(success: dict, lengths, seeds, frames: int, threshold: float) -> dict:
+  """``success[model][length][seed]`` -> the summary.json record: per-seed values,
+  medians, and the longest length whose median (and every shorter one's) is solved."""
+  median = {m: {str(n): float(np.median([by_len[str(n)][str(s)] for s in seeds]))
+                for n in lengths} for m, by_len in success.items()}
+  return {"frames": frames, "threshold": threshold, "seeds": list(seeds),
+          "success": median, "per_seed": success,
+          "longest_solved": {m: longest_solved(lengths, [v[str(n)] for n in lengths], threshold)
+                             for m, v in median.items()}}
+
+
+def table(summary: dict, lengths) -> str:
+  """summary.json as Markdown: one row a model, one column a length, each cell
+  the median success over seeds and, with several seeds, their range."""
+  def cell(values):
+    med = 100 * float(np.median(values))
+    if len(values) == 1:
+      return f"{med:.1f}%"
+    return f"{med:.1f}% ({100 * min(values):.1f}-{100 * max(values):.1f})"
+  seeds = summary["seeds"]
+  head = ["model"] + [f"L = {n}" for n in lengths]
+  rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for model, by_len in summary["per_seed"].items():
+    rows.append("| " + " | ".join([model] + [
+        cell([by_len[str(n)][str(s)] for s in seeds]) for n in lengths]) + " |")
+  caption = (f"MemoryChain success on fresh episodes after {summary['frames']:,} frames, "
+             f"median over seeds {', '.join(map(str, seeds))}"
+             + (" (min-max in brackets)" if len(seeds) > 1 else ""))
+  return caption + "\n\n" + "\n".join(rows) + "\n"
+
+
+def _curve(path: pathlib.Path):
+  """(frames, success) of one run's metrics.jsonl, without the updates in which
+  no episode ended (they log 0)."""
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = [r for r in records if r.get("episodes", 1) > 0]
+  return (np.array([r["frames"] for r in records], float),
+          np.array([r["success"] for r in records], float))
 
 
 def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
@@ -82,13 +139,20 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(5.5, 3.6))
+  seeds = summary["seeds"]
   for model, runs in summary["success"].items():
-    ax.plot(lengths, [runs[str(n)] for n in lengths], marker="o", label=model)
+    line, = ax.plot(lengths, [runs[str(n)] for n in lengths], marker="o", label=model)
+    if len(seeds) > 1:
+      per = np.array([[summary["per_seed"][model][str(n)][str(s)] for s in seeds]
+                      for n in lengths])
+      ax.fill_between(lengths, per.min(1), per.max(1), color=line.get_color(), alpha=0.2,
+                      lw=0)
   ax.axhline(summary["threshold"], color="gray", ls="--", lw=1,
              label=f"solved (>= {100 * summary['threshold']:.0f}%)")
   ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
   ax.set(xscale="log", xlabel="memory length", ylabel="success (fresh episodes)",
-         ylim=(-0.02, 1.02), title=f"MemoryChain, {frames:,} frames per run")
+         ylim=(-0.02, 1.02), title=f"MemoryChain, {frames:,} frames per run, "
+         f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
   ax.set_xticks(lengths, [str(n) for n in lengths])
   ax.minorticks_off()  # only the swept lengths are labelled
   ax.legend(fontsize=8)
@@ -100,17 +164,21 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
                            squeeze=False)
   for ax, model in zip(axes[0], summary["success"]):
     for n in lengths:
-      path = workdir / f"{run_name(model)}_L{n}" / "metrics.jsonl"
-      records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-      # An update in which no episode ended has no success rate (it logs 0): skip it.
-      records = [r for r in records if r.get("episodes", 1) > 0]
-      if not records:
+      # Seeds log at the same frames; each is smoothed, then the median and the
+      # range are taken over seeds on a common frame grid.
+      curves = [_curve(workdir / run_name(model, n, s) / "metrics.jsonl") for s in seeds]
+      curves = [(x, y) for x, y in curves if len(x)]
+      if not curves:
         continue
-      y = np.array([r["success"] for r in records])
-      w = max(1, len(y) // 20)
-      x = np.array([r["frames"] for r in records])[w - 1:]
-      ax.plot(x, np.convolve(y, np.ones(w) / w, mode="valid"), label=f"L={n}",
-              marker="o" if len(x) < 25 else None, ms=3)
+      grid = curves[0][0]
+      w = max(1, len(grid) // 20)
+      ys = np.array([np.convolve(np.interp(grid, x, y), np.ones(w) / w, mode="valid")
+                     for x, y in curves])
+      line, = ax.plot(grid[w - 1:], np.median(ys, 0), label=f"L={n}",
+                      marker="o" if len(grid) < 25 else None, ms=3)
+      if len(ys) > 1:
+        ax.fill_between(grid[w - 1:], ys.min(0), ys.max(0), color=line.get_color(),
+                        alpha=0.15, lw=0)
     ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
     ax.set(xlabel="frames", ylabel="training success (smoothed)", title=model,
            ylim=(-0.02, 1.02))
@@ -123,30 +191,31 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
 def sweep(workdir: pathlib.Path):
   from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
   lengths = _parse_lengths(_LENGTHS.value)
+  seeds = _parse_seeds(_SEEDS.value)
   for model in _MODELS.value:
     parse_model(model)  # every spec checked before the first run
   workdir = rundir.prepare(workdir)
   success = {}
   for model in _MODELS.value:
-    success[model] = {}
+    success[model] = {str(n): {} for n in lengths}
     name, rules = parse_model(model)
-    for n in lengths:
-      config = ppo_config.get_config()
-      config.update(env="MemoryChain-bsuite", memory_length=n, model=name,
-                    frames=_FRAMES.value, seed=_SEED.value, log_every=10, **rules)
-      run_dir = workdir / f"{run_name(model)}_L{n}"
-      done = run_dir / "eval.json"
-      if done.exists() and json.loads(done.read_text())["frames"] >= _FRAMES.value:
-        record = json.loads(done.read_text())
-      else:
-        record = train_ppo.train_and_evaluate(config, run_dir)
-      success[model][str(n)] = record["success"]
-      logging.info("%s, memory length %d: success %.3f", model, n, record["success"])
-  summary = {
-      "frames": _FRAMES.value, "threshold": _THRESHOLD.value, "success": success,
-      "longest_solved": {m: longest_solved(lengths, [s[str(n)] for n in lengths],
-                                           _THRESHOLD.value) for m, s in success.items()}}
+    for seed in seeds:
+      for n in lengths:
+        config = ppo_config.get_config()
+        config.update(env="MemoryChain-bsuite", memory_length=n, model=name,
+                      frames=_FRAMES.value, seed=seed, log_every=10, **rules)
+        run_dir = workdir / run_name(model, n, seed)
+        done = run_dir / "eval.json"
+        if done.exists() and json.loads(done.read_text())["frames"] >= _FRAMES.value:
+          record = json.loads(done.read_text())
+        else:
+          record = train_ppo.train_and_evaluate(config, run_dir)
+        success[model][str(n)][str(seed)] = record["success"]
+        logging.info("%s, memory length %d, seed %d: success %.3f", model, n, seed,
+                     record["success"])
+  summary = summarize(success, lengths, seeds, _FRAMES.value, _THRESHOLD.value)
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  (workdir / "table.md").write_text(table(summary, lengths))
   plot(workdir, summary, lengths, _FRAMES.value)
   logging.info("longest memory length solved (>= %.2f): %s", _THRESHOLD.value,
                summary["longest_solved"])

@@ -204,3 +204,34 @@ def test_memory_chain_env_contract():
     rewards.append(float(reward))
     dones.append(bool(done))
   assert rewards == [0.0, 0.0, 0.0, 1.0] and dones == [False, False, False, True]
+
+
+def test_ppo_sweep_summarizes_seeds_by_median_and_range(tmp_path):
+  """The sweep's summary, table and plots over seeds, from hand-made runs."""
+  from relscreen_experiments import ppo_sweep  # pylint: disable=g-import-not-at-top
+  success = {"LSTM": {"16": {"1": 1.0, "2": 0.5}, "64": {"1": 0.96, "2": 0.98}},
+             "RelLSTM:decay/top": {"16": {"1": 1.0, "2": 1.0}, "64": {"1": 0.5, "2": 0.6}}}
+  summary = ppo_sweep.summarize(success, [16, 64], [1, 2], frames=1000, threshold=0.95)
+  assert summary["success"] == {"LSTM": {"16": 0.75, "64": 0.97},
+                                "RelLSTM:decay/top": {"16": 1.0, "64": 0.55}}
+  # LSTM's median at 16 misses the threshold, so nothing counts as solved for it
+  # even though its median at 64 reaches it.
+  assert summary["longest_solved"] == {"LSTM": None, "RelLSTM:decay/top": 16}
+  md = ppo_sweep.table(summary, [16, 64]).splitlines()
+  assert md[2] == "| model | L = 16 | L = 64 |"
+  assert md[4] == "| LSTM | 75.0% (50.0-100.0) | 97.0% (96.0-98.0) |"
+  assert md[5] == "| RelLSTM:decay/top | 100.0% (100.0-100.0) | 55.0% (50.0-60.0) |"
+  assert ppo_sweep.run_name("RelLSTM:decay/top", 64, 2) == "RelLSTM_decay-top_L64_s2"
+  for model, by_len in success.items():
+    for n in by_len:
+      for seed, final in by_len[n].items():
+        run = tmp_path / ppo_sweep.run_name(model, int(n), int(seed))
+        run.mkdir()
+        rows = [{"frames": 100 * i, "episodes": int(i != 3), "success": final * i / 9}
+                for i in range(1, 10)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  ppo_sweep.plot(tmp_path, summary, [16, 64], 1000)
+  assert (tmp_path / "success.png").stat().st_size > 0
+  assert (tmp_path / "curves.png").stat().st_size > 0
+  with pytest.raises(ValueError, match="--seeds must be distinct"):
+    ppo_sweep._parse_seeds(["1", "1"])
