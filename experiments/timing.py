@@ -4,6 +4,7 @@ sweep binaries; no flags here)."""
 import time
 
 import jax
+import numpy as np
 
 from relscreen_experiments import train
 import relscreen as rs
@@ -39,10 +40,11 @@ def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
   opt = rs.make_optimizer("rmsprop", 1e-3)
   state = train.TrainState(params, opt.init(params))
   step = train.make_train_step(model, task, opt, batch)
-  step_c, step_s = compile_timed(step, state, jax.random.PRNGKey(0))
+  one = np.float32(1.0)  # the learning-rate factor
+  step_c, step_s = compile_timed(step, state, jax.random.PRNGKey(0), one)
   fwd = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
   fwd_c, fwd_s = compile_timed(fwd, params, x)
-  return {"train": (step_c, (state, jax.random.PRNGKey(0))), "forward": (fwd_c, (params, x)),
+  return {"train": (step_c, (state, jax.random.PRNGKey(0), one)), "forward": (fwd_c, (params, x)),
           "remat_chunk": remat_chunk, "compile_s": {"train": step_s, "forward": fwd_s}}
 
 

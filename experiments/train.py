@@ -10,7 +10,9 @@ batches drawn from ``task``, and writes to ``workdir``:
 Batches are a pure function of (seed, step), so a resumed run is the same run.
 """
 
+import collections
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -72,7 +74,22 @@ class Metrics:
 def composable_options(config) -> dict:
   """The relevance / eviction / layers / custom_vjp fields of a run's config (their
   paper values where an older config.json lacks them)."""
-  return {k: config.get(k, default) for k, default in common.LATER_FIELDS.items()}
+  return {k: config.get(k, common.LATER_FIELDS[k]) for k in common.MODEL_FIELDS}
+
+
+def lr_scale(config, update: int) -> float:
+  """The factor on the learning rate at ``update`` (1-based): 1 up to
+  ``lr_decay_from``, then halving every ``lr_half_life`` updates, smoothly; 1
+  throughout when ``lr_half_life`` is 0 (or absent, in an older config).
+
+  It multiplies the optimiser's output (RMSprop's and Adam's step are
+  proportional to the learning rate), so the optimiser state, and a checkpoint,
+  look the same with or without a schedule, and the factor is a function of the
+  update alone: a resumed run takes the same steps."""
+  half_life = config.get("lr_half_life", 0)
+  if not half_life:
+    return 1.0
+  return 0.5 ** (max(0, update - config.get("lr_decay_from", 0)) / half_life)
 
 
 def build_model(config: ml_collections.ConfigDict, task: Task, last_only: bool = False,
@@ -98,7 +115,9 @@ def make_loss_fn(model, task) -> Callable:
 
 
 def make_train_step(model, task, optimizer, batch_size: int, mesh=None):
-  """The jitted update. With a ``mesh``, each batch is split over its devices
+  """The jitted update ``(state, key, lr_scale) -> (state, loss, aux)``; the
+  optimiser's step is multiplied by ``lr_scale`` (a float32 scalar, ``lr_scale``
+  below). With a ``mesh``, each batch is split over its devices
   (data parallelism; the state must be replicated on the mesh): every device
   computes the gradients of its part, then they are averaged."""
   loss_fn = make_loss_fn(model, task)
@@ -107,15 +126,50 @@ def make_train_step(model, task, optimizer, batch_size: int, mesh=None):
     grad_fn = rs_parallel.data_parallel(grad_fn, mesh)
 
   @jax.jit
-  def train_step(state: TrainState, key):
+  def train_step(state: TrainState, key, lr_scale):
     batch = task.batch(key, batch_size)
     if mesh is not None:
       batch = rs_parallel.constrain_batch(batch, mesh)
     (loss, aux), grads = grad_fn(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates = jax.tree_util.tree_map(lambda u: u * lr_scale.astype(u.dtype), updates)
     return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, aux
 
   return train_step
+
+
+# Compiled update steps of this process, by what determines the program (see
+# ``_step_key``): a sweep that trains one configuration over several seeds, or a
+# rerun in the same process, traces, lowers and compiles it once.
+_COMPILED_STEPS: collections.OrderedDict = collections.OrderedDict()
+_COMPILED_STEPS_KEPT = 8
+
+
+def _step_key(config, model, task, state, mesh) -> tuple:
+  """Everything the compiled update depends on: the model and task (hashable,
+  equal by value), the optimiser's settings, the batch, the device layout, and
+  the shapes and dtypes of the state. Seeds and step counts are not in it: they
+  reach the program as arguments."""
+  avals = tuple((a.shape, str(a.dtype)) for a in jax.tree_util.tree_leaves(state))
+  return (model, task, config.optimizer, config.lr, config.alpha, config.clip,
+          config.batch, None if mesh is None else tuple(mesh.devices.flat),
+          jax.tree_util.tree_structure(state), avals, jax.config.jax_enable_x64)
+
+
+def compiled_train_step(config, model, task, optimizer, state, key, mesh=None):
+  """``make_train_step`` compiled for ``(state, key)``; reused within the process
+  for a configuration that builds the same program."""
+  cache_key = _step_key(config, model, task, state, mesh)
+  if cache_key in _COMPILED_STEPS:
+    _COMPILED_STEPS.move_to_end(cache_key)
+    logging.info("update step already compiled in this process")
+    return _COMPILED_STEPS[cache_key]
+  compiled = compile_step(make_train_step(model, task, optimizer, config.batch, mesh),
+                          state, key, np.float32(1.0))
+  _COMPILED_STEPS[cache_key] = compiled
+  while len(_COMPILED_STEPS) > _COMPILED_STEPS_KEPT:
+    _COMPILED_STEPS.popitem(last=False)
+  return compiled
 
 
 def make_diagnose(model, task, config, workdir: pathlib.Path, key, start: int):
@@ -135,9 +189,15 @@ def make_diagnose(model, task, config, workdir: pathlib.Path, key, start: int):
   return diagnose
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_loss(model, task):
+  """One jitted loss per (model, task) in this process (both compare by value)."""
+  return jax.jit(make_loss_fn(model, task))
+
+
 def evaluate(model, task, params, key, batches: int, batch_size: int) -> dict:
   """Loss, loss / memoryless loss and recall accuracy over fresh held-out batches."""
-  loss_fn = jax.jit(make_loss_fn(model, task))
+  loss_fn = _jitted_loss(model, task)
   results = jax.device_get([loss_fn(params, task.batch(jax.random.fold_in(key, i),
                                                         batch_size))
                             for i in range(batches)])
@@ -229,9 +289,16 @@ def _fmt_time(seconds: float) -> str:
   return f"{m}m{s:02d}s"
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jax.numpy.all(jax.numpy.stack([jax.numpy.all(jax.numpy.isfinite(a))
+                                        for a in leaves]))
+
+
 def params_finite(params) -> bool:
-  return all(bool(jax.numpy.all(jax.numpy.isfinite(a)))
-             for a in jax.tree_util.tree_leaves(params))
+  """Whether every entry of every leaf is finite (one compiled reduction)."""
+  return not jax.tree_util.tree_leaves(params) or bool(_all_finite(params))
 
 
 def stop_non_finite(manager, workdir: pathlib.Path, what: str, bad_from: int,
@@ -306,7 +373,6 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
     rs_parallel.check_divisible(config.batch, mesh, "--batch")
     state = rs_parallel.replicate(state, mesh)
     logging.info("data parallel over %d devices", mesh.devices.size)
-  train_step = make_train_step(model, task, optimizer, config.batch, mesh)
   diag_every = config.get("diag_every", 0)
   if diag_every:
     diagnose = make_diagnose(model, task, config, workdir, jax.random.fold_in(eval_key, 1),
@@ -314,7 +380,8 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
     if start == 0:
       diagnose(0, state.params)
   if start < config.steps:
-    train_step = compile_step(train_step, state, jax.random.fold_in(data_key, start + 1))
+    train_step = compiled_train_step(config, model, task, optimizer, state,
+                                     jax.random.fold_in(data_key, start + 1), mesh)
 
   blocks = PartialBlocks(workdir)
   block = {"loss": [], "rel": [], "acc": []}
@@ -330,7 +397,8 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
   block_start = t0 = time.perf_counter()
   block_new = 0  # updates of this block run in this process (for the rate)
   for step in range(start + 1, config.steps + 1):
-    state, loss, (acc, baseline) = train_step(state, jax.random.fold_in(data_key, step))
+    state, loss, (acc, baseline) = train_step(state, jax.random.fold_in(data_key, step),
+                                              np.float32(lr_scale(config, step)))
     loss = float(loss)
     if not math.isfinite(loss):
       stop_non_finite(manager, workdir, f"loss became {loss} at update {step}, from the "

@@ -51,7 +51,7 @@ def main():
   one = train.make_train_step(model, task, opt, 16)
   s1, s8 = state, parallel.replicate(state, mesh)
   eight = train.make_train_step(model, task, opt, 16, mesh).lower(
-      s8, jax.random.PRNGKey(0)).compile()
+      s8, jax.random.PRNGKey(0), np.float32(1.0)).compile()
   # The devices exchange only the averaged outputs: one all-reduce, nothing else.
   collectives = re.findall(
       r" (all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)[-a-z]*\(",
@@ -60,8 +60,8 @@ def main():
   # memoryless baseline float32 beside the float64 rest, hence at most two.)
   assert set(collectives) == {"all-reduce"} and len(collectives) <= 2, collectives
   for i in range(3):
-    s1, l1, _ = one(s1, jax.random.PRNGKey(i))
-    s8, l8, _ = eight(s8, jax.random.PRNGKey(i))
+    s1, l1, _ = one(s1, jax.random.PRNGKey(i), np.float32(1.0))
+    s8, l8, _ = eight(s8, jax.random.PRNGKey(i), np.float32(1.0))
     np.testing.assert_allclose(l8, l1, rtol=1e-10)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9,
                                                                  atol=1e-12),

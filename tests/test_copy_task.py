@@ -122,6 +122,15 @@ def test_same_seed_same_result_other_seed_differs(tmp_path):
   b = train.train_and_evaluate(tiny_config(steps=20), tmp_path / "b", task)
   c = train.train_and_evaluate(tiny_config(steps=20, seed=1), tmp_path / "c", task)
   assert a["loss"] == b["loss"] and a["loss"] != c["loss"]
+  # The process reuses the compiled update for another seed (same program), and
+  # compiles anew when a setting the program bakes in changes: here the learning
+  # rate, which an update must then apply.
+  compiled = dict(train._COMPILED_STEPS)  # pylint: disable=protected-access
+  d = train.train_and_evaluate(tiny_config(steps=20, lr=1e-2), tmp_path / "d", task)
+  assert len(set(train._COMPILED_STEPS) - set(compiled)) == 1  # pylint: disable=protected-access
+  assert d["loss"] != a["loss"]
+  first = lambda w: json.loads((tmp_path / w / "metrics.jsonl").read_text().splitlines()[0])
+  assert first("d")["loss"] != first("a")["loss"]
 
 
 class PoisonedCopy(rs.CopyTask):
@@ -203,3 +212,39 @@ def test_adding_layout_and_metrics(tmp_path):
   train.train_and_evaluate(config, tmp_path, rs.AddingTask(5))
   recs = records(tmp_path)
   assert recs[-1]["loss"] < recs[0]["loss"]
+
+
+def test_learning_rate_half_life_scales_each_update(tmp_path):
+  """--lr_half_life/--lr_decay_from: the factor by hand, and a run's updates
+  equal a plain RMSprop whose learning rate follows it."""
+  config = tiny_config(steps=6, log_every=1, checkpoint_every=3, lr_decay_from=2,
+                       lr_half_life=2)
+  assert [train.lr_scale(config, t) for t in (1, 2, 3, 4, 6)] == pytest.approx(
+      [1, 1, 2 ** -0.5, 0.5, 0.25])
+  assert train.lr_scale(tiny_config(), 10**6) == 1.0  # constant by default
+  task = rs.CopyTask(5)
+  train.train_and_evaluate(config, tmp_path / "a", task)
+  _, _, params, _ = train.load_trained(tmp_path / "a", lambda c: task)
+  # The same updates by hand: torch RMSprop with lr_t = 3e-3 * factor(t), after
+  # clipping by global norm 1, on the batches the loop draws.
+  model = train.build_model(config, task)
+  state, _, (data_key, _) = train.init_state(config, task, model)
+  loss_fn = train.make_loss_fn(model, task)
+  p, v = state.params, jax.tree_util.tree_map(jnp.zeros_like, state.params)
+  for t in range(1, 7):
+    g = jax.grad(lambda q: loss_fn(q, task.batch(jax.random.fold_in(data_key, t),
+                                                 config.batch))[0])(p)
+    norm = jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(g)))
+    g = jax.tree_util.tree_map(lambda x: x * jnp.minimum(1.0, 1.0 / norm), g)
+    v = jax.tree_util.tree_map(lambda a, x: 0.99 * a + 0.01 * x ** 2, v, g)
+    lr = 3e-3 * train.lr_scale(config, t)
+    p = jax.tree_util.tree_map(lambda q, x, a: q - lr * x / (jnp.sqrt(a) + 1e-8), p, g, v)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4,
+                                                                 atol=1e-6), params, p)
+  # A resumed run takes the same scaled steps.
+  train.train_and_evaluate(tiny_config(**{**config.to_dict(), "steps": 3}), tmp_path / "b",
+                           task)
+  train.train_and_evaluate(config, tmp_path / "b", task)
+  assert records(tmp_path / "b") == [
+      {**r, "steps_per_s": records(tmp_path / "b")[i]["steps_per_s"]}
+      for i, r in enumerate(records(tmp_path / "a"))]

@@ -32,6 +32,9 @@ _BASE = (
     ("i_init", "xavier", "input kernel init", ("xavier", "kaiming")),
     ("optimizer", "rmsprop", "torch-equivalent optimiser", ("rmsprop", "adam")),
     ("lr", 1e-3, "learning rate", None),
+    ("lr_half_life", 0, "halve the learning rate every this many updates after "
+     "--lr_decay_from, smoothly (0: constant, the paper's)", None),
+    ("lr_decay_from", 0, "update after which --lr_half_life applies", None),
     ("alpha", 0.99, "RMSprop smoothing constant", None),
     ("clip", 1.0, "clip gradients to this global norm (0: no clipping)", None),
     ("n_symbols", 8, "alphabet size of the symbols to remember", None),
@@ -50,12 +53,15 @@ _BASE = (
 # Flags that must be > 0, and those that may also be 0.
 POSITIVE = ("T", "batch", "hidden", "nu", "rho", "k", "layers", "lr", "n_symbols", "c_length",
             "log_every", "checkpoint_every", "eval_batch_size")
-NON_NEGATIVE = ("steps", "eval_batches", "clip", "remat_chunk", "diag_every", "decay")
+NON_NEGATIVE = ("steps", "eval_batches", "clip", "remat_chunk", "diag_every", "decay",
+                "lr_half_life", "lr_decay_from")
 
 # Fields added after runs were first written: a config.json without one ran with
 # this value (so those runs still resume and load).
 LATER_FIELDS = {"relevance": "sum", "eviction": "top", "decay": 0.9, "layers": 1,
-                "custom_vjp": True}
+                "custom_vjp": True, "lr_half_life": 0, "lr_decay_from": 0}
+# The later fields that configure the model (the others configure training).
+MODEL_FIELDS = ("relevance", "eviction", "decay", "layers", "custom_vjp")
 
 
 def fields(extra=(), **defaults):
