@@ -138,38 +138,40 @@ def make_train_step(model, task, optimizer, batch_size: int, mesh=None):
   return train_step
 
 
-# Compiled update steps of this process, by what determines the program (see
-# ``_step_key``): a sweep that trains one configuration over several seeds, or a
-# rerun in the same process, traces, lowers and compiles it once.
+# Compiled update steps of this process, by what determines the program: a
+# sweep that trains one configuration over several seeds, or a rerun in the same
+# process, traces, lowers and compiles it once.
 _COMPILED_STEPS: collections.OrderedDict = collections.OrderedDict()
 _COMPILED_STEPS_KEPT = 8
 
 
-def _step_key(config, model, task, state, mesh) -> tuple:
-  """Everything the compiled update depends on: the model and task (hashable,
-  equal by value), the optimiser's settings, the batch, the device layout, and
-  the shapes and dtypes of the state. Seeds and step counts are not in it: they
-  reach the program as arguments."""
-  avals = tuple((a.shape, str(a.dtype)) for a in jax.tree_util.tree_leaves(state))
-  return (model, task, config.optimizer, config.lr, config.alpha, config.clip,
-          config.batch, None if mesh is None else tuple(mesh.devices.flat),
-          jax.tree_util.tree_structure(state), avals, jax.config.jax_enable_x64)
-
-
-def compiled_train_step(config, model, task, optimizer, state, key, mesh=None):
-  """``make_train_step`` compiled for ``(state, key)``; reused within the process
-  for a configuration that builds the same program."""
-  cache_key = _step_key(config, model, task, state, mesh)
-  if cache_key in _COMPILED_STEPS:
-    _COMPILED_STEPS.move_to_end(cache_key)
-    logging.info("update step already compiled in this process")
-    return _COMPILED_STEPS[cache_key]
-  compiled = compile_step(make_train_step(model, task, optimizer, config.batch, mesh),
-                          state, key, np.float32(1.0))
-  _COMPILED_STEPS[cache_key] = compiled
+def compile_cached(program_key, make_step: Callable, *args, what: str = "update step"):
+  """``compile_step(make_step(), *args)``, reused within the process when
+  ``program_key`` (hashable: everything the program bakes in, seeds and step
+  counts excluded since they arrive as arguments) and the shapes and dtypes of
+  ``args`` match an earlier call."""
+  avals = tuple((a.shape, str(a.dtype)) for a in jax.tree_util.tree_leaves(args))
+  key = (program_key, jax.tree_util.tree_structure(args), avals, jax.config.jax_enable_x64)
+  if key in _COMPILED_STEPS:
+    _COMPILED_STEPS.move_to_end(key)
+    logging.info("%s already compiled in this process", what)
+    return _COMPILED_STEPS[key]
+  compiled = compile_step(make_step(), *args, what=what)
+  _COMPILED_STEPS[key] = compiled
   while len(_COMPILED_STEPS) > _COMPILED_STEPS_KEPT:
     _COMPILED_STEPS.popitem(last=False)
   return compiled
+
+
+def compiled_train_step(config, model, task, optimizer, state, key, mesh=None):
+  """``make_train_step`` compiled for ``(state, key, lr_scale)``. The program
+  depends on the model and task (hashable, equal by value), the optimiser's
+  settings, the batch and the devices."""
+  program = (model, task, config.optimizer, config.lr, config.alpha, config.clip,
+             config.batch, None if mesh is None else tuple(mesh.devices.flat))
+  return compile_cached(
+      program, lambda: make_train_step(model, task, optimizer, config.batch, mesh),
+      state, key, np.float32(1.0))
 
 
 def make_diagnose(model, task, config, workdir: pathlib.Path, key, start: int):

@@ -338,6 +338,16 @@ def plot(records: list[dict], path: pathlib.Path, title: str, chance: float | No
   plt.close(fig)
 
 
+# Fields that reach a run as data (keys, loop bounds), not as part of the compiled update.
+_NOT_IN_PROGRAM = ("seed", "frames", "log_every", "checkpoint_every", "eval_episodes")
+
+
+def program_key(config) -> tuple:
+  """What the compiled PPO update depends on: every field but ``_NOT_IN_PROGRAM``."""
+  return tuple(sorted((k, v) for k, v in config.to_dict().items()
+                      if k not in _NOT_IN_PROGRAM))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains (resuming from ``workdir``), evaluates the final policy, plots."""
   setup = build(config)
@@ -350,9 +360,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
 
 def _train(config, workdir, setup, state, start, manager, log, frames_per_update, updates):
-  update = make_update(setup)
+  update = None
   if start < updates:
-    update = train_lib.compile_step(update, state, what="PPO update")
+    update = train_lib.compile_cached(program_key(config), lambda: make_update(setup), state,
+                                      what="PPO update")
   logging.info("%s on %s: %d updates of %d frames (%s)", config.model, setup.env.name,
                updates, frames_per_update,
                f"memory_length {config.memory_length}" if setup.env.name.startswith(

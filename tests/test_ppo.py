@@ -166,6 +166,15 @@ def test_training_smoke_and_resume(tmp_path):
         k: v for k, v in b.items() if k != "fps"}
 
 
+def test_compiled_update_is_shared_only_by_runs_of_the_same_program():
+  """Seeds and budgets reach the update as data; every other field may change
+  the program, so it keys the per-process cache of compiled updates."""
+  key = train_ppo.program_key(_tiny())
+  assert train_ppo.program_key(_tiny(seed=7, frames=10**6, log_every=3)) == key
+  for change in ({"lr": 1e-2}, {"epochs": 4}, {"model": "LSTM"}, {"memory_length": 9}):
+    assert train_ppo.program_key(_tiny(**change)) != key, change
+
+
 def test_resume_refuses_changed_hyperparameters(tmp_path):
   train_ppo.check_config(_tiny())
   from relscreen_experiments import rundir  # pylint: disable=g-import-not-at-top
