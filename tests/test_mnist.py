@@ -60,6 +60,12 @@ def test_digits_and_permutation():
   splits = datasets.load_digits()
   assert splits.steps == 64 and len(splits.train_x) == 1000 and len(splits.test_x) == 500
   assert 0.0 <= splits.train_x.min() and splits.train_x.max() == 1.0
+  # The UCI digits as scikit-learn ships them: the label counts, and the first
+  # image's first two rows (pixel values 0..16, scaled by 1/16).
+  labels = np.concatenate([splits.train_y, splits.val_y, splits.test_y])
+  assert np.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+  np.testing.assert_array_equal(16 * splits.train_x[0, :16, 0],
+                                [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0])
   permuted = datasets.permute(splits)
   order = np.random.RandomState(100).permutation(64)
   np.testing.assert_array_equal(permuted.test_x, splits.test_x[:, order])

@@ -27,6 +27,14 @@ def reservoir_draws(rules, batch):
   return draw
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted(rules):
+  """One jitted store/accumulate per rule set, so the many examples below compile
+  once per shape instead of once each."""
+  return (jax.jit(functools.partial(rsm.store, rules=rules)),
+          jax.jit(functools.partial(rsm.accumulate, rules=rules)))
+
+
 def run_both(batch, nu, rho, steps, weights, store_mask, rules=rsm.PAPER, r_weights=None):
   """Feeds the same weights to both; returns per-step (ours, reference) snapshots.
 
@@ -38,8 +46,7 @@ def run_both(batch, nu, rho, steps, weights, store_mask, rules=rsm.PAPER, r_weig
   draw = reservoir_draws(rules, batch)
   refs = [Screen(nu, rho, rules.relevance.value, rules.eviction.value, rules.decay,
                  functools.partial(draw, b)) for b in range(batch)]
-  store = jax.jit(functools.partial(rsm.store, rules=rules))
-  accumulate = jax.jit(functools.partial(rsm.accumulate, rules=rules))
+  store, accumulate = _jitted(rules)
   r_weights = np.zeros((steps, batch, rho)) if r_weights is None else r_weights
   for t in range(steps):
     m = len(refs[0].S)
