@@ -116,8 +116,8 @@ def make_loss_fn(model, task) -> Callable:
 
 def make_train_step(model, task, optimizer, batch_size: int, mesh=None):
   """The jitted update ``(state, key, lr_scale) -> (state, loss, aux)``; the
-  optimiser's step is multiplied by ``lr_scale`` (a float32 scalar, ``lr_scale``
-  below). With a ``mesh``, each batch is split over its devices
+  optimiser's step is multiplied by ``lr_scale`` (a float32 scalar: see
+  ``lr_scale``). With a ``mesh``, each batch is split over its devices
   (data parallelism; the state must be replicated on the mesh): every device
   computes the gradients of its part, then they are averaged."""
   loss_fn = make_loss_fn(model, task)
