@@ -46,21 +46,22 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.95, "success rate that counts as 
 _WORKDIR = flags_lib.define_workdir()
 
 
-def _parse_lengths(values) -> list[int]:
+def _integers(flag: str, values) -> list[int]:
   try:
-    lengths = [int(v) for v in values]
+    return [int(v) for v in values]
   except ValueError:
-    raise ValueError(f"--memory_lengths must be integers, got {','.join(values)}") from None
+    raise ValueError(f"--{flag} must be integers, got {','.join(values)}") from None
+
+
+def _parse_lengths(values) -> list[int]:
+  lengths = _integers("memory_lengths", values)
   if any(v < 1 for v in lengths):
     raise ValueError(f"--memory_lengths must be >= 1, got {lengths}")
   return lengths
 
 
 def _parse_seeds(values) -> list[int]:
-  try:
-    seeds = [int(v) for v in values]
-  except ValueError:
-    raise ValueError(f"--seeds must be integers, got {','.join(values)}") from None
+  seeds = _integers("seeds", values)
   if not seeds or len(set(seeds)) != len(seeds):
     raise ValueError(f"--seeds must be distinct integers, got {','.join(values)}")
   return seeds
@@ -128,8 +129,7 @@ def table(summary: dict, lengths) -> str:
 def _curve(path: pathlib.Path):
   """(frames, success) of one run's metrics.jsonl, without the updates in which
   no episode ended (they log 0)."""
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  records = [r for r in records if r.get("episodes", 1) > 0]
+  records = [r for r in rundir.read_records(path) if r.get("episodes", 1) > 0]
   return (np.array([r["frames"] for r in records], float),
           np.array([r["success"] for r in records], float))
 

@@ -236,8 +236,8 @@ def test_ppo_sweep_summarizes_seeds_by_median_and_range(tmp_path):
       for seed, final in by_len[n].items():
         run = tmp_path / ppo_sweep.run_name(model, int(n), int(seed))
         run.mkdir()
-        rows = [{"frames": 100 * i, "episodes": int(i != 3), "success": final * i / 9}
-                for i in range(1, 10)]
+        rows = [{"step": i, "frames": 100 * i, "episodes": int(i != 3),
+                 "success": final * i / 9} for i in range(1, 10)]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   ppo_sweep.plot(tmp_path, summary, [16, 64], 1000)
   assert (tmp_path / "success.png").stat().st_size > 0
