@@ -176,15 +176,10 @@ def train_fn(config, workdir):
                                 ("evictions", _EVICTIONS.value,
                                  [e.value for e in rs.Eviction]),
                                 ("baselines", _BASELINES.value, rs.REGISTRY)):
-    bad = [v for v in values if v not in choices]
-    if bad:
-      raise ValueError(f"--{flag}: unknown {bad}; choose from {', '.join(choices)}")
-  try:
-    seeds = [int(s) for s in _SEEDS.value]
-  except ValueError:
-    raise ValueError(f"--seeds must be integers, got {_SEEDS.value}") from None
-  if not seeds or _STEPS.value < 1:
-    raise ValueError("--seeds needs at least one seed and --steps must be >= 1")
+    flags_lib.check_choices(flag, values, choices)
+  seeds = flags_lib.integers("seeds", _SEEDS.value, distinct=True)
+  if _STEPS.value < 1:
+    raise ValueError("--steps must be >= 1")
   workdir = pathlib.Path(workdir)
   grid = configurations()
   rows = []

@@ -124,20 +124,16 @@ def main(argv):
   del argv
   flags_lib.quiet_other_loggers()
   try:
-    lengths = [int(v) for v in _LENGTHS.value]
-  except ValueError:
-    sys.exit(f"error: --lengths must be integers, got {_LENGTHS.value}")
+    lengths = flags_lib.integers("lengths", _LENGTHS.value, minimum=21)
+    stream_batches = flags_lib.integers("streaming_batches", _STREAM.value, minimum=1,
+                                        nonempty=False)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   for n in _MODELS.value:
     try:
       timing.parse_model(n)
     except ValueError as e:
       sys.exit(f"error: --models: {e}")
-  if any(v <= 20 for v in lengths):
-    sys.exit("error: --lengths must be > 20")
-  try:
-    stream_batches = [int(v) for v in _STREAM.value]
-  except ValueError:
-    sys.exit(f"error: --streaming_batches must be integers, got {_STREAM.value}")
   try:
     workdir = rundir.prepare(_WORKDIR.value)
   except rundir.WorkdirError as e:

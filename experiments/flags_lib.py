@@ -69,6 +69,29 @@ def require_positive(config, positive=(), non_negative=()):
         raise ValueError(f"--{name} must be {bound}, got {config[name]!r}")
 
 
+def integers(flag: str, values, minimum: int | None = None, distinct: bool = False,
+             nonempty: bool = True) -> list[int]:
+  """A list flag's values as integers; a ValueError names ``--flag`` otherwise."""
+  try:
+    out = [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f"--{flag} must be integers, got {','.join(map(str, values))}") from None
+  if nonempty and not out:
+    raise ValueError(f"--{flag} needs at least one value")
+  if minimum is not None and any(v < minimum for v in out):
+    raise ValueError(f"--{flag} must be >= {minimum}, got {','.join(map(str, out))}")
+  if distinct and len(set(out)) != len(out):
+    raise ValueError(f"--{flag} must be distinct, got {','.join(map(str, out))}")
+  return out
+
+
+def check_choices(flag: str, values, choices):
+  """Raises a ValueError naming ``--flag`` and the values not among ``choices``."""
+  bad = [v for v in values if v not in choices]
+  if bad:
+    raise ValueError(f"--{flag}: unknown {bad}; choose from {', '.join(choices)}")
+
+
 def define_workdir() -> flags.FlagHolder:
   holder = flags.DEFINE_string("workdir", None, "directory for metrics, checkpoints, plots")
   flags.mark_flag_as_required("workdir")

@@ -84,9 +84,7 @@ def plot(records_by_model: dict, path: pathlib.Path):
 
 def train_fn(config, workdir):
   del config
-  bad = [n for n in _MODELS.value if n not in rs.REGISTRY]
-  if bad:
-    raise ValueError(f"--models: unknown {bad}; choose from {', '.join(rs.REGISTRY)}")
+  flags_lib.check_choices("models", _MODELS.value, rs.REGISTRY)
   workdir = pathlib.Path(workdir)
   records = {name: run_model(name, workdir) for name in _MODELS.value}
   rows = summarise(records)

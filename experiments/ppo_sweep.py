@@ -46,25 +46,12 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.95, "success rate that counts as 
 _WORKDIR = flags_lib.define_workdir()
 
 
-def _integers(flag: str, values) -> list[int]:
-  try:
-    return [int(v) for v in values]
-  except ValueError:
-    raise ValueError(f"--{flag} must be integers, got {','.join(values)}") from None
-
-
 def _parse_lengths(values) -> list[int]:
-  lengths = _integers("memory_lengths", values)
-  if any(v < 1 for v in lengths):
-    raise ValueError(f"--memory_lengths must be >= 1, got {lengths}")
-  return lengths
+  return flags_lib.integers("memory_lengths", values, minimum=1)
 
 
 def _parse_seeds(values) -> list[int]:
-  seeds = _integers("seeds", values)
-  if not seeds or len(set(seeds)) != len(seeds):
-    raise ValueError(f"--seeds must be distinct integers, got {','.join(values)}")
-  return seeds
+  return flags_lib.integers("seeds", values, distinct=True)
 
 
 def longest_solved(lengths, success, threshold) -> int | None:

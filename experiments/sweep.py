@@ -139,15 +139,11 @@ def draw_tradeoff(rows: list[dict], path: pathlib.Path, title: str):
 
 def train_fn(config, workdir):
   del config
-  try:
-    nus, rhos = [int(v) for v in _NUS.value], [int(v) for v in _RHOS.value]
-  except ValueError:
-    raise ValueError(f"--nus and --rhos must be integers, got {_NUS.value}, {_RHOS.value}")
-  if min(nus + rhos) < 1 or _STEPS.value < 1:
-    raise ValueError("--nus, --rhos and --steps must be >= 1")
-  bad = [m for m in _BASELINES.value if m not in rs.REGISTRY]
-  if bad:
-    raise ValueError(f"--baselines: unknown {bad}; choose from {', '.join(rs.REGISTRY)}")
+  flags_lib.integers("nus", _NUS.value, minimum=1)
+  flags_lib.integers("rhos", _RHOS.value, minimum=1)
+  if _STEPS.value < 1:
+    raise ValueError("--steps must be >= 1")
+  flags_lib.check_choices("baselines", _BASELINES.value, rs.REGISTRY)
   workdir = pathlib.Path(workdir)
   rows = [train_one(c, workdir) for c in configurations()]
   measure_costs(rows)

@@ -39,9 +39,7 @@ def main(argv):
   flags_lib.quiet_other_loggers()
   try:
     workdir = rundir.prepare(_WORKDIR.value)  # before the long evaluation, not after
-    Ts = [int(v) for v in _TS.value]
-    if not Ts or min(Ts) < 1:
-      raise ValueError(f"--Ts must be integers >= 1, got {_TS.value}")
+    Ts = flags_lib.integers("Ts", _TS.value, minimum=1)
     if _BATCHES.value < 1 or _BATCH_SIZE.value < 1:
       raise ValueError("--batches and --batch_size must be >= 1")
     info, rows = transfer(_CHECKPOINT_DIR.value, Ts, _BATCHES.value, _BATCH_SIZE.value,

@@ -33,3 +33,24 @@ def test_a_users_experiments_package_is_left_alone(tmp_path):
   mine, path = done.stdout.split()
   root = pathlib.Path(__file__).resolve().parents[1]
   assert mine == "True" and pathlib.Path(path) == root / "experiments" / "copy_task.py"
+
+
+def test_list_flags_are_checked_by_name():
+  """The sweeps' and the benchmark's list flags (``--seeds=1,2``, ``--baselines=...``)
+  go through these two checks; the ablation binary's wiring is tested end to end
+  in test_composable.py."""
+  from relscreen_experiments import flags_lib  # pylint: disable=g-import-not-at-top
+  assert flags_lib.integers("seeds", ["3", "1"], distinct=True) == [3, 1]
+  assert flags_lib.integers("streaming_batches", [], nonempty=False) == []
+  for values, kwargs, message in (
+      (["1", "x"], {}, "--seeds must be integers, got 1,x"),
+      ([], {}, "--seeds needs at least one value"),
+      (["21", "20"], {"minimum": 21}, "--seeds must be >= 21, got 21,20"),
+      (["2", "2"], {"distinct": True}, "--seeds must be distinct, got 2,2")):
+    with pytest.raises(ValueError) as error:
+      flags_lib.integers("seeds", values, **kwargs)
+    assert str(error.value) == message
+  flags_lib.check_choices("baselines", ["LSTM"], ["MemRNN", "LSTM"])
+  with pytest.raises(ValueError) as error:
+    flags_lib.check_choices("baselines", ["LSTM", "Transformer"], ["MemRNN", "LSTM"])
+  assert str(error.value) == "--baselines: unknown ['Transformer']; choose from MemRNN, LSTM"
