@@ -55,7 +55,7 @@ def train(mesh=None):
   model = rs.SequenceModel(rs.model_config(name, task.input_size, hidden=_HIDDEN.value,
                                            custom_vjp=custom_vjp), task.num_classes)
   key = jax.random.PRNGKey(_SEED.value)
-  params = model.init(key, task.batch(key, 1).x)["params"]
+  params = train_lib.init_params(model, key, task.batch(key, 1).x)
   optimizer = rs.make_optimizer("rmsprop", 1e-3, clip=1.0)
   state = train_lib.TrainState(params, optimizer.init(params))
   if mesh is not None:

@@ -36,7 +36,7 @@ def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
                         remat_chunk=remat_chunk, custom_vjp=custom_vjp, **options)
   model = rs.SequenceModel(cfg, task.num_classes)
   x = task.batch(jax.random.PRNGKey(0), batch).x
-  params = model.init(jax.random.PRNGKey(1), x)["params"]
+  params = train.init_params(model, jax.random.PRNGKey(1), x)
   opt = rs.make_optimizer("rmsprop", 1e-3)
   state = train.TrainState(params, opt.init(params))
   step = train.make_train_step(model, task, opt, batch)
@@ -91,7 +91,7 @@ def streaming(name: str, batch: int, hidden: int, nu: int, rho: int, steps: int 
   cfg = rs.model_config(name, task.input_size, hidden=hidden, nu=nu, rho=rho)
   core = rs.RecurrentCore(cfg)
   x = task.batch(jax.random.PRNGKey(0), batch).x[:, 0]
-  params = core.init(jax.random.PRNGKey(1), x[:, None])["params"]
+  params = train.init_params(core, jax.random.PRNGKey(1), x[:, None])
   capacity = steps * (repeats + 1) + 1 if cfg.memory is rs.MemoryType.FULL else None
   state = rs.init_state(cfg, batch, capacity=capacity)
   step = jax.jit(lambda s, xt: rs.step(params, cfg, s, xt))

@@ -233,12 +233,25 @@ def plot_curves(records: list[dict], path: pathlib.Path, title: str):
   plt.close(fig)
 
 
+def init_params(module, key, *example_args):
+  """``module``'s fresh parameters, without running its forward pass.
+
+  ``example_args`` only give shapes and dtypes. Flax's ``lazy_init`` evaluates
+  the forward abstractly, so no forward program is traced into XLA and compiled
+  (``module.init`` compiles one, about a second per new configuration); the
+  parameter initialisers run as ``init`` runs them, op by op, so the values are
+  bit for bit those of ``module.init(key, *example_args)`` (checked by a test).
+  """
+  shapes = jax.eval_shape(lambda *args: args, *example_args)
+  return module.lazy_init(key, *shapes)["params"]
+
+
 def init_state(config, task, model, example_x=None) -> tuple[TrainState, Any, tuple]:
   """Fresh parameters and optimiser state; returns (state, optimizer, (data, eval) keys)."""
   optimizer = rs.make_optimizer(config.optimizer, config.lr, config.alpha, config.clip)
   init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   x = task.batch(data_key, 1).x if example_x is None else example_x
-  params = model.init(init_key, x)["params"]
+  params = init_params(model, init_key, x)
   return TrainState(params, optimizer.init(params)), optimizer, (data_key, eval_key)
 
 

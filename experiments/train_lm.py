@@ -117,7 +117,7 @@ def train_and_evaluate(config, workdir, splits: dict, vocab: list[str]) -> dict:
   val_data = datasets.batchify(splits["valid"], config.eval_batch_size)
   test_data = datasets.batchify(splits["test"], config.eval_batch_size)
   key = jax.random.PRNGKey(config.seed)
-  params = model.init(key, train_data[:1, :2])["params"]
+  params = train.init_params(model, key, train_data[:1, :2])
   state = train.TrainState(params, optimizer.init(params))
   progress = Progress(state, params, jnp.array(jnp.inf), jnp.array(config.lr, jnp.float32))
   with rundir.opened(workdir, config, train.RESUMABLE_FIELDS + ("max_windows",), progress,

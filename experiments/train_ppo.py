@@ -135,7 +135,7 @@ def initial_run_state(setup: Setup) -> RunState:
   cfg = setup.config
   init_key, env_key, run_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
   carry = initial_carry(setup, env_key, cfg.num_envs)
-  params = setup.agent.init(init_key, carry.core, carry.obs, carry.reset)["params"]
+  params = train_lib.init_params(setup.agent, init_key, carry.core, carry.obs, carry.reset)
   return RunState(params, setup.optimizer.init(params), carry, run_key)
 
 

@@ -150,7 +150,7 @@ def test_changed_config_is_refused_by_name(tmp_path):
 def test_binary_runs_and_reports_bad_flags(tmp_path):
   cmd = [sys.executable, "-m", "relscreen_experiments.copy_task", f"--workdir={tmp_path}",
          "--T=4", "--steps=4", "--hidden=8", "--log_every=2", "--checkpoint_every=2",
-         "--eval_batches=1", "--eval_batch_size=4", "--model=RelLSTM"]
+         "--eval_batches=1", "--eval_batch_size=4", "--model=RNN"]
   # Without JAX_COMPILATION_CACHE_DIR a binary caches compiled programs under ~.
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   env["HOME"] = str(tmp_path / "home")

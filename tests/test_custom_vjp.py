@@ -37,7 +37,8 @@ def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho, block, float64)
 
   if cfg.memory is rs.MemoryType.RELEVANCE and rho < 12:
     # The reverse pass must undo screening writes that evicted a state from R.
-    _, _, _, _, (slot, evicted) = reverse.attentive_forward(
+    # (jitted: run op by op, it would compile some 80 small programs)
+    _, _, _, _, (slot, evicted) = jax.jit(reverse.attentive_forward, static_argnums=1)(
         params, cfg, jnp.swapaxes(x, 0, 1), h0, c0)
     assert bool(jnp.any((slot >= 0) & (evicted >= 0)))
   grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=4)

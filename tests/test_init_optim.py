@@ -80,3 +80,20 @@ def test_clipping_and_optimizer_errors():
   np.testing.assert_allclose(updates, [-10.0, -10.0], rtol=1e-4)
   with pytest.raises(ValueError, match="optimizer='sgd'"):
     rs.make_optimizer("sgd", 1e-3)
+
+
+def test_parameters_made_without_a_forward_pass_equal_flax_init():
+  """The training binaries make fresh parameters with ``train.init_params``
+  (Flax's lazy_init: no forward program compiled); a run's trajectory depends on
+  every bit of them, so they must equal ``Module.init``'s exactly."""
+  from relscreen_experiments import train  # pylint: disable=g-import-not-at-top
+  task = rs.CopyTask(4)
+  model = rs.SequenceModel(rs.model_config("RelGRU", task.input_size, hidden=6, nu=2, rho=2,
+                                           layers=2), task.num_classes)
+  key = jax.random.PRNGKey(5)
+  x = task.batch(key, 2).x
+  made = train.init_params(model, key, x)
+  expected = model.init(key, x)["params"]
+  assert jax.tree_util.tree_structure(made) == jax.tree_util.tree_structure(expected)
+  for a, b in zip(jax.tree_util.tree_leaves(made), jax.tree_util.tree_leaves(expected)):
+    assert a.dtype == b.dtype and np.array_equal(a, b)
