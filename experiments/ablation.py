@@ -33,9 +33,11 @@ from absl import logging
 import numpy as np
 
 from relscreen_experiments import flags_lib
+from relscreen_experiments import memax_peers
 from relscreen_experiments import rundir
 from relscreen_experiments import timing
 from relscreen_experiments import train
+from relscreen_experiments.configs import common
 from relscreen_experiments.configs import recall
 import relscreen as rs
 
@@ -78,7 +80,8 @@ def task_config(c: dict, seed: int):
   config = recall.default_config(_TASK.value)
   config.update(dict(model=c["model"], relevance=c["relevance"], eviction=c["eviction"],
                      decay=_DECAY.value, T=_T.value, steps=_STEPS.value, seed=seed,
-                     diag_every=max(_STEPS.value, 1),
+                     # the gradient ratio, at the last update (memax models: none)
+                     diag_every=0 if memax_peers.is_memax(c["model"]) else max(_STEPS.value, 1),
                      checkpoint_every=max(_STEPS.value // 4, 1)))
   if _NU.value is not None:
     config.nu = _NU.value
@@ -91,13 +94,15 @@ def train_one(c: dict, seed: int, workdir: pathlib.Path) -> dict:
   config = task_config(c, seed)
   run_dir = workdir / c["dir"] / f"seed{seed}"
   result = train.train_and_evaluate(config, run_dir, recall.make_task(_TASK.value, config))
-  grads = rundir.read_records(run_dir / "gradients.jsonl")
-  norms = np.array(grads[-1]["hidden_grad_norms"])
+  ratio = None
+  if config.diag_every:
+    norms = np.array(rundir.read_records(run_dir / "gradients.jsonl")[-1]["hidden_grad_norms"])
+    ratio = float(norms[0] / norms[-1])
   curve = [(r["step"], r["accuracy"]) for r in rundir.read_records(run_dir / "metrics.jsonl")
            if r.get("split") == "train"]
   return {**{k: v for k, v in c.items() if k != "dir"}, "seed": seed, "nu": config.nu,
           "rho": config.rho, "accuracy": result["accuracy"], "loss": result["loss"],
-          "grad_ratio_t0_over_last": float(norms[0] / norms[-1]), "curve": curve}
+          "grad_ratio_t0_over_last": ratio, "curve": curve}
 
 
 def measure_costs(rows: list[dict]):
@@ -127,12 +132,13 @@ def summarise(rows: list[dict]) -> list[dict]:
   for label in dict.fromkeys(r["label"] for r in rows):
     mine = [r for r in rows if r["label"] == label]
     acc = [r["accuracy"] for r in mine]
-    ratio = [r["grad_ratio_t0_over_last"] for r in mine]
+    ratio = [r["grad_ratio_t0_over_last"] for r in mine
+             if r["grad_ratio_t0_over_last"] is not None]
     timed = [timing.accuracy_at_time(r["curve"], r["step_ms"], budget_ms) for r in mine]
     at_time = [a for _, a in timed if a is not None]
     out.append({"label": label, "seeds": len(mine), "accuracy_median": statistics.median(acc),
                 "accuracy_min": min(acc), "accuracy_max": max(acc),
-                "grad_ratio_median": statistics.median(ratio),
+                "grad_ratio_median": statistics.median(ratio) if ratio else None,
                 "step_ms": mine[0]["step_ms"], "peak_gb": mine[0]["peak_gb"],
                 "equal_time_s": budget_ms / 1e3, "equal_time_updates": timed[0][0],
                 "equal_time_accuracy_median": (statistics.median(at_time) if at_time
@@ -175,7 +181,7 @@ def train_fn(config, workdir):
                                  [r.value for r in rs.Relevance]),
                                 ("evictions", _EVICTIONS.value,
                                  [e.value for e in rs.Eviction]),
-                                ("baselines", _BASELINES.value, rs.REGISTRY)):
+                                ("baselines", _BASELINES.value, common.MODEL_NAMES)):
     flags_lib.check_choices(flag, values, choices)
   seeds = flags_lib.integers("seeds", _SEEDS.value, distinct=True)
   if _STEPS.value < 1:
@@ -190,10 +196,12 @@ def train_fn(config, workdir):
   measure_costs(rows)
   summary = summarise(rows)
   for s in summary:
-    logging.info("%-22s acc %.1f%% (%.1f-%.1f) | grad ratio %.3g | %.1f ms/step | %.3f GB"
+    logging.info("%-22s acc %.1f%% (%.1f-%.1f) | grad ratio %s | %.1f ms/step | %.3f GB"
                  " | in %.0f s: %d updates, accuracy %s", s["label"],
                  100 * s["accuracy_median"], 100 * s["accuracy_min"],
-                 100 * s["accuracy_max"], s["grad_ratio_median"], s["step_ms"], s["peak_gb"],
+                 100 * s["accuracy_max"],
+                 "-" if s["grad_ratio_median"] is None else f"{s['grad_ratio_median']:.3g}",
+                 s["step_ms"], s["peak_gb"],
                  s["equal_time_s"], s["equal_time_updates"],
                  "-" if s["equal_time_accuracy_median"] is None
                  else f"{100 * s['equal_time_accuracy_median']:.1f}%")

@@ -6,13 +6,18 @@ import time
 import jax
 import numpy as np
 
+from relscreen_experiments import memax_peers
 from relscreen_experiments import train
 import relscreen as rs
 
 
 def parse_model(spec: str) -> tuple[str, bool]:
   """``"RelRNN"`` or ``"RelRNN@autodiff"`` (autodiff through the scan instead of the
-  custom reverse pass) -> (registry name, custom_vjp)."""
+  custom reverse pass) -> (registry name, custom_vjp); a memax model's name
+  (``"memax:S6"``) -> (name, False)."""
+  if memax_peers.is_memax(spec):
+    memax_peers.check(spec)
+    return spec, False
   name, _, variant = spec.partition("@")
   if name not in rs.REGISTRY or variant not in ("", "autodiff"):
     raise ValueError(f"unknown model {spec!r}: a registered model ({', '.join(rs.REGISTRY)}), "
@@ -23,7 +28,8 @@ def parse_model(spec: str) -> tuple[str, bool]:
 def streamed_models(specs) -> list[str]:
   """The registry names to stream for model specs: the streaming step has no
   reverse pass, so ``Model@autodiff`` streams as ``Model`` (once)."""
-  return list(dict.fromkeys(parse_model(spec)[0] for spec in specs))
+  names = [parse_model(spec)[0] for spec in specs]
+  return list(dict.fromkeys(n for n in names if not memax_peers.is_memax(n)))
 
 
 def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
@@ -32,9 +38,13 @@ def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
   ``options`` go to ``model_config`` (relevance and eviction rules, layers)."""
   name, custom_vjp = parse_model(spec)
   task = rs.CopyTask(length - 20)
-  cfg = rs.model_config(name, task.input_size, hidden=hidden, nu=nu, rho=rho,
-                        remat_chunk=remat_chunk, custom_vjp=custom_vjp, **options)
-  model = rs.SequenceModel(cfg, task.num_classes)
+  if memax_peers.is_memax(name):
+    model = memax_peers.MemaxSequenceModel(name, hidden, task.num_classes,
+                                           options.get("layers", 1))
+  else:
+    cfg = rs.model_config(name, task.input_size, hidden=hidden, nu=nu, rho=rho,
+                          remat_chunk=remat_chunk, custom_vjp=custom_vjp, **options)
+    model = rs.SequenceModel(cfg, task.num_classes)
   x = task.batch(jax.random.PRNGKey(0), batch).x
   params = train.init_params(model, jax.random.PRNGKey(1), x)
   opt = rs.make_optimizer("rmsprop", 1e-3)

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from relscreen_experiments import memax_peers
 from relscreen_experiments import rundir
 from relscreen_experiments.configs import common
 import relscreen as rs
@@ -94,7 +95,15 @@ def lr_scale(config, update: int) -> float:
 
 def build_model(config: ml_collections.ConfigDict, task: Task, last_only: bool = False,
                 diagnostics: bool = False) -> rs.SequenceModel:
-  """The one place where a run's config becomes a model config."""
+  """The one place where a run's config becomes a model config (or, for the
+  ``memax:*`` names, a memax model: see ``memax_peers``)."""
+  if memax_peers.is_memax(config.model):
+    if config.get("diag_every", 0) > 0 or diagnostics:
+      raise ValueError(f"--diag_every needs a relscreen model, not {config.model}: the "
+                       "gradient diagnostics probe a relscreen core's hidden states")
+    memax_peers.check(config.model)
+    return memax_peers.MemaxSequenceModel(config.model, config.hidden, task.num_classes,
+                                          config.get("layers", 1), last_only)
   if config.get("layers", 1) > 1 and config.get("diag_every", 0) > 0:
     raise ValueError("--diag_every needs --layers=1: the gradient diagnostics probe one "
                      "layer's hidden states")

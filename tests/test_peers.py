@@ -89,3 +89,36 @@ def test_accuracy_at_equal_wall_time():
   assert timing.accuracy_at_time(curve, 4.0, 1000.0) == (250, 0.4)
   assert timing.accuracy_at_time(curve, 2.0, 1000.0) == (500, 0.9)
   assert timing.accuracy_at_time(curve, 20.0, 1000.0) == (50, None)
+
+
+@pytest.mark.parametrize("name", ["memax:GRU"])
+def test_memax_model_is_memax_row_by_row(name):
+  """The wrapper only batches: each row's logits are what memax's own model gives
+  for that sequence alone (memax's unbatched call, its initial carry)."""
+  pytest.importorskip("memax")
+  from relscreen_experiments import memax_peers  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 4))
+  model = memax_peers.MemaxSequenceModel(name, 8, 5, layers=2)
+  params = train.init_params(model, jax.random.PRNGKey(1), x)
+  logits, _, _ = model.apply({"params": params}, x)
+  assert logits.shape == (3, 6, 5)
+  trunk = memax_peers.trunk(name.split(":")[1], 8, 5, 2)
+  variables = {"params": params["trunk"]}
+  carry = trunk.apply(variables, method="initialize_carry")
+  for row in range(3):
+    _, expected = trunk.apply(variables, carry, (x[row], jnp.zeros((6,), bool)))
+    np.testing.assert_allclose(logits[row], expected, rtol=1e-6, atol=1e-6)
+  last, _, _ = memax_peers.MemaxSequenceModel(name, 8, 5, 2, last_only=True).apply(
+      {"params": params}, x)
+  np.testing.assert_array_equal(last, logits[:, -1])
+
+
+def test_memax_model_trains_in_the_supervised_loop(tmp_path):
+  pytest.importorskip("memax")
+  config = tiny_config(model="memax:GRU", steps=40)
+  train.train_and_evaluate(config, tmp_path / "run", rs.CopyTask(5))
+  recs = records(tmp_path / "run")
+  assert recs[-1]["loss"] < recs[0]["loss"]
+  config.diag_every = 10
+  with pytest.raises(ValueError, match="--diag_every needs a relscreen model, not memax:GRU"):
+    train.train_and_evaluate(config, tmp_path / "diag", rs.CopyTask(5))

@@ -5,10 +5,15 @@ flag of the same name; a binary's config module overrides the defaults.
 """
 
 from relscreen.config import REGISTRY, Eviction, Relevance
+from relscreen_experiments import memax_peers
+
+# Every name --model takes: relscreen's registry, then memax's models (optional).
+MODEL_NAMES = tuple(REGISTRY) + memax_peers.MODELS
 
 _BASE = (
     ("model", "RelRNN", "model to train: a memory prefix (Mem, Rel, Win or none) and a "
-     "cell (RNN, LSTM, GRU), or LRU (a linear recurrent unit, no memory)", tuple(REGISTRY)),
+     "cell (RNN, LSTM, GRU), or LRU (a linear recurrent unit, no memory), or a memax model "
+     "(memax:S6, memax:FART, memax:LRU, memax:GRU; needs .[peers])", MODEL_NAMES),
     ("T", 100, "delay T of the task (sequence length T + 2 c_length)", None),
     ("steps", 3000, "total training updates (rerun with a larger value to extend)", None),
     ("seed", 100, "seed for parameters and data: same seed, same run", None),

@@ -1,0 +1,86 @@
+"""memax's Flax memory models as peers in relscreen's supervised loops (issue 13).
+
+`memax <https://github.com/smorad/memax>`_ (MIT licence) collects recurrent
+memory models behind one sequence interface: a stack of residual layers, each a
+recurrent model run over ``(inputs, start flags)``. Four of them have Flax
+(linen) versions, and relscreen trains those through the same loops, tasks,
+budgets and seeds as its own models, under the model names
+
+  memax:S6    the selective diagonal state space model of Mamba (Gu and Dao 2023)
+  memax:FART  the fast autoregressive (linear) transformer (Katharopoulos et al. 2020)
+  memax:LRU   the linear recurrent unit (Orvieto et al. 2023)
+  memax:GRU   a gated recurrent unit (Cho et al. 2014)
+
+each built as memax builds it (``memax.linen.train_utils``): an input
+projection to ``--hidden`` units, ``--layers`` residual layers of the model, and
+a linear readout to the classes, with memax's own initialisers. The wrapper
+only adds the batch axis (memax's models see one sequence at a time): the
+tests check that it computes exactly what memax computes row by row.
+
+memax is an optional dependency: ``pip install -e '.[peers]'`` (the test extra
+includes it). The names are always accepted by ``--model``; building one
+without memax installed says what to install. Not supported for these models:
+the gradient diagnostics (``--diag_every``, whose probes read a relscreen
+core's hidden states) and the RL agents' cores.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+PREFIX = "memax:"
+MODELS = tuple(PREFIX + kind for kind in ("S6", "FART", "LRU", "GRU"))
+
+
+def is_memax(name: str) -> bool:
+  return name.startswith(PREFIX)
+
+
+def _train_utils():
+  try:
+    from memax.linen import train_utils  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError("the memax:* models need the optional memax package: "
+                     "pip install -e '.[peers]'") from e
+  return train_utils
+
+
+def check(name: str):
+  """Raises a ValueError naming the model when it is unknown or memax is missing."""
+  if name not in MODELS:
+    raise ValueError(f"unknown memax model {name!r}; choose from {', '.join(MODELS)}")
+  _train_utils()
+
+
+def trunk(kind: str, hidden: int, num_outputs: int, layers: int) -> Any:
+  """memax's residual model, unbatched: ``(carry, (x [t, i], start [t])) -> (carry, y)``."""
+  return _train_utils().get_residual_memory_models(hidden, num_outputs, layers,
+                                                   models=[kind])[kind]
+
+
+class MemaxSequenceModel(nn.Module):
+  """A memax model with relscreen's ``SequenceModel`` interface:
+  ``x [b, t, i] -> (logits [b, t, c] (or [b, c] with last_only), {}, None)``."""
+
+  name_: str  # "memax:S6", ...
+  hidden: int
+  num_outputs: int
+  layers: int = 1
+  last_only: bool = False
+
+  @nn.compact
+  def __call__(self, x, state=None, probes=None):
+    if state is not None or probes is not None:
+      raise ValueError(f"{self.name_}: no initial state or probes (memax models start "
+                       "fresh on every sequence and expose no per-step hidden state)")
+    from memax.linen.models.residual import ResidualModel  # pylint: disable=g-import-not-at-top
+    proto = trunk(self.name_[len(PREFIX):], self.hidden, self.num_outputs, self.layers)
+    batched = nn.vmap(ResidualModel, in_axes=0, out_axes=0, variable_axes={"params": None},
+                      split_rngs={"params": False})
+    model = batched(make_layer_fn=proto.make_layer_fn, output_size=self.num_outputs,
+                    recurrent_size=self.hidden, num_layers=self.layers,
+                    activation=proto.activation, name="trunk")
+    carry = _train_utils().add_batch_dim(model.initialize_carry(), x.shape[0])
+    _, logits = model(carry, (x, jnp.zeros(x.shape[:2], bool)))
+    return (logits[:, -1] if self.last_only else logits), {}, None
