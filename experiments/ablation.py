@@ -72,7 +72,7 @@ def configurations() -> list[dict]:
   for model in _BASELINES.value:
     rows.append({"model": model, "relevance": "sum", "eviction": "top", "label": model})
   for r in rows:
-    r["dir"] = r["label"].replace(" ", "_").replace("/", "-")
+    r["dir"] = r["label"].replace(" ", "_").replace("/", "-").replace(":", "_")
   return rows
 
 
