@@ -19,14 +19,18 @@ tests check that it computes exactly what memax computes row by row.
 
 memax is an optional dependency: ``pip install -e '.[peers]'`` (the test extra
 includes it). The names are always accepted by ``--model``; building one
-without memax installed says what to install. Not supported for these models:
-the gradient diagnostics (``--diag_every``, whose probes read a relscreen
-core's hidden states) and the RL agents' cores.
+without memax installed says what to install. They are also the RL agent's
+core under ``relscreen-ppo --model=memax:S6`` (``MemaxCore``: one step at a
+time, memax's start flags restarting finished episodes). Not supported for
+them: the gradient diagnostics (``--diag_every``, whose probes read a
+relscreen core's hidden states).
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 PREFIX = "memax:"
@@ -84,3 +88,50 @@ class MemaxSequenceModel(nn.Module):
     carry = _train_utils().add_batch_dim(model.initialize_carry(), x.shape[0])
     _, logits = model(carry, (x, jnp.zeros(x.shape[:2], bool)))
     return (logits[:, -1] if self.last_only else logits), {}, None
+
+
+# --- As the recurrent core of the RL agent (experiments/rl_agent.py) ---------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreConfig:
+  """An RL agent's core made of a memax model: one residual layer of ``hidden``
+  units reading the encoder's ``input_size`` features (rl_agent.core_config)."""
+
+  name: str
+  input_size: int
+  hidden: int
+  attentive: bool = False
+
+
+def _batched_trunk(config: CoreConfig, **kwargs):
+  from memax.linen.models.residual import ResidualModel  # pylint: disable=g-import-not-at-top
+  proto = trunk(config.name[len(PREFIX):], config.hidden, config.hidden, 1)
+  batched = nn.vmap(ResidualModel, in_axes=0, out_axes=0, variable_axes={"params": None},
+                    split_rngs={"params": False})
+  return batched(make_layer_fn=proto.make_layer_fn, output_size=config.hidden,
+                 recurrent_size=config.hidden, num_layers=1, activation=proto.activation,
+                 **kwargs)
+
+
+class MemaxCore(nn.Module):
+  """``step(state, x [b, i], reset [b]) -> (state, {"h": [b, hidden]})``, the
+  interface of ``relscreen.RecurrentCore.step``: one time step of every
+  environment, as a memax sequence of length one whose start flag is ``reset``
+  (memax then starts that row from its initial carry)."""
+
+  config: CoreConfig
+
+  def setup(self):
+    self.trunk = _batched_trunk(self.config)
+
+  def step(self, state, x, reset):
+    states, y = self.trunk(state, (x[:, None], reset[:, None]))
+    return jax.tree_util.tree_map(lambda a: a[:, -1], states), {"h": y[:, 0]}
+
+
+def initial_core_state(config: CoreConfig, batch: int):
+  """Zeros in memax's carry layout; every environment's first step has its reset
+  flag set, which replaces them with memax's initial carry."""
+  proto = trunk(config.name[len(PREFIX):], config.hidden, config.hidden, 1)
+  return _train_utils().add_batch_dim(proto.zero_carry(), batch)

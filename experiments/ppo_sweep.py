@@ -31,6 +31,7 @@ import numpy as np
 
 from relscreen_experiments import rundir
 from relscreen_experiments import flags_lib
+from relscreen_experiments import memax_peers
 from relscreen_experiments.configs import ppo as ppo_config
 from relscreen.config import Eviction, Relevance
 
@@ -65,7 +66,10 @@ def longest_solved(lengths, success, threshold) -> int | None:
 
 
 def parse_model(spec: str) -> tuple[str, dict]:
-  """``RelLSTM`` or ``RelLSTM:decay/fifo`` (relevance/eviction rules) -> (name, rules)."""
+  """``RelLSTM`` or ``RelLSTM:decay/fifo`` (relevance/eviction rules) -> (name, rules);
+  a memax model (``memax:S6``) -> (name, {})."""
+  if memax_peers.is_memax(spec):
+    return spec, {}
   name, _, rules = spec.partition(":")
   if not rules:
     return name, {}

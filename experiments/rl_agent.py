@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from relscreen_experiments import memax_peers
 import relscreen as rs
 from relscreen import models
 
@@ -61,14 +62,17 @@ def conv_fits(obs_shape) -> bool:
 class ActorCritic(nn.Module):
   """``(core_state, obs [b, ...], reset [b]) -> (core_state, logits [b, A], value [b])``."""
 
-  core: models.ModelConfig  # input_size = the encoder's output width
+  core: models.ModelConfig | memax_peers.CoreConfig  # input_size: the encoder's width
   num_actions: int
   encoder: str
   grid: bool
 
   def setup(self):
     self.encode = Encoder(self.encoder, self.grid)
-    self.memory = rs.RecurrentCore(self.core)
+    if isinstance(self.core, memax_peers.CoreConfig):
+      self.memory = memax_peers.MemaxCore(self.core)
+    else:
+      self.memory = rs.RecurrentCore(self.core)
     self.actor = [_dense(64), _dense(self.num_actions)]
     self.critic = [_dense(64), _dense(1)]
 
@@ -84,17 +88,33 @@ class ActorCritic(nn.Module):
 def core_config(model: str, obs_shape, encoder: str, hidden: int, nu: int,
                 rho: int, **options) -> models.ModelConfig:
   """The recurrent core's config; ``encoder`` decides its input width; ``options``
-  (relevance and eviction rules) go to ``model_config``."""
+  (relevance and eviction rules) go to ``model_config``; a ``memax:*`` name gives
+  a memax model's core (``memax_peers.CoreConfig``)."""
+  width = EMBEDDING if encoder == "mlp" else 64 * ((min(obs_shape[:2]) - 1) // 2 - 2) ** 2
+  if memax_peers.is_memax(model):
+    memax_peers.check(model)
+    return memax_peers.CoreConfig(model, width, hidden)
   if not model.endswith(("LSTM", "GRU", "LRU")):
     raise ValueError(f"--model={model!r}: the RL agent's core is an LSTM, GRU or LRU cell, "
-                     "with or without memory (LSTM, RelLSTM, MemLSTM, WinLSTM, GRU, ...)")
-  width = EMBEDDING if encoder == "mlp" else 64 * ((min(obs_shape[:2]) - 1) // 2 - 2) ** 2
+                     "with or without memory (LSTM, RelLSTM, MemLSTM, WinLSTM, GRU, ...), "
+                     "or a memax model (memax:S6, ...)")
   return rs.model_config(model, width, hidden=hidden, nu=nu, rho=rho, **options)
 
 
 def initial_state(core: models.ModelConfig, batch: int, capacity: int) -> models.State:
   """A fresh core state; MemLSTM keeps up to ``capacity`` states per environment."""
+  if isinstance(core, memax_peers.CoreConfig):
+    return memax_peers.initial_core_state(core, batch)
   return models.init_state(core, batch, capacity=capacity)
+
+
+def stored_core(cores, block, env):
+  """The core states a rollout stored (``cores``: one per block of steps, each
+  [b, ...]) at blocks ``block`` [m] of environments ``env`` [m]."""
+  if not isinstance(cores, models.State):  # a memax carry: every leaf is [blocks, b, ...]
+    return jax.tree_util.tree_map(lambda a: a[block, env], cores)
+  core = jax.tree_util.tree_map(lambda a: a[block, env], cores._replace(t=None))
+  return core._replace(t=jnp.max(cores.t))  # t only matters as "not the first step"
 
 
 def check_capacity(capacity: int, max_episode_steps: int, model: str) -> int:

@@ -204,8 +204,7 @@ def replay(setup: Setup, params, cores, steps: Step, t0, env):
   and with its episode resets. Returns ``(logits, values, windows)``, all [r, m, ...]."""
   r, half = setup.config.recurrence, setup.config.recurrence // 2
   seq = jax.tree_util.tree_map(lambda a: _take(a, t0, env, r), steps)
-  core = jax.tree_util.tree_map(lambda a: a[t0 // half, env], cores._replace(t=None))
-  core = core._replace(t=jnp.max(cores.t))  # t only matters as "not the first step"
+  core = rl_agent.stored_core(cores, t0 // half, env)
 
   def body(core, inputs):
     obs, reset = inputs

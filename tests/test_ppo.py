@@ -81,6 +81,44 @@ def test_reset_row_equals_fresh_state(name, float64):
   np.testing.assert_allclose(hs[0, 5:], restarted["h"][0], atol=1e-12)
 
 
+def test_memax_core_steps_as_memax_runs_and_restarts_on_reset():
+  """A memax core stepped once per time step, row 0 reset at step 5: each row's
+  outputs equal memax's own call on the whole sequence (row 0: on the sequence
+  from step 5), so stepping, the kept carry and the reset are memax's."""
+  pytest.importorskip("memax")
+  from relscreen_experiments import memax_peers  # pylint: disable=g-import-not-at-top
+  config = memax_peers.CoreConfig("memax:GRU", 3, 6)
+  core = memax_peers.MemaxCore(config)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 12, 3))
+  resets = jnp.zeros((12, 2), bool).at[0].set(True).at[5, 0].set(True)
+  state = memax_peers.initial_core_state(config, 2)
+  params = core.init(jax.random.PRNGKey(0), state, x[:, 0], resets[0],
+                     method=memax_peers.MemaxCore.step)["params"]
+
+  @jax.jit
+  def run(state):
+    def body(state, inputs):
+      state, out = core.apply({"params": params}, state, *inputs,
+                              method=memax_peers.MemaxCore.step)
+      return state, out["h"]
+    return jax.lax.scan(body, state, (jnp.swapaxes(x, 0, 1), resets))[1]
+
+  hs = jnp.swapaxes(run(state), 0, 1)
+  trunk = memax_peers.trunk("GRU", 6, 6, 1)
+  variables = {"params": params["trunk"]}
+  carry = trunk.apply(variables, method="initialize_carry")
+  def memax_run(seq):
+    return trunk.apply(variables, carry, (seq, jnp.zeros(seq.shape[:1], bool)))[1]
+  # float32 (memax's layers): one step at a time against one call over the
+  # sequence, two programs summing the same terms, ~1e-7 apart per op for these
+  # O(1) values; 1e-5 bounds that anywhere, and a wrong carry or a missed reset
+  # moves them by more than 1e-3 (the last line).
+  np.testing.assert_allclose(hs[1], memax_run(x[1]), atol=1e-5)
+  np.testing.assert_allclose(hs[0, :5], memax_run(x[0])[:5], atol=1e-5)
+  np.testing.assert_allclose(hs[0, 5:], memax_run(x[0, 5:]), atol=1e-5)
+  assert float(jnp.abs(hs[0, 5:] - memax_run(x[0])[5:]).max()) > 1e-3  # the reset matters
+
+
 def capacity_state(cfg, batch, capacity):
   dtype = jnp.float64 if jax.config.x64_enabled else jnp.float32
   return models.init_state(cfg, batch, capacity=capacity, dtype=dtype)
@@ -103,7 +141,7 @@ def _tiny(**overrides):
   return config
 
 
-@pytest.mark.parametrize("model", ["RelLSTM", "MemLSTM"])
+@pytest.mark.parametrize("model", ["RelLSTM", "MemLSTM", "memax:GRU"])
 def test_learning_replays_acting(model):
   """Windows rerun from the stored core states, with the stored episode resets
   (MemoryChain length 3 ends episodes inside windows), reproduce the acting

@@ -26,6 +26,7 @@ Commands:
 
 import ml_collections
 
+from relscreen_experiments import memax_peers
 from relscreen_experiments import rl_envs
 from relscreen.config import Eviction, Relevance
 
@@ -34,7 +35,8 @@ FIELDS = (
      f"MiniGrid-* id ({', '.join(rl_envs.ENVS[1:])}, ...)", None),
     ("memory_length", 5, "MemoryChain: steps between the bit and the query", None),
     ("model", "RelLSTM", "recurrent core of the agent",
-     ("LSTM", "RelLSTM", "MemLSTM", "WinLSTM", "GRU", "RelGRU", "MemGRU", "WinGRU", "LRU")),
+     ("LSTM", "RelLSTM", "MemLSTM", "WinLSTM", "GRU", "RelGRU", "MemGRU", "WinGRU", "LRU")
+     + memax_peers.MODELS),
     ("frames", 200_000, "total environment frames (rerun with more to extend)", None),
     ("seed", 1, "seed for parameters, environments and sampling: same seed, same run", None),
     ("hidden", 64, "hidden units of the core", None),
