@@ -201,16 +201,19 @@ def make_diagnose(model, task, config, workdir: pathlib.Path, key, start: int):
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_loss(model, task):
-  """One jitted loss per (model, task) in this process (both compare by value)."""
-  return jax.jit(make_loss_fn(model, task))
+def _jitted_loss(model, task, batch_size: int):
+  """``(params, key) -> loss terms`` on the batch ``task.batch(key, batch_size)``,
+  one program per (model, task, batch size) in this process (they compare by
+  value). The batch is drawn inside: drawn op by op it would compile a dozen
+  small programs per task (the batches are the same bits either way)."""
+  loss_fn = make_loss_fn(model, task)
+  return jax.jit(lambda params, key: loss_fn(params, task.batch(key, batch_size)))
 
 
 def evaluate(model, task, params, key, batches: int, batch_size: int) -> dict:
   """Loss, loss / memoryless loss and recall accuracy over fresh held-out batches."""
-  loss_fn = _jitted_loss(model, task)
-  results = jax.device_get([loss_fn(params, task.batch(jax.random.fold_in(key, i),
-                                                        batch_size))
+  loss_fn = _jitted_loss(model, task, batch_size)
+  results = jax.device_get([loss_fn(params, jax.random.fold_in(key, i))
                             for i in range(batches)])
   losses = np.array([r[0] for r in results])
   accs = np.array([r[1][0] for r in results])
@@ -259,9 +262,10 @@ def init_state(config, task, model, example_x=None) -> tuple[TrainState, Any, tu
   """Fresh parameters and optimiser state; returns (state, optimizer, (data, eval) keys)."""
   optimizer = rs.make_optimizer(config.optimizer, config.lr, config.alpha, config.clip)
   init_key, data_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  x = task.batch(data_key, 1).x if example_x is None else example_x
+  # Only its shape counts (init_params): drawn op by op it would compile a dozen programs.
+  x = jax.eval_shape(lambda k: task.batch(k, 1).x, data_key) if example_x is None else example_x
   params = init_params(model, init_key, x)
-  return TrainState(params, optimizer.init(params)), optimizer, (data_key, eval_key)
+  return TrainState(params, jax.jit(optimizer.init)(params)), optimizer, (data_key, eval_key)
 
 
 def load_trained(workdir, task_fn) -> tuple[ml_collections.ConfigDict, Any, Any, int]:

@@ -134,9 +134,10 @@ def initial_carry(setup: Setup, key, num_envs: int) -> Carry:
 def initial_run_state(setup: Setup) -> RunState:
   cfg = setup.config
   init_key, env_key, run_key = jax.random.split(jax.random.PRNGKey(cfg.seed), 3)
-  carry = initial_carry(setup, env_key, cfg.num_envs)
+  # One program (the same bits as op by op, which compiles dozens of small ones).
+  carry = jax.jit(lambda key: initial_carry(setup, key, cfg.num_envs))(env_key)
   params = train_lib.init_params(setup.agent, init_key, carry.core, carry.obs, carry.reset)
-  return RunState(params, setup.optimizer.init(params), carry, run_key)
+  return RunState(params, jax.jit(setup.optimizer.init)(params), carry, run_key)
 
 
 def _act(setup: Setup, params, carry: Carry, key) -> tuple[Carry, Step]:

@@ -245,15 +245,19 @@ def test_learning_rate_half_life_scales_each_update(tmp_path):
   model = train.build_model(config, task)
   state, _, (data_key, _) = train.init_state(config, task, model)
   loss_fn = train.make_loss_fn(model, task)
-  p, v = state.params, jax.tree_util.tree_map(jnp.zeros_like, state.params)
-  for t in range(1, 7):
-    g = jax.grad(lambda q: loss_fn(q, task.batch(jax.random.fold_in(data_key, t),
-                                                 config.batch))[0])(p)
+  @jax.jit  # one program for the hand-written update (op by op: some 60 small ones)
+  def hand_update(p, v, key, lr):
+    g = jax.grad(lambda q: loss_fn(q, task.batch(key, config.batch))[0])(p)
     norm = jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(g)))
     g = jax.tree_util.tree_map(lambda x: x * jnp.minimum(1.0, 1.0 / norm), g)
     v = jax.tree_util.tree_map(lambda a, x: 0.99 * a + 0.01 * x ** 2, v, g)
-    lr = 3e-3 * train.lr_scale(config, t)
-    p = jax.tree_util.tree_map(lambda q, x, a: q - lr * x / (jnp.sqrt(a) + 1e-8), p, g, v)
+    return jax.tree_util.tree_map(lambda q, x, a: q - lr * x / (jnp.sqrt(a) + 1e-8),
+                                  p, g, v), v
+
+  p, v = state.params, jax.tree_util.tree_map(jnp.zeros_like, state.params)
+  for t in range(1, 7):
+    p, v = hand_update(p, v, jax.random.fold_in(data_key, t),
+                       np.float32(3e-3 * train.lr_scale(config, t)))
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4,
                                                                  atol=1e-6), params, p)
   # A resumed run takes the same scaled steps.

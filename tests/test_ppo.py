@@ -152,7 +152,8 @@ def test_learning_replays_acting(model):
   assert int(steps.done.sum()) >= 4 and not bool(steps.done[:4].all())
   t0 = jnp.array([0, 4, 2, 2])
   env = jnp.array([0, 1, 0, 1])
-  logits, values, seq = train_ppo.replay(setup, state.params, cores, steps, t0, env)
+  replay = jax.jit(lambda *args: train_ppo.replay(setup, *args))  # one program, not ~80
+  logits, values, seq = replay(state.params, cores, steps, t0, env)
   log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits), seq.action[..., None], -1)
   # float32 (the agent's Flax layers keep float32 params): acting and replay run
   # the same steps on the same inputs, compiled into different programs, so they
