@@ -120,7 +120,8 @@ def table(summary: dict, lengths) -> str:
 def _curve(path: pathlib.Path):
   """(frames, success) of one run's metrics.jsonl, without the updates in which
   no episode ended (they log 0)."""
-  records = [r for r in rundir.read_records(path) if r.get("episodes", 1) > 0]
+  from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
+  records = train_ppo.with_episodes(rundir.read_records(path))
   return (np.array([r["frames"] for r in records], float),
           np.array([r["success"] for r in records], float))
 

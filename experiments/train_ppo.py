@@ -306,6 +306,12 @@ def make_evaluate(setup: Setup):
   return run
 
 
+def with_episodes(records: list[dict]) -> list[dict]:
+  """The training records of updates in which an episode ended: the others have
+  no success rate (they log 0)."""
+  return [r for r in records if r.get("episodes", 1) > 0]
+
+
 def plot(records: list[dict], path: pathlib.Path, title: str, chance: float | None = None):
   """Success rate, return and entropy against frames: each update's value (light)
   and a moving average over a twentieth of the run (dark); ``chance`` draws the
@@ -313,8 +319,7 @@ def plot(records: list[dict], path: pathlib.Path, title: str, chance: float | No
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  # An update in which no episode ended has no success rate (it logs 0): skip it.
-  records = [r for r in records if r.get("episodes", 1) > 0]
+  records = with_episodes(records)
   if not records:
     return
   frames = np.array([r["frames"] for r in records])
