@@ -1,5 +1,6 @@
 """PPO (GAE, loss), per-environment memory resets, and the RL binary's loop."""
 
+import functools
 import json
 import math
 
@@ -92,8 +93,8 @@ def test_memax_core_steps_as_memax_runs_and_restarts_on_reset():
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 12, 3))
   resets = jnp.zeros((12, 2), bool).at[0].set(True).at[5, 0].set(True)
   state = memax_peers.initial_core_state(config, 2)
-  params = core.init(jax.random.PRNGKey(0), state, x[:, 0], resets[0],
-                     method=memax_peers.MemaxCore.step)["params"]
+  params = jax.jit(functools.partial(core.init, method=memax_peers.MemaxCore.step))(
+      jax.random.PRNGKey(0), state, x[:, 0], resets[0])["params"]
 
   @jax.jit
   def run(state):
@@ -107,6 +108,7 @@ def test_memax_core_steps_as_memax_runs_and_restarts_on_reset():
   trunk = memax_peers.trunk("GRU", 6, 6, 1)
   variables = {"params": params["trunk"]}
   carry = trunk.apply(variables, method="initialize_carry")
+  @jax.jit
   def memax_run(seq):
     return trunk.apply(variables, carry, (seq, jnp.zeros(seq.shape[:1], bool)))[1]
   # float32 (memax's layers): one step at a time against one call over the
@@ -234,7 +236,7 @@ def test_minigrid_agent_acts():
                                state.params, state.carry, state.key)
   assert steps.action.shape == (8, 2) and steps.obs.shape == (8, 2, 7, 7, 2)
   env = setup.env
-  env_state, obs = env.reset(jax.random.PRNGKey(0))
+  env_state, obs = jax.jit(env.reset)(jax.random.PRNGKey(0))  # op by op: ~60 programs
   step = jax.jit(env.step)
   for _ in range(3):  # "done" (toggle) never ends DoorKey: three steps stay in the episode
     env_state, obs, reward, done = step(env_state, jnp.int32(5), jax.random.PRNGKey(1))

@@ -42,7 +42,7 @@ def run_both(batch, nu, rho, steps, weights, store_mask, rules=rsm.PAPER, r_weig
   [steps, b, rho] (default 0) to R's slots."""
   hidden = 2
   dtype = np.float64 if jax.config.x64_enabled else np.float32  # the float64 fixture
-  mem = rsm.init(batch, hidden, nu, rho, dtype)
+  mem = jax.jit(rsm.init, static_argnums=range(5))(batch, hidden, nu, rho, dtype)
   draw = reservoir_draws(rules, batch)
   refs = [Screen(nu, rho, rules.relevance.value, rules.eviction.value, rules.decay,
                  functools.partial(draw, b)) for b in range(batch)]
@@ -63,6 +63,8 @@ def run_both(batch, nu, rho, steps, weights, store_mask, rules=rsm.PAPER, r_weig
     do = bool(store_mask[t])
     mem, info = store(mem, jnp.asarray(value), jnp.asarray(value), jnp.int32(t),
                       jnp.full((batch,), do))
+    # Checked on the host: indexing jax arrays row by row compiles a program per index op.
+    info, snap = jax.device_get((info, mem))
     for b in range(batch):
       want = refs[b].store(t, value[b]) if do else (-1, np.nan, False)
       assert int(info.time[b]) == want[0], (t, b)
@@ -70,17 +72,17 @@ def run_both(batch, nu, rho, steps, weights, store_mask, rules=rsm.PAPER, r_weig
       np.testing.assert_allclose(float(info.score[b]), want[1], rtol=RTOL[dtype])
     for b in range(batch):
       ref = refs[b]
-      r_time = np.asarray(mem.r_time[b])
+      r_time = np.asarray(snap.r_time[b])
       np.testing.assert_array_equal(r_time[:len(ref.R)], [e[0] for e in ref.R])
       assert np.all(r_time[len(ref.R):] == -1)
-      np.testing.assert_allclose(np.asarray(mem.r_score[b])[:len(ref.R)],
+      np.testing.assert_allclose(np.asarray(snap.r_score[b])[:len(ref.R)],
                                  [e[1] for e in ref.R], rtol=RTOL[dtype])
       # Values and keys travel with their time index.
-      np.testing.assert_array_equal(np.asarray(mem.r_vals[b])[:len(ref.R), 0],
+      np.testing.assert_array_equal(np.asarray(snap.r_vals[b])[:len(ref.R), 0],
                                     r_time[:len(ref.R)])
-      s_time = np.asarray(mem.s_time[b])
+      s_time = np.asarray(snap.s_time[b])
       np.testing.assert_array_equal(s_time[nu - len(ref.S):], [e[0] for e in ref.S])
-      np.testing.assert_allclose(np.asarray(mem.s_score[b])[nu - len(ref.S):],
+      np.testing.assert_allclose(np.asarray(snap.s_score[b])[nu - len(ref.S):],
                                  [e[1] for e in ref.S], rtol=RTOL[dtype], atol=0)
   return mem
 
@@ -112,13 +114,14 @@ def test_tie_goes_to_incumbent_and_lowest_slot():
 
   With nu = 1 the weight given at step t goes to state t - 1, which is screened
   at the same step."""
+  store, accumulate = _jitted(rsm.PAPER)
   mem = rsm.init(1, 1, nu=1, rho=2)
   events = []
   for t, score in enumerate([0.0, 1.0, 1.0, 1.0, 2.0, 2.0]):
     alpha = jnp.array([[score, 0.0, 0.0]])
-    mem = rsm.accumulate(mem, alpha)
-    mem, info = rsm.store(mem, jnp.ones((1, 1)), jnp.ones((1, 1)), jnp.int32(t),
-                          jnp.array([True]))
+    mem = accumulate(mem, alpha)
+    mem, info = store(mem, jnp.ones((1, 1)), jnp.ones((1, 1)), jnp.int32(t),
+                      jnp.array([True]))
     events.append((int(info.time[0]), bool(info.admitted[0])))
   # t=1: cand 0 (score 1) fills slot 0; t=2: cand 1 (1) fills slot 1;
   # t=3: cand 2 (1) ties the minimum: dropped; t=4: cand 3 (2) replaces slot 0;
@@ -131,14 +134,15 @@ def test_tie_goes_to_incumbent_and_lowest_slot():
 def test_candidate_score_is_sum_of_exactly_nu_weights():
   """k = 1 and every S slot receiving weight 1: each candidate leaves with score nu."""
   batch, nu, rho = 3, 4, 2
+  store, accumulate = _jitted(rsm.PAPER)
   mem = rsm.init(batch, 2, nu, rho)
   counts = []
   for t in range(15):
     alpha = jnp.concatenate([(mem.s_time >= 0).astype(jnp.float32),
                              jnp.zeros((batch, rho))], axis=1)
-    mem = rsm.accumulate(mem, alpha)
-    mem, info = rsm.store(mem, jnp.zeros((batch, 2)), jnp.zeros((batch, 2)),
-                          jnp.int32(t), jnp.ones((batch,), bool))
+    mem = accumulate(mem, alpha)
+    mem, info = store(mem, jnp.zeros((batch, 2)), jnp.zeros((batch, 2)),
+                      jnp.int32(t), jnp.ones((batch,), bool))
     if t >= nu:
       np.testing.assert_allclose(info.score, nu)
       assert np.all(info.time == t - nu)
@@ -148,11 +152,12 @@ def test_candidate_score_is_sum_of_exactly_nu_weights():
 
 
 def test_state_shapes_fixed():
+  store, accumulate = _jitted(rsm.PAPER)
   mem = rsm.init(2, 3, 4, 5)
   before = [(x.shape, x.dtype) for x in jax.tree_util.tree_leaves(mem)]
-  mem = rsm.accumulate(mem, jnp.ones((2, 9)))
-  mem, _ = rsm.store(mem, jnp.ones((2, 3)), jnp.ones((2, 3)), jnp.int32(0),
-                     jnp.ones((2,), bool))
+  mem = accumulate(mem, jnp.ones((2, 9)))
+  mem, _ = store(mem, jnp.ones((2, 3)), jnp.ones((2, 3)), jnp.int32(0),
+                 jnp.ones((2,), bool))
   assert [(x.shape, x.dtype) for x in jax.tree_util.tree_leaves(mem)] == before
 
 
