@@ -96,9 +96,11 @@ def test_recurrent_norm_matches_direct_gradient():
   params = model.init(jax.random.PRNGKey(1), batch.x[..., :I])["params"]
   batch = batch._replace(x=batch.x[..., :I])
   apply_fn = lambda p, x, pr: model.apply({"params": p}, x, probes=pr)[0]
-  flow = rs.gradient_flow(apply_fn, params, cfg, batch)
-  direct = jax.grad(lambda p: rs.recall_loss(model.apply({"params": p}, batch.x)[0], batch))(
-      params)
+  # Both jitted (op by op they compile some 90 small programs); two programs, so
+  # float32 rounding apart: the tolerances below.
+  flow = jax.jit(lambda p: rs.gradient_flow(apply_fn, p, cfg, batch))(params)
+  direct = jax.jit(jax.grad(
+      lambda p: rs.recall_loss(model.apply({"params": p}, batch.x)[0], batch)))(params)
   assert float(flow.recurrent_norm) == pytest.approx(
       float(jnp.linalg.norm(direct["core"]["W"])), rel=1e-5)
   assert float(flow.loss) == pytest.approx(

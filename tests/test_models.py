@@ -213,7 +213,8 @@ def test_flax_rnn_with_seq_lengths_and_return_carry(name, float64):
   lengths = jnp.array([L, 5, 9])
   rnn = nn.RNN(rs.RelevanceCell(cfg, capacity=L, dtype=x.dtype), return_carry=True)
   variables = {"params": {"cell": {"core": params}}}
-  carry, out = rnn.apply(variables, x, seq_lengths=lengths)
+  # jitted: nn.RNN's masking and carry selection run op by op otherwise (~50 programs)
+  carry, out = jax.jit(lambda v, x, n: rnn.apply(v, x, seq_lengths=n))(variables, x, lengths)
   assert carry.t.shape == (B,)
   for b, n in enumerate(lengths.tolist()):
     want, final = rs.forward(params, cfg, x[b:b + 1, :n],
@@ -229,9 +230,10 @@ def test_flax_bidirectional_runs_each_direction_on_the_valid_prefix(float64):
   lengths = jnp.array([L, 4, 7])
   bi = nn.Bidirectional(nn.RNN(rs.RelevanceCell(cfg, dtype=x.dtype)),
                         nn.RNN(rs.RelevanceCell(cfg, dtype=x.dtype)))
-  variables = bi.init(jax.random.PRNGKey(0), x, seq_lengths=lengths)
+  variables = jax.jit(lambda k, x, n: bi.init(k, x, seq_lengths=n))(
+      jax.random.PRNGKey(0), x, lengths)
   variables = jax.tree_util.tree_map(lambda a: a.astype(x.dtype), variables)
-  out = bi.apply(variables, x, seq_lengths=lengths)
+  out = jax.jit(lambda v, x, n: bi.apply(v, x, seq_lengths=n))(variables, x, lengths)
   fwd_p = variables["params"]["forward_rnn"]["cell"]["core"]
   bwd_p = variables["params"]["backward_rnn"]["cell"]["core"]
   for b, n in enumerate(lengths.tolist()):
