@@ -151,12 +151,12 @@ def test_gradflow_binary_end_to_end(tmp_path):
   import json
   import subprocess
   import sys
-  gf = [sys.executable, "-m", "relscreen_experiments.gradient_flow", "--models=RelRNN", "--T=3",
+  gf = [sys.executable, "-m", "relscreen_experiments.gradient_flow", "--models=RNN", "--T=3",
         "--steps=2", "--diag_every=1", f"--workdir={tmp_path}/gf"]
   done = subprocess.run(gf, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr
   rows = json.loads((tmp_path / "gf" / "gradflow.json").read_text())["rows"]
-  assert [r["model"] for r in rows] == ["RelRNN"] and rows[0]["step"] == 2
+  assert [r["model"] for r in rows] == ["RNN"] and rows[0]["step"] == 2
 
 
 def test_benchmark_streams_autodiff_variants_as_their_model():

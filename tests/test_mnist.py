@@ -100,7 +100,7 @@ def test_mnist_binary_trains_on_the_built_in_digits(tmp_path):
   binary's one-line exit on a missing data file in test_ptb.py)."""
   digits = [sys.executable, "-m", "relscreen_experiments.mnist_task", f"--workdir={tmp_path}/d",
             "--epochs=1", "--max_batches=2", "--hidden=8", "--nu=2", "--rho=2",
-            "--model=RelRNN"]
+            "--model=RNN"]
   done = subprocess.run(digits, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0 and "test accuracy" in done.stderr, done.stderr
   assert json.loads((tmp_path / "d" / "eval.json").read_text())["best_epoch"] == 1
