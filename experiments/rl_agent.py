@@ -7,6 +7,7 @@ hidden 64) -> actor ``Linear(64) tanh Linear(actions)`` and critic
 """
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -86,7 +87,7 @@ class ActorCritic(nn.Module):
 
 
 def core_config(model: str, obs_shape, encoder: str, hidden: int, nu: int,
-                rho: int, **options) -> models.ModelConfig:
+                rho: int, **options) -> models.ModelConfig | memax_peers.CoreConfig:
   """The recurrent core's config; ``encoder`` decides its input width; ``options``
   (relevance and eviction rules) go to ``model_config``; a ``memax:*`` name gives
   a memax model's core (``memax_peers.CoreConfig``)."""
@@ -101,7 +102,8 @@ def core_config(model: str, obs_shape, encoder: str, hidden: int, nu: int,
   return rs.model_config(model, width, hidden=hidden, nu=nu, rho=rho, **options)
 
 
-def initial_state(core: models.ModelConfig, batch: int, capacity: int) -> models.State:
+def initial_state(core: models.ModelConfig | memax_peers.CoreConfig, batch: int,
+                  capacity: int) -> Any:
   """A fresh core state; MemLSTM keeps up to ``capacity`` states per environment."""
   if isinstance(core, memax_peers.CoreConfig):
     return memax_peers.initial_core_state(core, batch)
