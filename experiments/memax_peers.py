@@ -63,6 +63,18 @@ def trunk(kind: str, hidden: int, num_outputs: int, layers: int) -> Any:
                                                    models=[kind])[kind]
 
 
+def _batched_trunk(model: str, hidden: int, num_outputs: int, layers: int, **kwargs):
+  """``trunk`` for ``model`` ("memax:S6", ...) over a leading batch axis (parameters
+  shared by the rows); ``kwargs`` go to the Flax module (its ``name``)."""
+  from memax.linen.models.residual import ResidualModel  # pylint: disable=g-import-not-at-top
+  proto = trunk(model[len(PREFIX):], hidden, num_outputs, layers)
+  batched = nn.vmap(ResidualModel, in_axes=0, out_axes=0, variable_axes={"params": None},
+                    split_rngs={"params": False})
+  return batched(make_layer_fn=proto.make_layer_fn, output_size=num_outputs,
+                 recurrent_size=hidden, num_layers=layers, activation=proto.activation,
+                 **kwargs)
+
+
 class MemaxSequenceModel(nn.Module):
   """A memax model with relscreen's ``SequenceModel`` interface:
   ``x [b, t, i] -> (logits [b, t, c] (or [b, c] with last_only), {}, None)``."""
@@ -78,13 +90,8 @@ class MemaxSequenceModel(nn.Module):
     if state is not None or probes is not None:
       raise ValueError(f"{self.name_}: no initial state or probes (memax models start "
                        "fresh on every sequence and expose no per-step hidden state)")
-    from memax.linen.models.residual import ResidualModel  # pylint: disable=g-import-not-at-top
-    proto = trunk(self.name_[len(PREFIX):], self.hidden, self.num_outputs, self.layers)
-    batched = nn.vmap(ResidualModel, in_axes=0, out_axes=0, variable_axes={"params": None},
-                      split_rngs={"params": False})
-    model = batched(make_layer_fn=proto.make_layer_fn, output_size=self.num_outputs,
-                    recurrent_size=self.hidden, num_layers=self.layers,
-                    activation=proto.activation, name="trunk")
+    model = _batched_trunk(self.name_, self.hidden, self.num_outputs, self.layers,
+                           name="trunk")
     carry = _train_utils().add_batch_dim(model.initialize_carry(), x.shape[0])
     _, logits = model(carry, (x, jnp.zeros(x.shape[:2], bool)))
     return (logits[:, -1] if self.last_only else logits), {}, None
@@ -104,16 +111,6 @@ class CoreConfig:
   attentive: bool = False
 
 
-def _batched_trunk(config: CoreConfig, **kwargs):
-  from memax.linen.models.residual import ResidualModel  # pylint: disable=g-import-not-at-top
-  proto = trunk(config.name[len(PREFIX):], config.hidden, config.hidden, 1)
-  batched = nn.vmap(ResidualModel, in_axes=0, out_axes=0, variable_axes={"params": None},
-                    split_rngs={"params": False})
-  return batched(make_layer_fn=proto.make_layer_fn, output_size=config.hidden,
-                 recurrent_size=config.hidden, num_layers=1, activation=proto.activation,
-                 **kwargs)
-
-
 class MemaxCore(nn.Module):
   """``step(state, x [b, i], reset [b]) -> (state, {"h": [b, hidden]})``, the
   interface of ``relscreen.RecurrentCore.step``: one time step of every
@@ -123,7 +120,7 @@ class MemaxCore(nn.Module):
   config: CoreConfig
 
   def setup(self):
-    self.trunk = _batched_trunk(self.config)
+    self.trunk = _batched_trunk(self.config.name, self.config.hidden, self.config.hidden, 1)
 
   def step(self, state, x, reset):
     states, y = self.trunk(state, (x[:, None], reset[:, None]))
