@@ -3,7 +3,9 @@
 For every cell in ``--cells`` (rnn, lstm, gru), relevance rule in
 ``--relevances`` (sum, mean, max, decay) and eviction rule in ``--evictions``
 (top, fifo, reservoir) it trains the relevance-screened model (``Rel`` + cell)
-on ``--task`` for ``--steps`` updates and each seed of ``--seeds``, and each of
+on ``--task`` for ``--steps`` updates and each seed of ``--seeds`` (an eviction
+rule that ignores the scores, fifo or reservoir, once per cell: every relevance
+rule gives the same model there, labelled ``any``), and each of
 ``--baselines`` (full memory, plain window, ...) the same way; then it measures,
 side by side in one process, the time of one training step and XLA's memory
 plan per (cell, rules) at the task's length. Writes to ``--workdir``:
@@ -32,6 +34,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from relscreen_experiments import ablation_lib
 from relscreen_experiments import flags_lib
 from relscreen_experiments import memax_peers
 from relscreen_experiments import rundir
@@ -55,31 +58,23 @@ _STEPS = flags.DEFINE_integer("steps", 2000, "training updates per configuration
 _NU = flags.DEFINE_integer("nu", None, "short-term buffer size (default: the task's)")
 _RHO = flags.DEFINE_integer("rho", None, "relevant-set size (default: the task's)")
 _DECAY = flags.DEFINE_float("decay", 0.9, "gamma of the decay rule")
+_BLOCK = flags.DEFINE_enum("block", "linear", ["linear", "residual"], "what surrounds "
+                           "relscreen's cores (the binaries' --block; memax models always "
+                           "have the residual block)")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed rounds per configuration")
 _WORKDIR = flags_lib.define_workdir()
 
-_CELL_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
-
-
 def configurations() -> list[dict]:
-  """The grid, then the baselines (with the paper's rules, which they ignore)."""
-  rows = []
-  for cell, relevance, eviction in itertools.product(_CELLS.value, _RELEVANCES.value,
-                                                     _EVICTIONS.value):
-    model = "Rel" + _CELL_NAMES[cell]
-    rows.append({"model": model, "relevance": relevance, "eviction": eviction,
-                 "label": f"{model} {relevance}/{eviction}"})
-  for model in _BASELINES.value:
-    rows.append({"model": model, "relevance": "sum", "eviction": "top", "label": model})
-  for r in rows:
-    r["dir"] = r["label"].replace(" ", "_").replace("/", "-").replace(":", "_")
-  return rows
+  """The grid of the flags (``ablation_lib.configurations``)."""
+  return ablation_lib.configurations(_CELLS.value, _RELEVANCES.value, _EVICTIONS.value,
+                                     _BASELINES.value)
 
 
 def task_config(c: dict, seed: int):
   config = recall.default_config(_TASK.value)
   config.update(dict(model=c["model"], relevance=c["relevance"], eviction=c["eviction"],
-                     decay=_DECAY.value, T=_T.value, steps=_STEPS.value, seed=seed,
+                     decay=_DECAY.value, block=_BLOCK.value, T=_T.value,
+                     steps=_STEPS.value, seed=seed,
                      # the gradient ratio, at the last update (memax models: none)
                      diag_every=0 if memax_peers.is_memax(c["model"]) else max(_STEPS.value, 1),
                      checkpoint_every=max(_STEPS.value // 4, 1)))
@@ -115,7 +110,7 @@ def measure_costs(rows: list[dict]):
       chunk = 32 if r["model"].startswith("Mem") else 0
       built[r["label"]] = timing.build(r["model"], length, 10, 128, r["nu"], r["rho"], chunk,
                                        relevance=r["relevance"], eviction=r["eviction"],
-                                       decay=_DECAY.value)
+                                       decay=_DECAY.value, block=_BLOCK.value)
   times = timing.time_round_robin({k: v["train"] for k, v in built.items()}, _REPEATS.value)
   for r in rows:
     r["step_ms"] = 1e3 * statistics.median(times[r["label"]])
@@ -167,7 +162,8 @@ def draw(rows: list[dict], summary: list[dict], path: pathlib.Path):
   ax.set_yticks(range(len(labels)), labels, fontsize=7)
   ax.invert_yaxis()
   ax.set(xlabel="held-out accuracy (%), one dot per seed",
-         title=f"{_TASK.value}, T={_T.value}, {_STEPS.value} updates (red: the paper's rules)")
+         title=f"{_TASK.value}, T={_T.value}, {_STEPS.value} updates"
+         f"{', residual block' if _BLOCK.value == 'residual' else ''} (red: the paper's rules)")
   ax.grid(axis="x", alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -176,7 +172,7 @@ def draw(rows: list[dict], summary: list[dict], path: pathlib.Path):
 
 def train_fn(config, workdir):
   del config
-  for flag, values, choices in (("cells", _CELLS.value, _CELL_NAMES),
+  for flag, values, choices in (("cells", _CELLS.value, ablation_lib.CELL_NAMES),
                                 ("relevances", _RELEVANCES.value,
                                  [r.value for r in rs.Relevance]),
                                 ("evictions", _EVICTIONS.value,

@@ -33,9 +33,10 @@ def streamed_models(specs) -> list[str]:
 
 
 def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
-          remat_chunk: int, **options) -> dict:
+          remat_chunk: int, block: str = "linear", **options) -> dict:
   """Compiled (train step, forward) for one model and length, with their inputs;
-  ``options`` go to ``model_config`` (relevance and eviction rules, layers)."""
+  ``options`` go to ``model_config`` (relevance and eviction rules, layers);
+  ``block`` as the binaries' ``--block`` (ignored by memax models)."""
   name, custom_vjp = parse_model(spec)
   task = rs.CopyTask(length - 20)
   if memax_peers.is_memax(name):
@@ -44,7 +45,8 @@ def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
   else:
     cfg = rs.model_config(name, task.input_size, hidden=hidden, nu=nu, rho=rho,
                           remat_chunk=remat_chunk, custom_vjp=custom_vjp, **options)
-    model = rs.SequenceModel(cfg, task.num_classes)
+    model = (rs.ResidualSequenceModel if block == "residual" else rs.SequenceModel)(
+        cfg, task.num_classes)
   x = task.batch(jax.random.PRNGKey(0), batch).x
   params = train.init_params(model, jax.random.PRNGKey(1), x)
   opt = rs.make_optimizer("rmsprop", 1e-3)

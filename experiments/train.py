@@ -94,9 +94,11 @@ def lr_scale(config, update: int) -> float:
 
 
 def build_model(config: ml_collections.ConfigDict, task: Task, last_only: bool = False,
-                diagnostics: bool = False) -> rs.SequenceModel:
-  """The one place where a run's config becomes a model config (or, for the
-  ``memax:*`` names, a memax model: see ``memax_peers``)."""
+                diagnostics: bool = False):
+  """The one place where a run's config becomes a model: a relscreen model with
+  ``--block``'s readout (``SequenceModel``, or ``ResidualSequenceModel`` for
+  ``residual``), or, for the ``memax:*`` names, a memax model (see ``memax_peers``;
+  memax's models always have the residual block)."""
   if memax_peers.is_memax(config.model):
     if config.get("diag_every", 0) > 0 or diagnostics:
       raise ValueError(f"--diag_every needs a relscreen model, not {config.model}: the "
@@ -112,6 +114,8 @@ def build_model(config: ml_collections.ConfigDict, task: Task, last_only: bool =
       rho=config.rho, k=config.k, attn=config.attn if "RNN" in config.model else 1.0,
       r_init=config.r_init, i_init=config.i_init, remat_chunk=config.remat_chunk,
       diagnostics=diagnostics, **composable_options(config))
+  if config.get("block", "linear") == "residual":
+    return rs.ResidualSequenceModel(model_config, task.num_classes, last_only)
   return rs.SequenceModel(model_config, task.num_classes, last_only)
 
 
@@ -190,7 +194,7 @@ def make_diagnose(model, task, config, workdir: pathlib.Path, key, start: int):
   log = MetricsLog(workdir / "gradients.jsonl", start)
   apply_fn = lambda p, x, pr: model.apply({"params": p}, x, probes=pr)[0]
   flow = jax.jit(lambda p, batch: rs.gradient_flow(apply_fn, p, model.config, batch,
-                                                   task.diagnostic_loss))
+                                                   task.diagnostic_loss, model.core_key))
 
   def diagnose(step: int, params):
     g = jax.device_get(flow(params, task.batch(jax.random.fold_in(key, step), config.batch)))

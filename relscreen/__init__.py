@@ -12,7 +12,8 @@ from relscreen.initializers import InputInit, RecurrentInit
 from relscreen.memories import Memory
 from relscreen.models import (REGISTRY, CellType, MemoryType, ModelConfig, State, forward,
                               gradient_path, init_state, model_config, param_shapes, step)
-from relscreen.modules import LanguageModel, RecurrentCore, RelevanceCell, SequenceModel
+from relscreen.modules import (LanguageModel, RecurrentCore, RelevanceCell, ResidualSequenceModel,
+                               SequenceModel)
 from relscreen.optim import make_optimizer, torch_rmsprop
 from relscreen.rsm import RSMState, Screened
 from relscreen.tasks import (AddingTask, Batch, CopyTask, RecallTask, DenoiseTask, VariableCopyTask, memoryless_loss,
@@ -26,7 +27,8 @@ __all__ = [
     "REGISTRY", "AddingTask", "Batch", "RecallTask", "CellType", "LanguageModel", "CopyTask", "DenoiseTask", "VariableCopyTask",
     "memoryless_loss", "InputInit", "MemoryType", "ModelConfig", "Phi",
     "GradientFlow", "gradient_flow", "recall_loss",
-    "RSMState", "RecurrentCore", "RecurrentInit", "RelevanceCell", "Screened",
+    "RSMState", "RecurrentCore", "RecurrentInit", "RelevanceCell", "ResidualSequenceModel",
+    "Screened",
     "SequenceModel", "State", "additive_attention", "apply_phi", "forward", "init_state",
     "lstm_step", "make_optimizer", "masked_softmax", "model_config", "modrelu",
     "recall_accuracy", "rnn_step", "sequence_loss", "step", "torch_rmsprop",

@@ -51,6 +51,12 @@ class Eviction(enum.Enum):
   FIFO = "fifo"  # always enter, replacing the oldest state in R
   RESERVOIR = "reservoir"  # a uniform sample of every state that left S (Algorithm R)
 
+  @property
+  def reads_scores(self) -> bool:
+    """Whether the rule consults the relevance scores: under ``fifo`` and
+    ``reservoir`` every relevance rule gives the same model."""
+    return self is Eviction.TOP
+
 
 PREFIXES = {"": MemoryType.NONE, "Mem": MemoryType.FULL, "Rel": MemoryType.RELEVANCE,
             "Win": MemoryType.WINDOW}

@@ -6,6 +6,7 @@ parameters go straight into ``jax.lax.scan``, ``jax.grad``, optax and Orbax with
 no conversion; and Linen's ``nn.RNN`` wrapper accepts our ``RelevanceCell``.
 """
 
+import dataclasses
 import math
 from typing import Any
 
@@ -88,6 +89,7 @@ class SequenceModel(nn.Module):
   config: ModelConfig
   num_outputs: int
   last_only: bool = False
+  core_key = "core"  # where the core's parameters are (``gradient_flow``'s core_key)
 
   def setup(self):
     h = self.config.hidden
@@ -104,6 +106,67 @@ class SequenceModel(nn.Module):
   def step(self, state, x_t):
     state, out = self.core.step(state, x_t)
     return self.head(out["h"]), out, state
+
+
+class ResidualSequenceModel(nn.Module):
+  """A core inside the residual block that memax's sequence models use (and many
+  RL trunks): the same interface as ``SequenceModel``, a different block.
+
+  ``x [b, t, i]`` -> ``Dense(H)`` -> for each of ``config.layers`` layers: the
+  core (one layer of ``config``, reading H features), then ``Dense(H)``,
+  ``LayerNorm`` (no scale, no bias) and leaky ReLU (slope 0.01) -> ``Dense(classes)``.
+  Every ``Dense`` has Flax's default initialisers (LeCun normal, zero bias), as in
+  memax; the cores keep relscreen's (the paper's) initialisers and take their
+  own reverse pass. ``SequenceModel`` instead reads ``h_t`` with one linear head,
+  as the paper does.
+
+  The state is what ``models.init_state(config, b)`` makes: one ``State``, or a
+  tuple of them, one per layer. ``probes`` reach the core (one layer only), so
+  the gradient diagnostics measure ``dL/dh_t`` of the core's hidden states.
+  """
+
+  config: ModelConfig
+  num_outputs: int
+  last_only: bool = False
+  core_key = "core_0"  # the first core's parameters (``gradient_flow``'s core_key)
+
+  def setup(self):
+    cfg, h = self.config, self.config.hidden
+    self.map_in = nn.Dense(h)
+    self.cores = [RecurrentCore(dataclasses.replace(cfg.layer(i), input_size=h),
+                                name=f"core_{i}") for i in range(cfg.layers)]
+    self.ff = [nn.Dense(h) for _ in range(cfg.layers)]
+    self.norm = nn.LayerNorm(use_scale=False, use_bias=False)  # no parameters
+    self.head = nn.Dense(self.num_outputs)
+
+  def _layer_state(self, state, i):
+    if state is None or self.config.layers == 1:
+      return state
+    return state[i]
+
+  def _states(self, states):
+    return states[0] if self.config.layers == 1 else tuple(states)
+
+  def __call__(self, x, state=None, probes=None):
+    """Returns ``(logits, outputs of the top core, final_state)``, as ``SequenceModel``."""
+    if probes is not None and self.config.layers > 1:
+      raise ValueError("probes are for one layer; this block has "
+                       f"{self.config.layers}")
+    z, finals, out = self.map_in(x), [], None
+    for i, core in enumerate(self.cores):
+      out, final = core(z, self._layer_state(state, i), probes)
+      finals.append(final)
+      z = nn.leaky_relu(self.norm(self.ff[i](out["h"])))
+    return self.head(z[:, -1] if self.last_only else z), out, self._states(finals)
+
+  def step(self, state, x_t):
+    """One streaming step: ``(logits [b, c], outputs of the top core, state)``."""
+    z, new, out = self.map_in(x_t), [], None
+    for i, core in enumerate(self.cores):
+      layer_state, out = core.step(self._layer_state(state, i), z)
+      new.append(layer_state)
+      z = nn.leaky_relu(self.norm(self.ff[i](out["h"])))
+    return self.head(z), out, self._states(new)
 
 
 class RelevanceCell(nn.RNNCellBase):

@@ -91,6 +91,20 @@ def test_every_rule_keeps_the_invariants(relevance, eviction, float64):
                           eviction=eviction, decay=0.8, reservoir_seed=5))
 
 
+def test_only_top_rho_reads_the_scores(float64):
+  """``Eviction.reads_scores``: under fifo and reservoir every relevance rule gives
+  the same hidden states (so the ablation trains them once); under top-rho the
+  rule changes them (L = 12 steps through nu = rho = 2 slots)."""
+  del float64
+  for eviction in rs.Eviction:
+    outs = []
+    for relevance in (rs.Relevance.SUM, rs.Relevance.DECAY):
+      cfg, params, x, _ = build(cell="rnn", memory="relevance", relevance=relevance,
+                                eviction=eviction, decay=0.5, reservoir_seed=5)
+      outs.append(rs.forward(params, cfg, x)[0]["h"])
+    assert eviction.reads_scores == (not np.array_equal(*outs)), eviction
+
+
 CELLS_AND_MEMORIES = {
     "GRU": dict(name="GRU"),
     "MemGRU": dict(name="MemGRU"),

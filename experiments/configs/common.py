@@ -29,6 +29,10 @@ _BASE = (
      "paper's)", tuple(e.value for e in Eviction)),
     ("decay", 0.9, "gamma of --relevance=decay, in [0, 1]", None),
     ("layers", 1, "stacked layers, each with its own memory", None),
+    ("block", "linear", "what surrounds the core: linear (one linear readout of h_t, the "
+     "paper's) or residual (memax's block: input projection to --hidden, then per layer "
+     "the core and dense + layer norm + leaky ReLU, then the readout; memax:* models "
+     "always have it)", ("linear", "residual")),
     ("custom_vjp", True, "differentiate attentive RNN/LSTM models with the hand-built "
      "reverse pass (same gradients as autodiff, O(L B H) memory)", None),
     ("attn", 1.0, "weight of the attended context in the mixed state (RNN family)", None),
@@ -64,7 +68,8 @@ NON_NEGATIVE = ("steps", "eval_batches", "clip", "remat_chunk", "diag_every", "d
 # Fields added after runs were first written: a config.json without one ran with
 # this value (so those runs still resume and load).
 LATER_FIELDS = {"relevance": "sum", "eviction": "top", "decay": 0.9, "layers": 1,
-                "custom_vjp": True, "lr_half_life": 0, "lr_decay_from": 0}
+                "custom_vjp": True, "lr_half_life": 0, "lr_decay_from": 0,
+                "block": "linear"}
 # The later fields that configure the model (the others configure training).
 MODEL_FIELDS = ("relevance", "eviction", "decay", "layers", "custom_vjp")
 

@@ -23,7 +23,8 @@ import ml_collections
 
 from relscreen_experiments.configs import common
 
-_DROP = ("T", "steps", "n_symbols", "c_length", "checkpoint_every", "eval_batches")
+# block: the language model has its own embedding and decoder around the core.
+_DROP = ("T", "steps", "n_symbols", "c_length", "checkpoint_every", "eval_batches", "block")
 
 FIELDS = tuple(f for f in common.fields(
     model="RelRNN", hidden=1024, nu=10, rho=10, batch=128, lr=1e-4, alpha=0.9, clip=0.0,
