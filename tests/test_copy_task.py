@@ -201,6 +201,37 @@ def test_transfer_evaluates_a_trained_copy_run(tmp_path):
   assert (tmp_path / "out" / "transfer.csv").read_text().startswith("T,loss,rel_loss")
   with pytest.raises(ValueError, match="config.json not found"):
     train.load_trained(tmp_path / "nothing", transfer_copy.copy_task_of)
+  # A directory of runs (an ablation's <model>/seed<s>): each evaluated once, one table.
+  import shutil  # pylint: disable=g-import-not-at-top
+  for model, seed in (("A", 100), ("A", 101), ("B", 100)):
+    copy = tmp_path / "runs" / model / f"seed{seed}"
+    shutil.copytree(tmp_path / "run", copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "seed": seed}))
+  records = transfer_copy.transfer_all(tmp_path / "runs", tmp_path / "all", [5, 40], 2, 8, 0,
+                                       exclude=["B"])
+  assert [(r["label"], r["accuracy"]) for r in records] == [
+      ("A", {5: rows[0]["accuracy"], 40: rows[1]["accuracy"]})] * 2
+  assert (tmp_path / "all" / "A" / "seed101" / "transfer.json").exists()
+  with pytest.raises(ValueError, match=r"--exclude: no run labelled \['C'\]"):
+    transfer_copy.transfer_all(tmp_path / "runs", tmp_path / "all", [5, 40], 2, 8, 0, ["C"])
+  # Evaluated runs are read back, not evaluated again; another --Ts evaluates.
+  real = transfer_copy.transfer
+  transfer_copy.transfer = None  # any evaluation now fails
+  try:
+    again = transfer_copy.transfer_all(tmp_path / "runs", tmp_path / "all", [5, 40], 2, 8, 0,
+                                       exclude=["B"])
+    with pytest.raises(TypeError):
+      transfer_copy.transfer_all(tmp_path / "runs", tmp_path / "all", [5], 2, 8, 0)
+  finally:
+    transfer_copy.transfer = real
+  assert again == records
+  transfer_copy.write_table(tmp_path / "all", records, [5, 40])
+  acc = " / ".join(f"{100 * rows[1]['accuracy']:.1f}%" for _ in range(2))
+  table = (tmp_path / "all" / "transfer_table.md").read_text().splitlines()
+  assert table[0] == "| model (seeds) | held out at T = 5 | T = 5 | T = 40 |"
+  assert table[2].startswith("| A (100, 101) |") and table[2].endswith(f"| {acc} |")
+  assert (tmp_path / "all" / "transfer_all.png").stat().st_size > 0
 
 
 def test_adding_layout_and_metrics(tmp_path):
