@@ -44,6 +44,10 @@ _FRAMES = flags.DEFINE_integer("frames", 1_000_000, "frame budget of every run")
 _SEEDS = flags.DEFINE_list("seeds", ["1"], "seeds: every model and length trains once per "
                            "seed")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.95, "success rate that counts as solved")
+_NU = flags.DEFINE_integer("nu", None, "short-term buffer size of the Rel cores in every run "
+                           "(default: relscreen-ppo's)")
+_RHO = flags.DEFINE_integer("rho", None, "relevant-set size of the Rel cores in every run "
+                            "(default: relscreen-ppo's)")
 _WORKDIR = flags_lib.define_workdir()
 
 
@@ -100,20 +104,22 @@ def summarize(success: dict, lengths, seeds, frames: int, threshold: float) -> d
 def table(summary: dict, lengths) -> str:
   """summary.json as Markdown: one row a model, one column a length, each cell
   the median success over seeds and, with several seeds, their range."""
-  def cell(values):
-    med = 100 * float(np.median(values))
+  def cell(median, values):
     if len(values) == 1:
-      return f"{med:.1f}%"
-    return f"{med:.1f}% ({100 * min(values):.1f}-{100 * max(values):.1f})"
+      return f"{100 * median:.1f}%"
+    return f"{100 * median:.1f}% ({100 * min(values):.1f}-{100 * max(values):.1f})"
   seeds = summary["seeds"]
   head = ["model"] + [f"L = {n}" for n in lengths]
   rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   for model, by_len in summary["per_seed"].items():
     rows.append("| " + " | ".join([model] + [
-        cell([by_len[str(n)][str(s)] for s in seeds]) for n in lengths]) + " |")
+        cell(summary["success"][model][str(n)], [by_len[str(n)][str(s)] for s in seeds])
+        for n in lengths]) + " |")
+  memory = ", ".join(f"{k} = {summary[k]}" for k in ("nu", "rho") if summary.get(k))
   caption = (f"MemoryChain success on fresh episodes after {summary['frames']:,} frames, "
              f"median over seeds {', '.join(map(str, seeds))}"
-             + (" (min-max in brackets)" if len(seeds) > 1 else ""))
+             + (" (min-max in brackets)" if len(seeds) > 1 else "")
+             + (f"; Rel cores with {memory}" if memory else ""))
   return caption + "\n\n" + "\n".join(rows) + "\n"
 
 
@@ -186,6 +192,10 @@ def sweep(workdir: pathlib.Path):
   seeds = _parse_seeds(_SEEDS.value)
   for model in _MODELS.value:
     parse_model(model)  # every spec checked before the first run
+  memory = {k: flag.value for k, flag in (("nu", _NU), ("rho", _RHO)) if flag.value is not None}
+  for k, v in memory.items():
+    if v < 1:
+      raise ValueError(f"--{k} must be >= 1, got {v}")
   workdir = rundir.prepare(workdir)
   success = {}
   for model in _MODELS.value:
@@ -195,7 +205,7 @@ def sweep(workdir: pathlib.Path):
       for n in lengths:
         config = ppo_config.get_config()
         config.update(env="MemoryChain-bsuite", memory_length=n, model=name,
-                      frames=_FRAMES.value, seed=seed, log_every=10, **rules)
+                      frames=_FRAMES.value, seed=seed, log_every=10, **rules, **memory)
         run_dir = workdir / run_name(model, n, seed)
         done = run_dir / "eval.json"
         if done.exists() and json.loads(done.read_text())["frames"] >= _FRAMES.value:
@@ -205,7 +215,7 @@ def sweep(workdir: pathlib.Path):
         success[model][str(n)][str(seed)] = record["success"]
         logging.info("%s, memory length %d, seed %d: success %.3f", model, n, seed,
                      record["success"])
-  summary = summarize(success, lengths, seeds, _FRAMES.value, _THRESHOLD.value)
+  summary = {**summarize(success, lengths, seeds, _FRAMES.value, _THRESHOLD.value), **memory}
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   (workdir / "table.md").write_text(table(summary, lengths))
   plot(workdir, summary, lengths, _FRAMES.value)

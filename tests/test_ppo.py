@@ -271,6 +271,9 @@ def test_ppo_sweep_summarizes_seeds_by_median_and_range(tmp_path):
   assert md[2] == "| model | L = 16 | L = 64 |"
   assert md[4] == "| LSTM | 75.0% (50.0-100.0) | 97.0% (96.0-98.0) |"
   assert md[5] == "| RelLSTM:decay/top | 100.0% (100.0-100.0) | 55.0% (50.0-60.0) |"
+  # A sweep with --nu / --rho says so in the caption.
+  assert ppo_sweep.table({**summary, "nu": 16, "rho": 8}, [16, 64]).splitlines()[0].endswith(
+      "; Rel cores with nu = 16, rho = 8")
   assert ppo_sweep.run_name("RelLSTM:decay/top", 64, 2) == "RelLSTM_decay-top_L64_s2"
   assert ppo_sweep.parse_model("memax:S6") == ("memax:S6", {})  # not a rule suffix
   assert ppo_sweep.run_name("memax:S6", 64, 2) == "memax_S6_L64_s2"
