@@ -3,6 +3,7 @@
 
 import json
 import pathlib
+import statistics
 
 from relscreen_experiments import rundir
 
@@ -31,6 +32,15 @@ def load_run(workdir) -> tuple[str, list[dict]]:
   return label, records
 
 
+def load_runs(workdirs) -> list[tuple[str, list[dict]]]:
+  """``load_run`` of each; labels that would repeat (two runs named ``s100``)
+  get their parent directory's name in front."""
+  runs = [load_run(w) for w in workdirs]
+  labels = [label for label, _ in runs]
+  return [(f"{pathlib.Path(w).absolute().parent.name}/{label}" if labels.count(label) > 1
+           else label, records) for w, (label, records) in zip(workdirs, runs)]
+
+
 def pick_metric(runs, metric: str) -> str:
   keys = set().union(*(r.keys() for _, recs in runs for r in recs)) if runs else set()
   if metric != "auto":
@@ -44,8 +54,68 @@ def pick_metric(runs, metric: str) -> str:
   raise ValueError("the runs' records hold none of " + ", ".join(_METRICS))
 
 
-def plot(runs, metric: str, path: pathlib.Path, title: str = ""):
-  """One line (with markers when short) per run: ``metric`` against its x key."""
+# A logged block slower per update than this many times the run's median was
+# stopped or suspended part of the way (the loop cannot tell): it counts at the
+# median rate in ``training_minutes``.
+PAUSE = 5.0
+
+
+def training_minutes(records) -> list[float]:
+  """Training time in minutes up to each record: the sum over the logged blocks
+  so far of (updates in the block) / steps_per_s. A block slower per update than
+  ``PAUSE`` times the run's median was paused part of the way and counts at the
+  median rate. A ValueError when a record has no steps_per_s (not a training
+  loop's record)."""
+  if any("steps_per_s" not in r for r in records):
+    raise ValueError("minutes need steps_per_s in every record (the supervised "
+                     "binaries' metrics.jsonl)")
+  per_update = [1.0 / r["steps_per_s"] for r in records]
+  median = statistics.median(per_update) if per_update else 0.0
+  minutes, total, previous = [], 0.0, 0
+  for r, seconds in zip(records, per_update):
+    total += (r["step"] - previous) * (median if seconds > PAUSE * median else seconds)
+    previous = r["step"]
+    minutes.append(total / 60.0)
+  return minutes
+
+
+def first_reaching(records, metric: str, threshold: float):
+  """``(step, minutes)`` of the first record whose ``metric`` is >= ``threshold``
+  (minutes by ``training_minutes``), or ``(None, None)``."""
+  recs = [r for r in records if metric in r]
+  for r, m in zip(recs, training_minutes(recs)):
+    if r[metric] >= threshold:
+      return r["step"], m
+  return None, None
+
+
+def held_out(workdir) -> float | None:
+  """The accuracy of the run's final held-out evaluation (eval.json), if any."""
+  path = pathlib.Path(workdir) / "eval.json"
+  return json.loads(path.read_text()).get("accuracy") if path.is_file() else None
+
+
+def threshold_table(workdirs, runs, metric: str, threshold: float) -> str:
+  """Markdown: per run, the first logged block with ``metric`` >= ``threshold``
+  (update and training minutes), the last block, and the held-out accuracy."""
+  lines = [f"| run | first block >= {threshold:g}: update | minutes | last update | "
+           f"minutes | last {metric} | held out |", "|" + " --- |" * 7]
+  for workdir, (label, records) in zip(workdirs, runs):
+    recs = [r for r in records if metric in r]
+    step, minutes = first_reaching(recs, metric, threshold)
+    total = training_minutes(recs)
+    ho = held_out(workdir)
+    lines.append(f"| {label} | {'-' if step is None else step} | "
+                 f"{'-' if minutes is None else f'{minutes:.1f}'} | {recs[-1]['step']} | "
+                 f"{total[-1]:.1f} | {recs[-1][metric]:.4g} | "
+                 f"{'-' if ho is None else f'{ho:.4g}'} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(runs, metric: str, path: pathlib.Path, title: str = "", x: str = "auto"):
+  """One line (with markers when short) per run: ``metric`` against its x key
+  (frames, epoch or update), or with ``x="minutes"`` against training minutes
+  (``training_minutes``: runs compared at equal wall time)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -57,6 +127,8 @@ def plot(runs, metric: str, path: pathlib.Path, title: str = ""):
     x_label = ("frames" if x_key == "frames" else
                "epoch" if recs and "epoch" in recs[0] else "update")
     xs = [r[x_key] for r in recs]
+    if x == "minutes":
+      xs, x_label = training_minutes(recs), "training minutes (sum of logged blocks)"
     scale = 100.0 if "accuracy" in metric or metric == "success" else 1.0
     ax.plot(xs, [scale * r[metric] for r in recs], label=label,
             marker="o" if len(xs) < 25 else None, ms=4)

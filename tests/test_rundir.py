@@ -223,3 +223,33 @@ def test_tensorboard_events_mirror_the_metrics_and_runs_overlay(tmp_path):
     compare_lib.pick_metric(runs, "bpc")
   compare_lib.plot(runs, "accuracy", tmp_path / "c.png")
   assert (tmp_path / "c.png").stat().st_size > 5000
+  compare_lib.plot(runs, "accuracy", tmp_path / "m.png", x="minutes")
+  assert (tmp_path / "m.png").stat().st_size > 5000
+  md = compare_lib.threshold_table([tmp_path / "a"], runs[:1], "accuracy", 2.0).splitlines()
+  assert md[2].startswith("| a (RelRNN) | - | - | 40 |")  # accuracy never reaches 2
+
+
+def test_training_minutes_and_the_first_block_over_a_threshold(tmp_path):
+  """Blocks of 100 updates at 2, 1, 2 and 2 updates/s and one paused (0.01
+  updates/s: counted at the median rate, 2/s); accuracy first >= 0.9 in the third
+  block."""
+  from relscreen_experiments import compare_lib  # pylint: disable=g-import-not-at-top
+  recs = [{"step": 100 * (i + 1), "steps_per_s": sps, "accuracy": acc}
+          for i, (sps, acc) in enumerate([(2, 0.1), (0.01, 0.5), (1, 0.95), (2, 0.99),
+                                          (2, 0.99)])]
+  assert compare_lib.training_minutes(recs) == pytest.approx(
+      [50 / 60, 100 / 60, 200 / 60, 250 / 60, 300 / 60])
+  assert compare_lib.first_reaching(recs, "accuracy", 0.9) == (300, pytest.approx(200 / 60))
+  assert compare_lib.first_reaching(recs, "accuracy", 1.0) == (None, None)
+  with pytest.raises(ValueError, match="minutes need steps_per_s"):
+    compare_lib.training_minutes([{"step": 1, "accuracy": 0.5}])
+  for name in ("x", "y"):
+    (tmp_path / name / "s100").mkdir(parents=True)
+    (tmp_path / name / "s100" / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in recs))
+  (tmp_path / "y" / "s100" / "eval.json").write_text('{"accuracy": 0.998}')
+  dirs = [tmp_path / n / "s100" for n in ("x", "y")]
+  runs = compare_lib.load_runs(dirs)
+  assert [label for label, _ in runs] == ["x/s100", "y/s100"]
+  md = compare_lib.threshold_table(dirs, runs, "accuracy", 0.9).splitlines()
+  assert md[3] == "| y/s100 | 300 | 3.3 | 500 | 5.0 | 0.99 | 0.998 |"
