@@ -14,6 +14,7 @@ plan per (cell, rules) at the task's length. Writes to ``--workdir``:
                                 ||dL/dh_0|| / ||dL/dh_last||, ms per step, memory
   ablation_summary.csv          per configuration: median and range over seeds, and
                                 the accuracy at equal wall time (``summarise``)
+  ablation_table.md             the summary as the Markdown table of docs/RESULTS.md
   ablation.png                  held-out accuracy per configuration, one dot per seed
 Each (configuration, seed) trains in its own sub-directory, so a rerun resumes
 and an interrupted ablation loses at most one run's progress since its last
@@ -205,6 +206,7 @@ def train_fn(config, workdir):
   write_csv(workdir / "ablation.csv", [{k: v for k, v in r.items() if k != "curve"}
                                        for r in rows])
   write_csv(workdir / "ablation_summary.csv", summary)
+  (workdir / "ablation_table.md").write_text(ablation_lib.markdown(rows, summary))
   draw(rows, summary, workdir / "ablation.png")
 
 

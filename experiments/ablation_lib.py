@@ -26,3 +26,29 @@ def configurations(cells, relevances, evictions, baselines) -> list[dict]:
     rows.append({"model": model, "relevance": "sum", "eviction": "top", "label": model,
                  "dir": model.replace(":", "_")})
   return rows
+
+
+def markdown(rows: list[dict], summary: list[dict]) -> str:
+  """The ablation as a Markdown table, one line per configuration in the order of
+  ``summary`` (``ablation.summarise``): held-out accuracy per seed and the median,
+  the gradient ratio per seed, the accuracy at equal wall time, ms per update and
+  XLA's memory plan."""
+  seeds = list(dict.fromkeys(r["seed"] for r in rows))
+  per_seed = " / ".join(map(str, seeds))
+  budget = summary[0]["equal_time_s"] if summary else 0.0
+  lines = [f"| model | held out (seeds {per_seed}) | median | grad ratio ({per_seed}) | "
+           f"at equal time ({budget:.0f} s): updates, accuracy | ms / update | "
+           "memory plan |", "|" + " --- |" * 7]
+  for s in summary:
+    mine = {r["seed"]: r for r in rows if r["label"] == s["label"]}
+    acc = " / ".join(f"{100 * mine[k]['accuracy']:.1f}%" if k in mine else "-"
+                     for k in seeds)
+    ratios = [mine[k]["grad_ratio_t0_over_last"] if k in mine else None for k in seeds]
+    ratio = ("-" if all(v is None for v in ratios) else
+             " / ".join("-" if v is None else f"{v:.3g}" for v in ratios))
+    timed = ("-" if s["equal_time_accuracy_median"] is None else
+             f"{100 * s['equal_time_accuracy_median']:.1f}%")
+    lines.append(f"| {s['label']} | {acc} | {100 * s['accuracy_median']:.1f}% | {ratio} | "
+                 f"{s['equal_time_updates']}, {timed} | {s['step_ms']:.1f} | "
+                 f"{1e3 * s['peak_gb']:.0f} MB |")
+  return "\n".join(lines) + "\n"

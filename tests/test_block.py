@@ -96,3 +96,23 @@ def test_ablation_trains_score_free_evictions_once():
       ("RelGRU any/fifo", "RelGRU_sum-fifo"), ("RelGRU any/reservoir", "RelGRU_sum-reservoir"),
       ("MemGRU", "MemGRU"), ("memax:S6", "memax_S6")]
   assert [e.value for e in rs.Eviction if e.reads_scores] == ["top"]
+
+
+def test_ablation_table_in_markdown():
+  """One line per configuration, per-seed values in seed order, '-' where a model
+  has no gradient ratio (memax) or no block within the equal-time budget."""
+  rows = [{"label": "RelRNN sum/top", "seed": s, "accuracy": a, "grad_ratio_t0_over_last": g}
+          for s, a, g in ((100, 0.5, 0.25), (101, 0.75, 2.0))]
+  rows += [{"label": "memax:S6", "seed": s, "accuracy": 0.125, "grad_ratio_t0_over_last": None}
+           for s in (100, 101)]
+  summary = [{"label": "RelRNN sum/top", "accuracy_median": 0.625, "equal_time_s": 49.4,
+              "equal_time_updates": 321, "equal_time_accuracy_median": 0.293, "step_ms": 152.7,
+              "peak_gb": 0.0104},
+             {"label": "memax:S6", "accuracy_median": 0.125, "equal_time_s": 49.4,
+              "equal_time_updates": 50, "equal_time_accuracy_median": None, "step_ms": 45.9,
+              "peak_gb": 0.013}]
+  md = ablation_lib.markdown(rows, summary).splitlines()
+  assert md[0].startswith("| model | held out (seeds 100 / 101) | median | grad ratio "
+                          "(100 / 101) | at equal time (49 s)")
+  assert md[2] == "| RelRNN sum/top | 50.0% / 75.0% | 62.5% | 0.25 / 2 | 321, 29.3% | 152.7 | 10 MB |"
+  assert md[3] == "| memax:S6 | 12.5% / 12.5% | 12.5% | - | 50, - | 45.9 | 13 MB |"
