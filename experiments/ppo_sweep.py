@@ -158,9 +158,13 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
   fig.savefig(workdir / "success.png", dpi=100)
   plt.close(fig)
 
-  fig, axes = plt.subplots(1, len(summary["success"]), figsize=(5 * len(summary["success"]), 3.4),
-                           squeeze=False)
-  for ax, model in zip(axes[0], summary["success"]):
+  n_models = len(summary["success"])
+  cols = min(4, n_models)  # panels wrap after four models
+  rows = -(-n_models // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+  for ax in axes.flat[n_models:]:
+    ax.set_visible(False)
+  for ax, model in zip(axes.flat, summary["success"]):
     for n in lengths:
       # Seeds log at the same frames; each is smoothed, then the median and the
       # range are taken over seeds on a common frame grid.
