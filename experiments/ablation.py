@@ -59,7 +59,7 @@ _STEPS = flags.DEFINE_integer("steps", 2000, "training updates per configuration
 _NU = flags.DEFINE_integer("nu", None, "short-term buffer size (default: the task's)")
 _RHO = flags.DEFINE_integer("rho", None, "relevant-set size (default: the task's)")
 _DECAY = flags.DEFINE_float("decay", 0.9, "gamma of the decay rule")
-_BLOCK = flags.DEFINE_enum("block", "linear", ["linear", "residual"], "what surrounds "
+_BLOCK = flags.DEFINE_enum("block", "linear", list(rs.BLOCKS), "what surrounds "
                            "relscreen's cores (the binaries' --block; memax models always "
                            "have the residual block)")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed rounds per configuration")

@@ -3,8 +3,9 @@
 import itertools
 
 import relscreen as rs
+from relscreen.config import CELL_NAMES as _CELLS
 
-CELL_NAMES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+CELL_NAMES = {name.lower(): name for name in _CELLS}  # --cells=rnn -> "RNN"
 
 
 def configurations(cells, relevances, evictions, baselines) -> list[dict]:

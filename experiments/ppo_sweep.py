@@ -45,9 +45,9 @@ _SEEDS = flags.DEFINE_list("seeds", ["1"], "seeds: every model and length trains
                            "seed")
 _THRESHOLD = flags.DEFINE_float("threshold", 0.95, "success rate that counts as solved")
 _NU = flags.DEFINE_integer("nu", None, "short-term buffer size of the Rel cores in every run "
-                           "(default: relscreen-ppo's)")
+                           "(default: relscreen-ppo's)", lower_bound=1)
 _RHO = flags.DEFINE_integer("rho", None, "relevant-set size of the Rel cores in every run "
-                            "(default: relscreen-ppo's)")
+                            "(default: relscreen-ppo's)", lower_bound=1)
 _WORKDIR = flags_lib.define_workdir()
 
 
@@ -197,9 +197,6 @@ def sweep(workdir: pathlib.Path):
   for model in _MODELS.value:
     parse_model(model)  # every spec checked before the first run
   memory = {k: flag.value for k, flag in (("nu", _NU), ("rho", _RHO)) if flag.value is not None}
-  for k, v in memory.items():
-    if v < 1:
-      raise ValueError(f"--{k} must be >= 1, got {v}")
   workdir = rundir.prepare(workdir)
   success = {}
   for model in _MODELS.value:

@@ -45,8 +45,7 @@ def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
   else:
     cfg = rs.model_config(name, task.input_size, hidden=hidden, nu=nu, rho=rho,
                           remat_chunk=remat_chunk, custom_vjp=custom_vjp, **options)
-    model = (rs.ResidualSequenceModel if block == "residual" else rs.SequenceModel)(
-        cfg, task.num_classes)
+    model = rs.BLOCKS[block](cfg, task.num_classes)
   x = task.batch(jax.random.PRNGKey(0), batch).x
   params = train.init_params(model, jax.random.PRNGKey(1), x)
   opt = rs.make_optimizer("rmsprop", 1e-3)

@@ -114,9 +114,7 @@ def build_model(config: ml_collections.ConfigDict, task: Task, last_only: bool =
       rho=config.rho, k=config.k, attn=config.attn if "RNN" in config.model else 1.0,
       r_init=config.r_init, i_init=config.i_init, remat_chunk=config.remat_chunk,
       diagnostics=diagnostics, **composable_options(config))
-  if config.get("block", "linear") == "residual":
-    return rs.ResidualSequenceModel(model_config, task.num_classes, last_only)
-  return rs.SequenceModel(model_config, task.num_classes, last_only)
+  return rs.BLOCKS[config.get("block", "linear")](model_config, task.num_classes, last_only)
 
 
 def make_loss_fn(model, task) -> Callable:

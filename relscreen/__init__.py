@@ -12,7 +12,7 @@ from relscreen.initializers import InputInit, RecurrentInit
 from relscreen.memories import Memory
 from relscreen.models import (REGISTRY, CellType, MemoryType, ModelConfig, State, forward,
                               gradient_path, init_state, model_config, param_shapes, step)
-from relscreen.modules import (LanguageModel, RecurrentCore, RelevanceCell, ResidualSequenceModel,
+from relscreen.modules import (BLOCKS, LanguageModel, RecurrentCore, RelevanceCell, ResidualSequenceModel,
                                SequenceModel)
 from relscreen.optim import make_optimizer, torch_rmsprop
 from relscreen.rsm import RSMState, Screened
@@ -22,7 +22,7 @@ from relscreen.tasks import (AddingTask, Batch, CopyTask, RecallTask, DenoiseTas
 __version__ = "0.1.0"
 
 __all__ = [
-    "PAPER_MODELS", "Cell", "Eviction", "Memory", "Relevance", "from_flax", "gradient_path",
+    "BLOCKS", "PAPER_MODELS", "Cell", "Eviction", "Memory", "Relevance", "from_flax", "gradient_path",
     "gru_step", "param_shapes",
     "REGISTRY", "AddingTask", "Batch", "RecallTask", "CellType", "LanguageModel", "CopyTask", "DenoiseTask", "VariableCopyTask",
     "memoryless_loss", "InputInit", "MemoryType", "ModelConfig", "Phi",

@@ -147,6 +147,9 @@ class ResidualSequenceModel(nn.Module):
   def _states(self, states):
     return states[0] if self.config.layers == 1 else tuple(states)
 
+  def _feed_forward(self, i, h):
+    return nn.leaky_relu(self.norm(self.ff[i](h)))
+
   def __call__(self, x, state=None, probes=None):
     """Returns ``(logits, outputs of the top core, final_state)``, as ``SequenceModel``."""
     if probes is not None and self.config.layers > 1:
@@ -156,7 +159,7 @@ class ResidualSequenceModel(nn.Module):
     for i, core in enumerate(self.cores):
       out, final = core(z, self._layer_state(state, i), probes)
       finals.append(final)
-      z = nn.leaky_relu(self.norm(self.ff[i](out["h"])))
+      z = self._feed_forward(i, out["h"])
     return self.head(z[:, -1] if self.last_only else z), out, self._states(finals)
 
   def step(self, state, x_t):
@@ -165,8 +168,12 @@ class ResidualSequenceModel(nn.Module):
     for i, core in enumerate(self.cores):
       layer_state, out = core.step(self._layer_state(state, i), z)
       new.append(layer_state)
-      z = nn.leaky_relu(self.norm(self.ff[i](out["h"])))
+      z = self._feed_forward(i, out["h"])
     return self.head(z), out, self._states(new)
+
+
+# What surrounds the core, by the binaries' --block name.
+BLOCKS = {"linear": SequenceModel, "residual": ResidualSequenceModel}
 
 
 class RelevanceCell(nn.RNNCellBase):

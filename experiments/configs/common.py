@@ -5,6 +5,7 @@ flag of the same name; a binary's config module overrides the defaults.
 """
 
 from relscreen.config import REGISTRY, Eviction, Relevance
+from relscreen.modules import BLOCKS
 from relscreen_experiments import memax_peers
 
 # Every name --model takes: relscreen's registry, then memax's models (optional).
@@ -32,7 +33,7 @@ _BASE = (
     ("block", "linear", "what surrounds the core: linear (one linear readout of h_t, the "
      "paper's) or residual (memax's block: input projection to --hidden, then per layer "
      "the core and dense + layer norm + leaky ReLU, then the readout; memax:* models "
-     "always have it)", ("linear", "residual")),
+     "always have it)", tuple(BLOCKS)),
     ("custom_vjp", True, "differentiate attentive RNN/LSTM models with the hand-built "
      "reverse pass (same gradients as autodiff, O(L B H) memory)", None),
     ("attn", 1.0, "weight of the attended context in the mixed state (RNN family)", None),
