@@ -33,6 +33,7 @@ import shutil
 import socket
 
 from absl import logging
+import jax
 import orbax.checkpoint as ocp
 
 from relscreen_experiments.configs import common
@@ -139,6 +140,23 @@ def checkpoint_manager(workdir: pathlib.Path, create: bool = True) -> ocp.Checkp
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=create))
 
 
+def _without_empty(tree):
+  """``tree`` with its zero-size arrays replaced by None: Orbax refuses to save
+  them (a window memory's relevant set is [b, 0, h]), and they hold nothing."""
+  return jax.tree_util.tree_map(lambda a: None if getattr(a, "size", 1) == 0 else a, tree)
+
+
+def _with_empty(restored, template):
+  """Puts ``template``'s zero-size arrays back into what ``_without_empty`` saved."""
+  return jax.tree_util.tree_map(lambda t, r: t if getattr(t, "size", 1) == 0 else r,
+                                template, restored)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state):
+  """Saves ``state`` as checkpoint ``step`` (``restore_latest`` reads it back)."""
+  manager.save(step, args=ocp.args.StandardSave(_without_empty(state)))
+
+
 def _reason(error: Exception) -> str:
   lines = [l.strip() for l in str(error).splitlines() if l.strip()]
   return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
@@ -167,7 +185,8 @@ def restore_latest(workdir: pathlib.Path, template):
     if step is None:
       return template, 0, manager
     try:
-      return manager.restore(step, args=ocp.args.StandardRestore(template)), step, manager
+      restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(template)))
+      return _with_empty(restored, template), step, manager
     except Exception as e:  # pylint: disable=broad-except  (any damage: skip it)
       manager.close()
       dest = _set_aside(workdir, step)

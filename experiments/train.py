@@ -454,7 +454,7 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
         stop_non_finite(manager, workdir, f"the parameters became non-finite at update "
                         f"{step}", step)
       blocks.save(step, block, manager.all_steps())
-      manager.save(step, args=ocp.args.StandardSave(state))
+      rundir.save(manager, step, state)
   manager.wait_until_finished()
 
   record = {"split": "eval", "step": config.steps,

@@ -120,7 +120,7 @@ def _train(config, workdir, splits, model, optimizer, progress, start, manager, 
                  100 * np.mean(accs), 100 * val["accuracy"],
                  100 * float(progress.best_val_accuracy), seconds,
                  train._fmt_time((config.epochs - epoch) * seconds))
-    manager.save(epoch, args=ocp.args.StandardSave(progress))
+    rundir.save(manager, epoch, progress)
   manager.wait_until_finished()
   test = evaluate(eval_step, progress.best_params, splits.test_x, splits.test_y,
                   config.eval_batch_size)

@@ -173,7 +173,7 @@ def _train(config, workdir, model, optimizer, progress, start, manager, log, tra
                "seconds": time.perf_counter() - e0})
     logging.info("epoch %d/%d | train bpc %.3f | val bpc %.3f (best %.3f) | next lr %.2g",
                  epoch, config.epochs, train_bpc, val_bpc, float(progress.best_val_bpc), lr)
-    manager.save(epoch, args=ocp.args.StandardSave(progress))
+    rundir.save(manager, epoch, progress)
   manager.wait_until_finished()
   result = {"best_val_bpc": float(progress.best_val_bpc),
             "test_bpc": evaluate(model, eval_step, progress.best_params, test_data, config),

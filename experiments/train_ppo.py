@@ -396,7 +396,7 @@ def _train(config, workdir, setup, state, start, manager, log, frames_per_update
       if not train_lib.params_finite(state.params):
         train_lib.stop_non_finite(manager, workdir, f"the parameters became non-finite at "
                                   f"update {u}", u)
-      manager.save(u, args=ocp.args.StandardSave(state))
+      rundir.save(manager, u, state)
   manager.wait_until_finished()
   evaluate = make_evaluate(setup)
   record = {"split": "eval", "step": updates, "frames": updates * frames_per_update,

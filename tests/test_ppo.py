@@ -189,17 +189,18 @@ def test_bad_flags_are_named(flag, value, message):
     train_ppo.build(_tiny(**{flag: value}))
 
 
-def test_training_smoke_and_resume(tmp_path):
+@pytest.mark.parametrize("model", ["LSTM", "WinLSTM"])  # WinLSTM: a [b, 0, h] relevant set
+def test_training_smoke_and_resume(tmp_path, model):
   """MemoryChain, 6 tiny updates: files written, metrics sane; a run resumed
   after 4 updates ends exactly where an uninterrupted run ends."""
-  record = train_ppo.train_and_evaluate(_tiny(model="LSTM", epochs=1), tmp_path / "whole")
+  record = train_ppo.train_and_evaluate(_tiny(model=model, epochs=1), tmp_path / "whole")
   lines = [json.loads(l) for l in (tmp_path / "whole/metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6]
   assert all(0.0 <= r["success"] <= 1.0 and r["fps"] > 0 for r in lines)
   assert all(np.isfinite(r["loss"]) and r["entropy"] <= math.log(2) + 1e-6 for r in lines)
   assert record["episodes"] == 4 and (tmp_path / "whole/curves.png").exists()
-  train_ppo.train_and_evaluate(_tiny(model="LSTM", epochs=1, frames=64), tmp_path / "split")
-  train_ppo.train_and_evaluate(_tiny(model="LSTM", epochs=1), tmp_path / "split")
+  train_ppo.train_and_evaluate(_tiny(model=model, epochs=1, frames=64), tmp_path / "split")
+  train_ppo.train_and_evaluate(_tiny(model=model, epochs=1), tmp_path / "split")
   split = [json.loads(l) for l in (tmp_path / "split/metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in split] == [1, 2, 3, 4, 5, 6]
   for a, b in zip(lines, split):
