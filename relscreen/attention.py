@@ -68,3 +68,27 @@ def additive_attention(query: Array, keys: Array, values: Array, valid: Array,
     v: the score vector, [h].
   """
   return additive_attention_banks(query, ((keys, values, valid),), v)
+
+
+def additive_attention_vjp(query: Array, keys: Array, values: Array, valid: Array,
+                           v: Array, d_context: Array):
+  """The reverse of ``additive_attention`` for the context's cotangent, by hand.
+
+  Recomputes ``tanh(q + k_j)`` once and uses it for the weights and for every
+  derivative (autodiff's transpose of the same function runs more passes over
+  the [b, m, h] slots). Empty slots have weight 0, so their cotangents are 0.
+
+  Args:
+    query, keys, values, valid, v: as for ``additive_attention``.
+    d_context: the cotangent of the context, [b, h].
+
+  Returns:
+    ``(d_query [b, h], d_keys [b, m, h], d_values [b, m, h], d_v [h], alpha [b, m])``.
+  """
+  t = jnp.tanh(query[:, None, :] + keys)
+  alpha = masked_softmax(t @ v, valid)
+  d_alpha = jnp.einsum("bmh,bh->bm", values, d_context)
+  d_scores = alpha * (d_alpha - jnp.sum(alpha * d_alpha, axis=-1, keepdims=True))
+  d_keys = d_scores[..., None] * (v[None, None, :] * (1.0 - t * t))  # d(q + k_j), also d q
+  return (jnp.sum(d_keys, axis=1), d_keys, alpha[..., None] * d_context[:, None, :],
+          jnp.einsum("bm,bmh->h", d_scores, t), alpha)

@@ -32,15 +32,20 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from relscreen import attention, cells, core, memories, ring
+from relscreen import attention, cells, core, full_memory, memories, ring
 from relscreen.config import CellType
 
 
-def _local_mix(config, v, q, kv, valid, newest):
-  """The mixed state s_t (t >= 1) from the query ``q`` = s_{t-1} Va, the attended
-  banks ``kv`` (``(keys, values)`` pairs, masks ``valid``) and the newest state."""
-  banks = [(k, vals, ok) for (k, vals), ok in zip(kv, valid)]
-  return core.mixed(config, newest, attention.additive_attention_banks(q, banks, v).context)
+FULL_SEGMENTS = 4  # stretches of a full memory's passes, each with its own bank size
+
+
+def full_stretches(length: int, segments: int = FULL_SEGMENTS) -> list[tuple[int, int]]:
+  """Steps 1 .. length - 1 of a full memory's forward pass cut into ``segments``
+  stretches ``[start, end)``; a stretch attends to its first ``end - 1`` slots, so
+  early steps do not pay for slots they cannot see yet (as the reverse pass's
+  stretches, ``_FullReverse.segments``)."""
+  ends = sorted({1 + round((length - 1) * (k + 1) / segments) for k in range(segments)})
+  return [(a, b) for a, b in zip([1] + ends[:-1], ends) if b > a]
 
 
 def _activation(config, p, pre, c_prev):
@@ -78,16 +83,34 @@ def attentive_forward(params, config, x, s_init, c_init):
   def record(buffers, t, h, s, c):
     return [b.at[t].set(v) for b, v in zip(buffers, (h, s, c) if lstm else (h, s))]
 
-  if not config.screened:  # the full memory: core's step as it is
-    def body(carry, inputs):
-      state, buffers = carry
-      t, x_t = inputs
-      new, out = core.later_step(params, config, state,
-                                 core.project_input(params, config, x_t), zero)
-      return (new, record(buffers, t, out["h"], new.s, new.c)), None
+  if not config.screened:  # the full memory: h_j in slot j, attended in stretches
+    batch = x.shape[1]
+    hist = jnp.zeros((batch, length, config.hidden), s_init.dtype)
+    hist = hist.at[:, 0].set(first["h"])
+    keys = jnp.zeros_like(hist).at[:, 0].set(state.memory.keys[:, 0])
 
-    (final, buffers), admitted = jax.lax.scan(body, (state, buffers),
-                                              (jnp.arange(1, length), x[1:]))
+    def body(n, carry, inputs):
+      # Step t attends to h_0 .. h_{t-1}, which the first n slots hold in this stretch.
+      s, c, newest, hist, keys, buffers = carry
+      t, x_t = inputs
+      valid = jnp.broadcast_to(jnp.arange(n)[None, :] < t, (batch, n))
+      attended = attention.additive_attention_banks(
+          s @ params["Va"], ((keys[:, :n], hist[:, :n], valid),), params["v"])
+      s = core.mixed(config, newest, attended.context)
+      h, _, c = core._cell(params, config, core.project_input(params, config, x_t), s, c)  # pylint: disable=protected-access
+      hist = jax.lax.dynamic_update_index_in_dim(hist, h, t, axis=1)
+      keys = jax.lax.dynamic_update_index_in_dim(keys, h @ params["Ua"], t, axis=1)
+      return (s, c, h, hist, keys, record(buffers, t, h, s, c)), None
+
+    carry = (state.s, state.c, first["h"], hist, keys, buffers)
+    for start, end in full_stretches(length):
+      carry, _ = jax.lax.scan(functools.partial(body, end - 1), carry,
+                              (jnp.arange(start, end), x[start:end]))
+    s, c, _, hist, keys, buffers = carry
+    time = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    final = core.State(jnp.asarray(length, jnp.int32), s, c, full_memory.FullMemory(
+        hist, keys, time, jnp.full((batch,), length, jnp.int32)))
+    admitted = None
   else:
     nu, rules = config.nu, memories.rules_of(config)
 
@@ -132,9 +155,9 @@ class Bookkeeping(Protocol):
   own bank size, ``prefix(n)`` the bookkeeping restricted to the first ``n`` slots.
   Per block of steps ``t`` [n], ``block_inputs`` gathers what the steps' undos need
   at once. Per step, ``pop`` gives h_t's cotangent as a value and as a key,
-  ``attended`` undoes step t's store and returns the bank step t attended to
-  (``(keys, values)`` pairs), its masks and the carry, and ``add`` adds the bank's
-  cotangents to the carry.
+  ``attended`` undoes step t's store and returns the bank step t attended to (a
+  tuple of one ``(keys, values)`` pair), its mask (likewise) and the carry, and
+  ``add`` adds the bank's cotangents to the carry.
   """
 
   initial: Any
@@ -191,8 +214,8 @@ class _RelevanceReverse:
     """Undoes step t's store: S's slot t mod nu gets back the state that left S,
     and the R slot that screening wrote gets back the state it had evicted. The
     written slot's cotangent belongs to the state that left S and moves with it;
-    the evicted state's so far is zero. Returns the bank step t attended to (as
-    ``_local_mix`` takes it), its mask and the carry."""
+    the evicted state's so far is zero. Returns the bank step t attended to (one
+    ``(keys, values)`` pair), its mask and the carry."""
     vals, keys, time, d_vals, d_keys = carry
     back, back_key, put_back, put_back_key = rows
     slot, evicted = admitted
@@ -228,7 +251,7 @@ class _FullReverse:
   Steps before t = n attend to fewer than n slots: ``prefix(n)`` restricts the
   bank to them, so a stretch of early steps costs what its slots cost."""
 
-  segments = 4  # stretches of the reverse pass with their own bank size
+  segments = FULL_SEGMENTS  # stretches of the reverse pass with their own bank size
 
   def __init__(self, config, h, ua, memory):
     del config, memory
@@ -264,9 +287,10 @@ class _FullReverse:
 
 
 def _attentive_scan_bwd(config, residuals, cotangents):
-  """Reverse pass. Per step it runs the cell's and the attention's own reverse
-  (``jax.vjp`` of ``_activation`` and ``_local_mix``) and the matrix products in
-  between by hand, against transposed copies of the matrices made once (XLA's CPU
+  """Reverse pass. Per step it runs the cell's reverse (``jax.vjp`` of
+  ``_activation``), the attention's (``attention.additive_attention_vjp``, by hand:
+  one tanh over the slots serves the weights and every derivative) and the matrix
+  products in between by hand, against transposed copies of the matrices made once (XLA's CPU
   dot is several times slower on a transposed operand). The gradients of the
   matrices (Va, Ua, U/W, b) are formed from the step cotangents once per block
   of steps, as matrix products over the block, not as an outer product per step."""
@@ -293,11 +317,12 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     d_act, dpre, dc_prev = pullback((dh, dc_next))
     # s_t fed the cell (pre = xp + s_t rec) and step t + 1's query (s_t Va): one product.
     ds = jnp.concatenate([dpre, dq_next], axis=-1) @ both_t
-    kv, valid, mem = book.attended(mem, t, adm, rows)
-    _, pullback = jax.vjp(lambda v, q, kv, n: _local_mix(config, v, q, kv, valid, n),
-                          params["v"], q_t, kv, h_prev)
-    d_v, dq, d_kv, d_newest = pullback(ds)
-    mem = book.add(mem, d_kv)
+    ((keys, vals),), (valid,), mem = book.attended(mem, t, adm, rows)
+    _, pullback = jax.vjp(lambda n, ctx: core.mixed(config, n, ctx), h_prev, h_prev)
+    d_newest, d_context = pullback(ds)  # s_t is linear in the newest state and the context
+    dq, d_keys, d_vals, d_v, _ = attention.additive_attention_vjp(q_t, keys, vals, valid,
+                                                                  params["v"], d_context)
+    mem = book.add(mem, ((d_keys, d_vals),))
     d_small = jax.tree_util.tree_map(jnp.add, d_small, {"v": d_v, **d_act})
     return (mem, d_newest, dq, dc_prev, d_small), (dq, dpre, dk)
 

@@ -177,6 +177,27 @@ def test_masked_softmax_with_empty_relevant_set_is_short_term_softmax():
   np.testing.assert_array_equal(rs.masked_softmax(e, jnp.zeros_like(valid)), 0.0)
 
 
+def test_hand_written_attention_reverse_equals_autodiff(float64):
+  """``additive_attention_vjp`` (the custom reverse pass's) against jax.vjp of the
+  forward, with empty slots (their cotangents are exactly 0) and a row with none."""
+  k = jax.random.split(jax.random.PRNGKey(3), 5)
+  q, d_ctx = (jax.random.normal(kk, (3, 4), jnp.float64) for kk in k[:2])
+  keys, values = (jax.random.normal(kk, (3, 6, 4), jnp.float64) for kk in k[2:4])
+  v = 3.0 * jax.random.normal(k[4], (4,), jnp.float64)
+  valid = jnp.array([[1, 1, 1, 1, 1, 1], [1, 0, 1, 0, 0, 1], [0] * 6], bool)
+  attended, pullback = jax.vjp(
+      lambda q, keys, values, v: rs.additive_attention(q, keys, values, valid, v).context,
+      q, keys, values, v)
+  expected = pullback(d_ctx)
+  dq, d_keys, d_values, d_v, alpha = rs.attention.additive_attention_vjp(q, keys, values,
+                                                                         valid, v, d_ctx)
+  for got, want in zip((dq, d_keys, d_values, d_v), expected):
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(jnp.einsum("bm,bmh->bh", alpha, values), attended, rtol=1e-13)
+  assert not np.any(np.asarray(d_keys)[~np.asarray(valid)])
+  assert not np.any(np.asarray(d_values)[~np.asarray(valid)])
+
+
 def test_flax_rnn_wrapper_matches_forward(float64):
   cfg, params, x = setup("RelLSTM")
   rnn = nn.RNN(rs.RelevanceCell(cfg, dtype=x.dtype))
