@@ -5,8 +5,9 @@ transposes each shift, screening write and select of the memory. But the memory
 only ever holds earlier hidden states, and which state sits in which slot is
 known from a few integers per step. So the forward pass keeps h_t, s_t, c_t and
 (RSM) which relevant-set slot each step's screening wrote and the time it
-evicted; the reverse pass re-runs one step at a time with ``jax.vjp`` on the
-step's own inputs (previous mixed state, cell, attended banks).
+evicted; the reverse pass re-runs one step at a time on the step's own inputs
+(previous mixed state, cell, attended bank): ``jax.vjp`` of the cell, the
+attention's reverse by hand (``attention.additive_attention_vjp``).
 
 RSM: the reverse pass carries the memory backwards from its final state, undoing
 each store (S gets back the state that left it; a relevant-set write is undone
