@@ -78,19 +78,38 @@ def composable_options(config) -> dict:
   return {k: config.get(k, common.LATER_FIELDS[k]) for k in common.MODEL_FIELDS}
 
 
-def lr_scale(config, update: int) -> float:
-  """The factor on the learning rate at ``update`` (1-based): 1 up to
-  ``lr_decay_from``, then halving every ``lr_half_life`` updates, smoothly; 1
-  throughout when ``lr_half_life`` is 0 (or absent, in an older config).
+def lr_scale(config, update: int, decay_from: int | None = None) -> float:
+  """The factor on the learning rate at ``update`` (1-based): 1 up to the decay's
+  start, then halving every ``lr_half_life`` updates, smoothly; 1 throughout when
+  ``lr_half_life`` is 0 (or absent, in an older config). The decay starts at
+  ``lr_decay_from``, or, with ``lr_decay_at_accuracy``, at ``decay_from``
+  (``decay_start``: None until a block reached that accuracy).
 
   It multiplies the optimiser's output (RMSprop's and Adam's step are
   proportional to the learning rate), so the optimiser state, and a checkpoint,
   look the same with or without a schedule, and the factor is a function of the
-  update alone: a resumed run takes the same steps."""
+  update and the logged records alone: a resumed run takes the same steps."""
   half_life = config.get("lr_half_life", 0)
-  if not half_life:
+  start = decay_from if config.get("lr_decay_at_accuracy", 0.0) else config.get(
+      "lr_decay_from", 0)
+  if not half_life or start is None:
     return 1.0
-  return 0.5 ** (max(0, update - config.get("lr_decay_from", 0)) / half_life)
+  return 0.5 ** (max(0, update - start) / half_life)
+
+
+def decay_start(config, records) -> int | None:
+  """With ``lr_decay_at_accuracy`` = a: the update of the first training record at
+  or after ``lr_decay_from`` whose accuracy is at least a (None before one);
+  without, ``lr_decay_from``. Read from the metrics log, so a resumed run (whose
+  log holds the records up to its checkpoint) restarts the decay where it was."""
+  threshold = config.get("lr_decay_at_accuracy", 0.0)
+  if not 0.0 <= threshold <= 1.0:
+    raise ValueError(f"--lr_decay_at_accuracy={threshold} must be in [0, 1]")
+  if not threshold:
+    return config.get("lr_decay_from", 0)
+  return next((r["step"] for r in records if r.get("split") == "train"
+               and r["step"] >= config.get("lr_decay_from", 0)
+               and r["accuracy"] >= threshold), None)
 
 
 def build_model(config: ml_collections.ConfigDict, task: Task, last_only: bool = False,
@@ -387,6 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, task) -> dict
   ``WorkdirError`` for a work directory that cannot be used (in use, another
   configuration, a total below what is saved).
   """
+  decay_start(config, [])  # a bad --lr_decay_at_accuracy is named before the workdir is touched
   model = build_model(config, task)
   state, optimizer, (data_key, eval_key) = init_state(config, task, model)
   with rundir.opened(workdir, config, RESUMABLE_FIELDS, state,
@@ -413,6 +433,7 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
     train_step = compiled_train_step(config, model, task, optimizer, state,
                                      jax.random.fold_in(data_key, start + 1), mesh)
 
+  decay_from = decay_start(config, log.read())
   blocks = PartialBlocks(workdir)
   block = {"loss": [], "rel": [], "acc": []}
   if start % config.log_every and start < config.steps:
@@ -428,7 +449,7 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
   block_new = 0  # updates of this block run in this process (for the rate)
   for step in range(start + 1, config.steps + 1):
     state, loss, (acc, baseline) = train_step(state, jax.random.fold_in(data_key, step),
-                                              np.float32(lr_scale(config, step)))
+                                              np.float32(lr_scale(config, step, decay_from)))
     loss = float(loss)
     if not math.isfinite(loss):
       stop_non_finite(manager, workdir, f"loss became {loss} at update {step}, from the "
@@ -447,6 +468,11 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
                    m.line(), rate, _fmt_time((config.steps - step) / rate))
       block = {"loss": [], "rel": [], "acc": []}
       block_new, block_start = 0, time.perf_counter()
+      if decay_from is None and decay_start(config, [record]) is not None:
+        decay_from = step
+        logging.info("training accuracy %.1f%% >= --lr_decay_at_accuracy: the learning "
+                     "rate halves every %d updates from update %d", 100 * m.accuracy,
+                     config.lr_half_life, step)
     if diag_every and (step % diag_every == 0 or step == config.steps):
       diagnose(step, state.params)
     if step % config.checkpoint_every == 0 or step == config.steps:

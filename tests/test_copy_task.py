@@ -260,6 +260,44 @@ def test_adding_layout_and_metrics(tmp_path):
   assert recs[-1]["loss"] < recs[0]["loss"]
 
 
+def test_decay_starts_at_the_first_block_reaching_the_accuracy(tmp_path):
+  """--lr_decay_at_accuracy: the factor by hand from the records; a run decays
+  from the first logged block at or after --lr_decay_from that reached it, and a
+  run resumed after that block takes the same steps."""
+  config = tiny_config(steps=8, log_every=2, checkpoint_every=5, lr_half_life=2,
+                       lr_decay_from=3, lr_decay_at_accuracy=0.3)
+  recs = [{"split": "train", "step": s, "accuracy": a}
+          for s, a in ((2, 0.5), (4, 0.2), (6, 0.31), (8, 0.9))]
+  assert train.decay_start(config, recs) == 6  # step 2 is before --lr_decay_from
+  assert train.decay_start(config, recs[:2]) is None
+  assert train.lr_scale(config, 10, None) == 1.0
+  assert train.lr_scale(config, 10, 6) == pytest.approx(0.25)
+  with pytest.raises(ValueError, match="--lr_decay_at_accuracy=1.5"):
+    train.decay_start(tiny_config(lr_decay_at_accuracy=1.5), [])
+  # The same run at a constant rate gives the blocks' accuracies (the decayed run
+  # equals it up to the decay's start); the threshold is the first one at or after
+  # --lr_decay_from that is above 0, so this holds on any machine's float32.
+  task = rs.CopyTask(5)
+  base = {**config.to_dict(), "steps": 12}
+  train.train_and_evaluate(tiny_config(**{**base, "lr_half_life": 0}), tmp_path / "constant",
+                           task)
+  constant = records(tmp_path / "constant")
+  k, threshold = next((r["step"], r["accuracy"]) for r in constant
+                      if r["split"] == "train" and r["step"] >= 3 and r["accuracy"] > 0)
+  decayed = tiny_config(**{**base, "lr_decay_at_accuracy": threshold})
+  train.train_and_evaluate(decayed, tmp_path / "whole", task)
+  whole = records(tmp_path / "whole")
+  assert train.decay_start(decayed, whole) == k
+  diff = [r["step"] for r, c in zip(whole, constant) if r["loss"] != c["loss"]]
+  assert diff[:1] == ([k + 2] if k < 12 else [])  # updates 1..k at the full rate, then decayed
+  # Stopped at update k + 2, after the decay began (or at 12), then resumed to 12.
+  train.train_and_evaluate(tiny_config(**{**decayed.to_dict(), "steps": min(k + 2, 12)}),
+                           tmp_path / "split", task)
+  train.train_and_evaluate(decayed, tmp_path / "split", task)
+  untimed = lambda recs: [{f: v for f, v in r.items() if f != "steps_per_s"} for r in recs]
+  assert untimed(records(tmp_path / "split")) == untimed(whole)
+
+
 def test_learning_rate_half_life_scales_each_update(tmp_path):
   """--lr_half_life/--lr_decay_from: the factor by hand, and a run's updates
   equal a plain RMSprop whose learning rate follows it."""

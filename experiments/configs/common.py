@@ -45,6 +45,9 @@ _BASE = (
     ("lr_half_life", 0, "halve the learning rate every this many updates after "
      "--lr_decay_from, smoothly (0: constant, the paper's)", None),
     ("lr_decay_from", 0, "update after which --lr_half_life applies", None),
+    ("lr_decay_at_accuracy", 0.0, "start --lr_half_life's decay only after the first "
+     "logged block (at or after --lr_decay_from) whose training accuracy reaches this, "
+     "in [0, 1] (0: at --lr_decay_from)", None),
     ("alpha", 0.99, "RMSprop smoothing constant", None),
     ("clip", 1.0, "clip gradients to this global norm (0: no clipping)", None),
     ("n_symbols", 8, "alphabet size of the symbols to remember", None),
@@ -64,13 +67,13 @@ _BASE = (
 POSITIVE = ("T", "batch", "hidden", "nu", "rho", "k", "layers", "lr", "n_symbols", "c_length",
             "log_every", "checkpoint_every", "eval_batch_size")
 NON_NEGATIVE = ("steps", "eval_batches", "clip", "remat_chunk", "diag_every", "decay",
-                "lr_half_life", "lr_decay_from")
+                "lr_half_life", "lr_decay_from", "lr_decay_at_accuracy")
 
 # Fields added after runs were first written: a config.json without one ran with
 # this value (so those runs still resume and load).
 LATER_FIELDS = {"relevance": "sum", "eviction": "top", "decay": 0.9, "layers": 1,
                 "custom_vjp": True, "lr_half_life": 0, "lr_decay_from": 0,
-                "block": "linear"}
+                "block": "linear", "lr_decay_at_accuracy": 0.0}
 # The later fields that configure the model (the others configure training).
 MODEL_FIELDS = ("relevance", "eviction", "decay", "layers", "custom_vjp")
 
