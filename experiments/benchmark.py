@@ -10,7 +10,10 @@ the first model.
 
 Attentive models train with the custom reverse pass (``ModelConfig.custom_vjp``,
 memory O(L B H)); name a model ``RelRNN@autodiff`` to time autodiff through the
-scan instead, side by side. Autodiff through MemRNN/MemLSTM's growing memory
+scan instead, side by side; ``attention-floor`` times the attention work a
+relevance-screened layer adds to its cell and nothing else (nu + rho slots,
+forward and the custom pass's reverse; ``timing.attention_floor``): the cell's
+step plus it is what no RelRNN implementation can go below. Autodiff through MemRNN/MemLSTM's growing memory
 saves it at every step (O(L^2 B H)), so ``@autodiff`` Mem models run with
 ``--mem_remat_chunk`` (chunked rematerialisation) unless it is 0.
 Configurations whose plan exceeds ``--max_gb`` are reported but not run.
@@ -42,7 +45,8 @@ from relscreen_experiments import flags_lib
 from relscreen_experiments import timing
 
 _MODELS = flags.DEFINE_list("models", ["RNN", "RelRNN", "MemRNN"],
-                            "registered models; ratios are to the first")
+                            "registered models (Name or Name@autodiff), memax:* models, "
+                            "or attention-floor; ratios are to the first")
 _LENGTHS = flags.DEFINE_list("lengths", ["1020"], "sequence lengths L (copy T = L - 20)")
 _BATCH = flags.DEFINE_integer("batch", 10, "batch size")
 _HIDDEN = flags.DEFINE_integer("hidden", 128, "hidden units")

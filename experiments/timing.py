@@ -4,6 +4,7 @@ sweep binaries; no flags here)."""
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from relscreen_experiments import memax_peers
@@ -11,10 +12,15 @@ from relscreen_experiments import train
 import relscreen as rs
 
 
+FLOOR = "attention-floor"  # not a model: the slot work RSM adds, alone (``attention_floor``)
+
+
 def parse_model(spec: str) -> tuple[str, bool]:
   """``"RelRNN"`` or ``"RelRNN@autodiff"`` (autodiff through the scan instead of the
   custom reverse pass) -> (registry name, custom_vjp); a memax model's name
-  (``"memax:S6"``) -> (name, False)."""
+  (``"memax:S6"``) -> (name, False); ``FLOOR`` -> (FLOOR, True)."""
+  if spec == FLOOR:
+    return spec, True
   if memax_peers.is_memax(spec):
     memax_peers.check(spec)
     return spec, False
@@ -29,7 +35,47 @@ def streamed_models(specs) -> list[str]:
   """The registry names to stream for model specs: the streaming step has no
   reverse pass, so ``Model@autodiff`` streams as ``Model`` (once)."""
   names = [parse_model(spec)[0] for spec in specs]
-  return list(dict.fromkeys(n for n in names if not memax_peers.is_memax(n)))
+  return list(dict.fromkeys(n for n in names if not memax_peers.is_memax(n) and n != FLOOR))
+
+
+def attention_floor(length: int, batch: int, hidden: int, slots: int, dtype=jnp.float32):
+  """The attention work a relevance-screened layer adds to its cell, and nothing
+  else: ``length`` steps of additive attention over a fixed bank of ``slots``
+  states, each step's query the previous step's context (so the steps run in
+  sequence, as in the model), and the reverse pass the custom path runs for it
+  (``attention.additive_attention_vjp`` per step, tanh recomputed; the slots'
+  cotangents summed). No cell, no query or key products, no screening, no slot
+  bookkeeping: the model's step can cost no less than its cell's plus this.
+
+  Returns ``(forward, train, args)``: ``forward(*args)`` the last context and the
+  queries [length, b, h]; ``train(*args)`` the gradients of the last context's sum
+  with respect to the first query, the keys and the values."""
+  k = jax.random.split(jax.random.PRNGKey(0), 4)
+  q0 = jax.random.normal(k[0], (batch, hidden), dtype)
+  keys, values = (jax.random.normal(kk, (batch, slots, hidden), dtype) for kk in k[1:3])
+  v = jax.random.normal(k[3], (hidden,), dtype) / np.sqrt(hidden)
+  valid = jnp.ones((batch, slots), bool)
+
+  def forward(q0, keys, values):
+    def body(q, _):
+      return rs.additive_attention(q, keys, values, valid, v).context, q
+    return jax.lax.scan(body, q0, None, length=length)
+
+  def train(q0, keys, values):
+    last, queries = forward(q0, keys, values)
+
+    def body(carry, q):
+      d_context, d_keys, d_values = carry
+      dq, dk, dv, _, _ = rs.attention.additive_attention_vjp(q, keys, values, valid, v,
+                                                             d_context)
+      return (dq, d_keys + dk, d_values + dv), None
+
+    zeros = jnp.zeros_like(keys)
+    (dq0, d_keys, d_values), _ = jax.lax.scan(body, (jnp.ones_like(last), zeros, zeros),
+                                              queries, reverse=True)
+    return dq0, d_keys, d_values
+
+  return forward, train, (q0, keys, values)
 
 
 def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
@@ -38,6 +84,12 @@ def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
   ``options`` go to ``model_config`` (relevance and eviction rules, layers);
   ``block`` as the binaries' ``--block`` (ignored by memax models)."""
   name, custom_vjp = parse_model(spec)
+  if name == FLOOR:
+    forward, train_fn, args = attention_floor(length, batch, hidden, nu + rho)
+    step_c, step_s = compile_timed(jax.jit(train_fn), *args)
+    fwd_c, fwd_s = compile_timed(jax.jit(forward), *args)
+    return {"train": (step_c, args), "forward": (fwd_c, args), "remat_chunk": 0,
+            "compile_s": {"train": step_s, "forward": fwd_s}}
   task = rs.CopyTask(length - 20)
   if memax_peers.is_memax(name):
     model = memax_peers.MemaxSequenceModel(name, hidden, task.num_classes,

@@ -74,3 +74,14 @@ def test_custom_vjp_through_flax_module(float64):
   plain = rs.SequenceModel(dataclasses.replace(cfg, custom_vjp=False), 4)
   chex.assert_trees_all_close(jax.grad(loss)(params, model), jax.grad(loss)(params, plain),
                               rtol=1e-10, atol=1e-13)
+
+
+def test_attention_floor_reverse_is_the_gradient(float64):
+  """The benchmark's ``attention-floor`` (the slot work alone) computes what it
+  claims: its reverse scan equals jax.grad of its forward."""
+  from relscreen_experiments import timing  # pylint: disable=g-import-not-at-top
+  forward, train, args = timing.attention_floor(7, 2, 4, 3, dtype=jnp.float64)
+  grads = jax.grad(lambda *a: jnp.sum(forward(*a)[0]), argnums=(0, 1, 2))(*args)
+  chex.assert_trees_all_close(train(*args), grads, rtol=1e-11, atol=1e-13)
+  assert timing.parse_model(timing.FLOOR) == (timing.FLOOR, True)
+  assert timing.streamed_models(["RNN", timing.FLOOR]) == ["RNN"]
