@@ -24,7 +24,6 @@ import jax
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from relscreen_experiments import memax_peers
 from relscreen_experiments import rundir

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from relscreen_experiments import flags_lib
 from relscreen_experiments import rl_agent
