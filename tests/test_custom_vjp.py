@@ -85,3 +85,12 @@ def test_attention_floor_reverse_is_the_gradient(float64):
   chex.assert_trees_all_close(train(*args), grads, rtol=1e-11, atol=1e-13)
   assert timing.parse_model(timing.FLOOR) == (timing.FLOOR, True)
   assert timing.streamed_models(["RNN", timing.FLOOR]) == ["RNN"]
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 5, 11, 1020])
+def test_full_stretches_cover_every_step_once(length):
+  """The full memory's forward stretches partition steps 1 .. length - 1 in order
+  (a stretch [start, end) attends to end - 1 slots: all its last step sees)."""
+  stretches = reverse.full_stretches(length)
+  assert [t for start, end in stretches for t in range(start, end)] == list(range(1, length))
+  assert len(stretches) == min(reverse.FULL_SEGMENTS, length - 1)
