@@ -81,16 +81,15 @@ def lr_scale(config, update: int, decay_from: int | None = None) -> float:
   """The factor on the learning rate at ``update`` (1-based): 1 up to the decay's
   start, then halving every ``lr_half_life`` updates, smoothly; 1 throughout when
   ``lr_half_life`` is 0 (or absent, in an older config). The decay starts at
-  ``lr_decay_from``, or, with ``lr_decay_at_accuracy``, at ``decay_from``
-  (``decay_start``: None until a block reached that accuracy).
+  ``decay_from``, ``decay_start``'s answer; by default its answer before any
+  record: ``lr_decay_from``, or no decay yet with ``lr_decay_at_accuracy``.
 
   It multiplies the optimiser's output (RMSprop's and Adam's step are
   proportional to the learning rate), so the optimiser state, and a checkpoint,
   look the same with or without a schedule, and the factor is a function of the
   update and the logged records alone: a resumed run takes the same steps."""
   half_life = config.get("lr_half_life", 0)
-  start = decay_from if config.get("lr_decay_at_accuracy", 0.0) else config.get(
-      "lr_decay_from", 0)
+  start = decay_start(config, []) if decay_from is None else decay_from
   if not half_life or start is None:
     return 1.0
   return 0.5 ** (max(0, update - start) / half_life)
