@@ -16,6 +16,15 @@ the next, while reward and ``done`` still describe the finished step.
 
 Success means the episode ended with a positive reward (the right bit; the goal
 or the matching object reached).
+
+MiniGrid-Memory* carry a ``Split`` of their episodes: whether the object to
+remember is in the agent's view at the start. xminigrid starts the agent at a
+random cell of the corridor row, facing away from the start room, with a 3 x 3
+view: only from the first cell does it see the object (20% of MemoryS8's
+episodes, 7.7% of MemoryS16's); in the others it must turn back and look
+first. An agent that remembers what it saw at the start and guesses otherwise
+succeeds in 0.2 + 0.8 / 2 = 60% of MemoryS8's episodes; the evaluation reports
+success on each side of the split, so that plateau can be told from memory.
 """
 
 from typing import Any, Callable, NamedTuple
@@ -24,6 +33,15 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+
+class Split(NamedTuple):
+  """A yes/no property of an episode's start that changes what the task asks of
+  the agent; the evaluation reports success on each side."""
+
+  holds: str  # e.g. "cue in view at the start"
+  fails: str  # e.g. "cue out of view at the start"
+  test: Callable[[Any, Array], Array]  # (state, first observation) of one env -> bool
 
 
 class Env(NamedTuple):
@@ -35,6 +53,7 @@ class Env(NamedTuple):
   reset: Callable[[Array], tuple[Any, Array]]  # key -> (state, obs)
   # (state, action, key) -> (state, obs, reward, done)
   step: Callable[[Any, Array, Array], tuple[Any, Array, Array, Array]]
+  split: Split | None = None
 
 
 def _memory_chain(memory_length: int) -> Env:
@@ -75,8 +94,29 @@ def _minigrid(name: str) -> Env:
     return (timestep, timestep.observation, jnp.asarray(timestep.reward, jnp.float32),
             timestep.last())
 
+  split = _cue_in_view(params) if name.startswith("MiniGrid-Memory") else None
   return Env(name, env.num_actions(params), tuple(env.observation_shape(params)), True,
-             int(params.max_steps), reset, step)
+             int(params.max_steps), reset, step, split)
+
+
+CUE = (2, 1)  # row, column of the object to remember in xminigrid's Memory layout
+
+
+def _cue_in_view(params) -> Split:
+  """Memory's split: the object to remember is in the first observation. Tested
+  by erasing it (floor in its cell) and recomputing the view: the views differ
+  exactly when the cell is in view, whatever the view size or what else shows."""
+  from xminigrid.core.constants import TILES_REGISTRY, Colors, Tiles  # pylint: disable=g-import-not-at-top
+  from xminigrid.core.observation import transparent_field_of_view  # pylint: disable=g-import-not-at-top
+  floor = TILES_REGISTRY[Tiles.FLOOR, Colors.BLACK]
+
+  def test(timestep, obs):
+    state = timestep.state
+    erased = transparent_field_of_view(state.grid.at[CUE].set(floor), state.agent,
+                                       params.view_size, params.view_size)
+    return jnp.any(erased != obs)
+
+  return Split("cue in view at the start", "cue out of view at the start", test)
 
 
 ENVS = ("MemoryChain-bsuite", "MiniGrid-DoorKey-5x5", "MiniGrid-MemoryS8",

@@ -287,20 +287,31 @@ def make_evaluate(setup: Setup):
   each run to its end (the episode limit bounds the rollout), actions sampled."""
   n = setup.config.eval_episodes
 
+  split = setup.env.split
+
   @jax.jit
   def evaluate(params, key):
     env_key, roll_key = jax.random.split(key)
     carry = initial_carry(setup, env_key, n)
     _, _, steps = rollout(setup, params, carry, roll_key, setup.env.max_episode_steps,
                           keep_cores=False)
-    return first_episodes(steps)
+    out = first_episodes(steps)
+    if split is not None:
+      out["split"] = jax.vmap(split.test)(carry.env, carry.obs)
+    return out
 
   def run(params, key) -> dict:
     out = jax.device_get(evaluate(params, key))
     if not out["finished"].all():
       raise RuntimeError("an evaluation episode outlived the environment's step limit")
-    return {"episodes": n, "success": float(out["success"].mean()),
-            "return": float(out["return"].mean()), "length": float(out["length"].mean())}
+    record = {"episodes": n, "success": float(out["success"].mean()),
+              "return": float(out["return"].mean()), "length": float(out["length"].mean())}
+    if split is not None:
+      record["by_start"] = {
+          name: {"episodes": int(part.sum()),
+                 "success": float(out["success"][part].mean()) if part.any() else None}
+          for name, part in ((split.holds, out["split"]), (split.fails, ~out["split"]))}
+    return record
 
   return run
 
@@ -404,6 +415,9 @@ def _train(config, workdir, setup, state, start, manager, log, frames_per_update
   record = rundir.write_eval(workdir, record)
   logging.info("evaluation after %d frames: success %.3f over %d episodes, return %.3f",
                record["frames"], record["success"], record["episodes"], record["return"])
+  for name, part in record.get("by_start", {}).items():
+    logging.info("  %s: %d episodes, success %s", name, part["episodes"],
+                 "-" if part["success"] is None else f"{part['success']:.3f}")
   title = f"{config.model}, {setup.env.name}" + (
       f" (length {config.memory_length})" if setup.env.name.startswith("MemoryChain") else "")
   memory_task = setup.env.name.startswith(("MemoryChain", "MiniGrid-Memory"))

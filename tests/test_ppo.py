@@ -291,3 +291,28 @@ def test_ppo_sweep_summarizes_seeds_by_median_and_range(tmp_path):
   assert (tmp_path / "curves.png").stat().st_size > 0
   with pytest.raises(ValueError, match="--seeds must be distinct"):
     ppo_sweep._parse_seeds(["1", "1"])
+
+
+def test_memory_split_is_the_cue_in_the_first_view():
+  """MiniGrid-MemoryS8 starts the agent facing east on row 3 with a 3 x 3 view;
+  the cue at row 2, column 1 is then in view exactly from column 1 (the view
+  covers rows 2-4, the agent's column and the two ahead of it)."""
+  env = rl_envs.make_env("MiniGrid-MemoryS8")
+  states, obs = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), 200))
+  seen = np.asarray(jax.vmap(env.split.test)(states, obs))
+  agent = states.state.agent
+  assert set(np.asarray(agent.direction).tolist()) == {1}  # east, as the layout above assumes
+  np.testing.assert_array_equal(seen, np.asarray(agent.position[:, 1]) == 1)
+  assert 0 < seen.sum() < len(seen)
+  assert rl_envs.make_env("MiniGrid-DoorKey-5x5").split is None
+
+
+def test_evaluation_reports_success_on_each_side_of_the_split():
+  setup = train_ppo.build(_tiny(env="MiniGrid-MemoryS8", model="LSTM", eval_episodes=24))
+  state = train_ppo.initial_run_state(setup)
+  record = train_ppo.make_evaluate(setup)(state.params, jax.random.PRNGKey(5))
+  parts = record["by_start"]
+  assert list(parts) == ["cue in view at the start", "cue out of view at the start"]
+  assert sum(p["episodes"] for p in parts.values()) == 24
+  assert record["success"] == pytest.approx(sum(
+      p["episodes"] * (p["success"] or 0.0) for p in parts.values()) / 24)
