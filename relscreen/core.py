@@ -62,8 +62,19 @@ def project_input(params: dict, config: ModelConfig, x: Array) -> Array:
   A user's cell gets ``x`` itself."""
   if config.cell is CellType.USER:
     return x
-  kernel = params["W"][config.hidden:] if config.cell is CellType.LSTM else params["U"]
+  if config.cell is CellType.LSTM:
+    kernel = params["W_x"] if "W_x" in params else params["W"][config.hidden:]
+  else:
+    kernel = params["U"]
   return cells.add_bias(x @ kernel, params["b"])
+
+
+def loop_params(params: dict, config: ModelConfig) -> dict:
+  """``params`` prepared for a loop over steps: loop-invariant slices taken once
+  (``cells.lstm_halves`` for the LSTM cell; the others have none)."""
+  if config.cell is CellType.LSTM:
+    return cells.lstm_halves(params, config.hidden)
+  return params
 
 
 def _cell(params, config, xp, s, c):

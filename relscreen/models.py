@@ -266,6 +266,7 @@ def _layer_forward(params, config, x, state, probes, h0, c0):
     if config.cell is CellType.RNN:
       final = final._replace(c=None)
     return {"h": jnp.swapaxes(h, 0, 1)}, jax.lax.stop_gradient(final)
+  params = core.loop_params(params, config)
   xp = core.project_input(params, config, jnp.swapaxes(x, 0, 1))  # [t, b, gates]
   pr = (jnp.zeros((length, 1, 1), x.dtype) if probes is None
         else jnp.swapaxes(probes, 0, 1))  # [t, b, h]

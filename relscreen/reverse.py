@@ -71,6 +71,7 @@ def attentive_forward(params, config, x, s_init, c_init):
   projection happens inside the step, so neither it nor its cotangent is ever
   stored for the whole sequence."""
   length = x.shape[0]
+  params = core.loop_params(params, config)
   # A full memory's bank lives in ``hist``/``keys`` below; its state only holds h_0.
   state = core.init_state(config, x.shape[1], s_init, c_init, capacity=1,
                           dtype=s_init.dtype)
