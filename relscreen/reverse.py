@@ -88,17 +88,18 @@ def attentive_forward(params, config, x, s_init, c_init):
 
   if not config.screened:  # the full memory: h_j in slot j, attended in stretches
     batch = x.shape[1]
-    hist = jnp.zeros((batch, length, config.hidden), s_init.dtype)
-    hist = hist.at[:, 0].set(first["h"])
+    hist = jnp.zeros((batch, 1, config.hidden), s_init.dtype).at[:, 0].set(first["h"])
     keys = jnp.zeros_like(hist).at[:, 0].set(state.memory.keys[:, 0])
 
-    def body(n, carry, inputs):
-      # Step t attends to h_0 .. h_{t-1}, which the first n slots hold in this stretch.
+    def body(carry, inputs):
+      # The stretch's bank has a slot for each of its steps; step t attends to
+      # h_0 .. h_{t-1} (slot t and later are empty).
       s, c, newest, hist, keys, buffers = carry
       t, x_t = inputs
+      n = hist.shape[1]
       valid = jnp.broadcast_to(jnp.arange(n)[None, :] < t, (batch, n))
       attended = attention.additive_attention_banks(
-          s @ params["Va"], ((keys[:, :n], hist[:, :n], valid),), params["v"])
+          s @ params["Va"], ((keys, hist, valid),), params["v"])
       s = core.mixed(config, newest, attended.context)
       h, _, c = core._cell(params, config, core.project_input(params, config, x_t), s, c)  # pylint: disable=protected-access
       hist = jax.lax.dynamic_update_index_in_dim(hist, h, t, axis=1)
@@ -107,8 +108,12 @@ def attentive_forward(params, config, x, s_init, c_init):
 
     carry = (state.s, state.c, first["h"], hist, keys, buffers)
     for start, end in full_stretches(length):
-      carry, _ = jax.lax.scan(functools.partial(body, end - 1), carry,
-                              (jnp.arange(start, end), x[start:end]))
+      # Grow the bank to this stretch's end once, not a slice of a full-length bank
+      # per step (XLA copies such a slice at every step).
+      s, c, newest, hist, keys, buffers = carry
+      grow = ((0, 0), (0, end - hist.shape[1]), (0, 0))
+      carry = (s, c, newest, jnp.pad(hist, grow), jnp.pad(keys, grow), buffers)
+      carry, _ = jax.lax.scan(body, carry, (jnp.arange(start, end), x[start:end]))
     s, c, _, hist, keys, buffers = carry
     time = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     final = core.State(jnp.asarray(length, jnp.int32), s, c, full_memory.FullMemory(
@@ -261,12 +266,13 @@ class _FullReverse:
     self.hist = jnp.swapaxes(h, 0, 1)  # [b, t, h]
     self.keys = self.hist @ ua  # every key once, as the forward pass cached them
     self.initial = (jnp.zeros_like(self.hist), jnp.zeros_like(self.hist))
-    self.size = self.hist.shape[1]
+    self.size, self.bank = self.hist.shape[1], (self.keys, self.hist)
 
   def prefix(self, size: int) -> "_FullReverse":
-    """The same bookkeeping over the first ``size`` slots only."""
+    """The same bookkeeping over the first ``size`` slots only (sliced here, once:
+    XLA copies a slice taken inside the loop at every step)."""
     view = copy.copy(self)
-    view.size = size
+    view.size, view.bank = size, (self.keys[:, :size], self.hist[:, :size])
     return view
 
   def block_inputs(self, t, admitted):
@@ -280,7 +286,7 @@ class _FullReverse:
     del admitted, rows
     n = self.size
     valid = jnp.broadcast_to(jnp.arange(n)[None, :] < t, (self.hist.shape[0], n))
-    return ((self.keys[:, :n], self.hist[:, :n]),), (valid,), carry
+    return (self.bank,), (valid,), carry
 
   def add(self, carry, d_kv):
     d_hist, d_keys = carry
