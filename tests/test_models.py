@@ -300,3 +300,23 @@ def test_nnx_bridge_route(float64):
   want = jax.grad(lambda p: jnp.sum(rs.forward(p, cfg, x)[0]["h"] ** 2))(params)
   for key, value in want.items():
     np.testing.assert_allclose(grads[key][...], value, rtol=1e-9, atol=1e-12)
+
+
+def test_lstm_halves_change_nothing_but_where_the_slice_is_taken(float64):
+  """``lstm_halves`` slices W once for a loop; the step and its gradient with
+  respect to W are the same, in float64 to the last bit."""
+  h, i, b = 4, 3, 2
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  params = float64({"W": jax.random.normal(keys[0], (h + i, 4 * h)),
+                    "b": jnp.zeros((4 * h,))})
+  xp, s, c = (float64(jax.random.normal(k, (b, n))) for k, n in zip(keys[1:], (4 * h, h, h)))
+
+  def loss(p, halves):
+    q = rs.lstm_halves(p, h) if halves else p
+    out, cell = rs.lstm_step(q, xp, s, c)
+    return jnp.sum(out * jnp.arange(h)[None, :]) + jnp.sum(cell ** 2)
+
+  plain, halved = (jax.value_and_grad(loss)(params, flag) for flag in (False, True))
+  assert float(plain[0]) == float(halved[0])
+  np.testing.assert_array_equal(plain[1]["W"], halved[1]["W"])
+  assert np.abs(np.asarray(plain[1]["W"][:h])).sum() > 0  # the state half does get gradient
