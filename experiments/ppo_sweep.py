@@ -31,9 +31,9 @@ import numpy as np
 
 from relscreen_experiments import rundir
 from relscreen_experiments import flags_lib
-from relscreen_experiments import memax_peers
+from relscreen_experiments import ppo_lib
+from relscreen_experiments.ppo_lib import parse_model
 from relscreen_experiments.configs import ppo as ppo_config
-from relscreen.config import Eviction, Relevance
 
 _MODELS = flags.DEFINE_list("models", ["LSTM", "RelLSTM"], "agent cores to compare; "
                             "MODEL:RELEVANCE/EVICTION sets a Rel core's rules, e.g. "
@@ -67,22 +67,6 @@ def longest_solved(lengths, success, threshold) -> int | None:
       break
     best = length
   return best
-
-
-def parse_model(spec: str) -> tuple[str, dict]:
-  """``RelLSTM`` or ``RelLSTM:decay/fifo`` (relevance/eviction rules) -> (name, rules);
-  a memax model (``memax:S6``) -> (name, {})."""
-  if memax_peers.is_memax(spec):
-    return spec, {}
-  name, _, rules = spec.partition(":")
-  if not rules:
-    return name, {}
-  relevance, _, eviction = rules.partition("/")
-  if (relevance not in {r.value for r in Relevance}
-      or eviction not in {"", *(e.value for e in Eviction)}):
-    raise ValueError(f"--models: {spec!r} is not MODEL or MODEL:RELEVANCE/EVICTION "
-                     "(e.g. RelLSTM:decay/top)")
-  return name, {"relevance": relevance, "eviction": eviction or "top"}
 
 
 def run_name(spec: str, length: int, seed: int) -> str:
@@ -123,15 +107,6 @@ def table(summary: dict, lengths) -> str:
   return caption + "\n\n" + "\n".join(rows) + "\n"
 
 
-def _curve(path: pathlib.Path):
-  """(frames, success) of one run's metrics.jsonl, without the updates in which
-  no episode ended (they log 0)."""
-  from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
-  records = train_ppo.with_episodes(rundir.read_records(path))
-  return (np.array([r["frames"] for r in records], float),
-          np.array([r["success"] for r in records], float))
-
-
 def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
   import matplotlib
   matplotlib.use("Agg")
@@ -168,7 +143,7 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
     for n in lengths:
       # Seeds log at the same frames; each is smoothed, then the median and the
       # range are taken over seeds on a common frame grid.
-      curves = [_curve(workdir / run_name(model, n, s) / "metrics.jsonl") for s in seeds]
+      curves = [ppo_lib.curve(workdir / run_name(model, n, s) / "metrics.jsonl") for s in seeds]
       curves = [(x, y) for x, y in curves if len(x)]
       if not curves:
         continue

@@ -316,3 +316,37 @@ def test_evaluation_reports_success_on_each_side_of_the_split():
   assert sum(p["episodes"] for p in parts.values()) == 24
   assert record["success"] == pytest.approx(sum(
       p["episodes"] * (p["success"] or 0.0) for p in parts.values()) / 24)
+
+
+def test_seeds_comparison_reads_finished_runs_and_summarizes_the_split(tmp_path):
+  """``relscreen-ppo-seeds``' logic on hand-made finished runs: nothing retrains,
+  medians over seeds (the split's too) and the table are the hand-computed ones;
+  a bad --env is named before the work directory is written."""
+  from relscreen_experiments import ppo_lib  # pylint: disable=g-import-not-at-top
+  split = ("cue in view at the start", "cue out of view at the start")
+  finals = {"LSTM": {1: (0.6, 1.0, 0.5), 2: (1.0, 1.0, 1.0), 3: (0.55, 0.75, 0.5)},
+            "RelLSTM:decay/top": {1: (0.5, 0.5, 0.5), 2: (0.6, 1.0, 0.5), 3: (0.6, 1.0, 0.5)}}
+  for model, by_seed in finals.items():
+    for seed, (total, seen, unseen) in by_seed.items():
+      run = tmp_path / ppo_lib.seed_run_name(model, seed)
+      run.mkdir()
+      (run / "eval.json").write_text(json.dumps({
+          "frames": 5000, "episodes": 8, "success": total, "length": 10.0 + seed,
+          "by_start": {split[0]: {"episodes": 2, "success": seen},
+                       split[1]: {"episodes": 6, "success": unseen}}}))
+      rows = [{"step": i, "frames": 500 * i, "episodes": 3, "success": total * i / 10}
+              for i in range(1, 11)]
+      (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert ppo_lib.seed_run_name("RelLSTM:decay/top", 3) == "RelLSTM_decay-top_s3"
+  summary = ppo_lib.run_seeds(tmp_path, "MiniGrid-MemoryS8", list(finals), [1, 2, 3],
+                              frames=5000, eval_episodes=8)
+  assert summary["median"]["LSTM"] == {"success": 0.6, "length": 12.0,
+                                       "by_start": {split[0]: 1.0, split[1]: 0.5}}
+  assert summary["median"]["RelLSTM:decay/top"]["by_start"] == {split[0]: 1.0, split[1]: 0.5}
+  table = (tmp_path / "table.md").read_text().splitlines()
+  assert table[4] == ("| LSTM | 60.0% (s1) / 100.0% (s2) / 55.0% (s3) | 60.0% | 100.0% | "
+                      "50.0% | 12.0 |")
+  assert (tmp_path / "curves.png").stat().st_size > 0
+  with pytest.raises(ValueError, match="MiniGrid-Nope"):
+    ppo_lib.run_seeds(tmp_path / "new", "MiniGrid-Nope", ["LSTM"], [1], 5000, 8)
+  assert not (tmp_path / "new").exists()

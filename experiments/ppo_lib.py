@@ -1,0 +1,143 @@
+"""What the PPO sweeps share (no flags here): core specs, learning curves, and
+the seeds-per-core comparison behind ``relscreen-ppo-seeds``."""
+
+import json
+import pathlib
+
+from absl import logging
+import numpy as np
+
+from relscreen_experiments import memax_peers
+from relscreen_experiments import rl_envs
+from relscreen_experiments import rundir
+from relscreen_experiments.configs import ppo as ppo_config
+from relscreen.config import Eviction, Relevance
+
+
+def parse_model(spec: str) -> tuple[str, dict]:
+  """``RelLSTM`` or ``RelLSTM:decay/fifo`` (relevance/eviction rules) -> (name, rules);
+  a memax model (``memax:S6``) -> (name, {})."""
+  if memax_peers.is_memax(spec):
+    return spec, {}
+  name, _, rules = spec.partition(":")
+  if not rules:
+    return name, {}
+  relevance, _, eviction = rules.partition("/")
+  if (relevance not in {r.value for r in Relevance}
+      or eviction not in {"", *(e.value for e in Eviction)}):
+    raise ValueError(f"--models: {spec!r} is not MODEL or MODEL:RELEVANCE/EVICTION "
+                     "(e.g. RelLSTM:decay/top)")
+  return name, {"relevance": relevance, "eviction": eviction or "top"}
+
+
+def curve(path: pathlib.Path):
+  """(frames, success) of one run's metrics.jsonl, without the updates in which
+  no episode ended (they log 0)."""
+  from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
+  records = train_ppo.with_episodes(rundir.read_records(path))
+  return (np.array([r["frames"] for r in records], float),
+          np.array([r["success"] for r in records], float))
+
+
+def seed_run_name(spec: str, seed: int) -> str:
+  """The sub-directory of one run: ``RelLSTM_decay-top_s2``."""
+  return f"{spec.replace(':', '_').replace('/', '-')}_s{seed}"
+
+
+def summarize_seeds(evals: dict, env: str, frames: int) -> dict:
+  """``evals[model][seed]`` (eval.json records) -> the summary.json record."""
+  per_seed = {m: {s: {"success": e["success"], "length": e["length"],
+                      "by_start": {k: v["success"] for k, v in e.get("by_start", {}).items()}}
+                  for s, e in by_seed.items()} for m, by_seed in evals.items()}
+
+  def median(values):
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+  medians = {}
+  for m, by_seed in per_seed.items():
+    runs = list(by_seed.values())
+    parts = list(dict.fromkeys(k for r in runs for k in r["by_start"]))
+    medians[m] = {"success": median([r["success"] for r in runs]),
+                  "length": median([r["length"] for r in runs]),
+                  "by_start": {k: median([r["by_start"].get(k) for r in runs]) for k in parts}}
+  return {"env": env, "frames": frames, "per_seed": per_seed, "median": medians}
+
+
+def seeds_table(summary: dict) -> str:
+  """summary.json as Markdown: one row a core."""
+  def pct(v):
+    return "-" if v is None else f"{100 * v:.1f}%"
+  parts = list(dict.fromkeys(k for m in summary["median"].values() for k in m["by_start"]))
+  head = ["core", "success per seed", "median"] + [f"{k} (median)" for k in parts] + [
+      "episode length (median)"]
+  rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for m, by_seed in summary["per_seed"].items():
+    med = summary["median"][m]
+    seeds = " / ".join(f"{pct(r['success'])} (s{s})" for s, r in by_seed.items())
+    rows.append("| " + " | ".join([m, seeds, pct(med["success"])]
+                                  + [pct(med["by_start"].get(k)) for k in parts]
+                                  + [f"{med['length']:.1f}"]) + " |")
+  caption = (f"{summary['env']}: success on fresh episodes after {summary['frames']:,} "
+             "frames per run")
+  return caption + "\n\n" + "\n".join(rows) + "\n"
+
+
+def plot_seeds(workdir: pathlib.Path, env: str, models, seeds):
+  """Training success against frames, one line a core (median over seeds), shaded min-max."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6.5, 3.8))
+  for model in models:
+    curves = [curve(workdir / seed_run_name(model, s) / "metrics.jsonl")
+              for s in seeds]
+    curves = [c for c in curves if c is not None and len(c[0])]
+    if not curves:
+      continue
+    grid = np.linspace(0, min(c[0][-1] for c in curves), 200)[1:]
+    w = max(1, min(len(c[0]) for c in curves) // 20)
+    ys = np.array([np.interp(grid, f[w - 1:], np.convolve(y, np.ones(w) / w, "valid"))
+                   for f, y in curves])
+    line, = ax.plot(grid, np.median(ys, 0), label=f"{model} ({len(curves)} seeds)")
+    if len(curves) > 1:
+      ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15, lw=0)
+  ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance (a memory task's guess)")
+  ax.set(xlabel="frames", ylabel="training success (smoothed)", ylim=(-0.02, 1.02),
+         title=env)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(workdir / "curves.png", dpi=100)
+  plt.close(fig)
+
+
+def run_seeds(workdir, env: str, models, seeds, frames: int, eval_episodes: int) -> dict:
+  """Trains (or resumes, or skips when finished) every core in ``models`` for every
+  seed on ``env``; writes summary.json, table.md and curves.png; returns the summary."""
+  from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
+  if frames < 1 or eval_episodes < 1:
+    raise ValueError(f"--frames and --eval_episodes must be >= 1, got {frames}, "
+                     f"{eval_episodes}")
+  rl_envs.make_env(env)  # a bad --env is named before anything is written
+  specs = {m: parse_model(m) for m in models}
+  workdir = rundir.prepare(workdir)
+  evals = {}
+  for model, (name, rules) in specs.items():
+    evals[model] = {}
+    for seed in seeds:
+      config = ppo_config.get_config()
+      config.update(env=env, model=name, frames=frames, seed=seed, log_every=20,
+                    checkpoint_every=50, eval_episodes=eval_episodes, **rules)
+      run_dir = workdir / seed_run_name(model, seed)
+      done = run_dir / "eval.json"
+      record = json.loads(done.read_text()) if done.exists() else None
+      if record is None or record["frames"] < frames or record["episodes"] != eval_episodes:
+        record = train_ppo.train_and_evaluate(config, run_dir)
+      evals[model][str(seed)] = record
+      logging.info("%s, seed %d: success %.3f", model, seed, record["success"])
+  summary = summarize_seeds(evals, env, frames)
+  rundir.write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  rundir.write_atomic(workdir / "table.md", seeds_table(summary))
+  plot_seeds(workdir, env, list(specs), seeds)
+  logging.info("wrote %s", workdir / "table.md")
+  return summary
