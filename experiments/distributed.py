@@ -64,7 +64,7 @@ def train(mesh=None):
   step = train_lib.make_train_step(model, task, optimizer, _BATCH.value, mesh)
   losses = []
   for i in range(1, _STEPS.value + 1):
-    state, loss, (acc, _) = step(state, jax.random.fold_in(key, i), 1.0)
+    state, loss, (acc, _), _ = step(state, jax.random.fold_in(key, i), 1.0)
     losses.append(float(loss))
     if i == 1:
       start = time.perf_counter()  # after compilation

@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -143,11 +144,17 @@ def make_loss_fn(model, task) -> Callable:
 
 
 def make_train_step(model, task, optimizer, batch_size: int, mesh=None):
-  """The jitted update ``(state, key, lr_scale) -> (state, loss, aux)``; the
-  optimiser's step is multiplied by ``lr_scale`` (a float32 scalar: see
+  """The jitted update ``(state, key, lr_scale) -> (state, loss, aux, applied)``;
+  the optimiser's step is multiplied by ``lr_scale`` (a float32 scalar: see
   ``lr_scale``). With a ``mesh``, each batch is split over its devices
   (data parallelism; the state must be replicated on the mesh): every device
-  computes the gradients of its part, then they are averaged."""
+  computes the gradients of its part, then they are averaged.
+
+  An update whose gradient is not finite is skipped (``applied`` false: the
+  parameters and the optimiser's state stay as they were). Exploding gradients
+  at long delays can overflow float32 (seen on copy T = 1000: cotangents grew
+  by about 1.3x a step to 1e37 and past float32's 3e38); clipping cannot rescue
+  an infinite element, and inf * 0 would make every parameter NaN."""
   loss_fn = make_loss_fn(model, task)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if mesh is not None:
@@ -161,7 +168,11 @@ def make_train_step(model, task, optimizer, batch_size: int, mesh=None):
     (loss, aux), grads = grad_fn(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     updates = jax.tree_util.tree_map(lambda u: u * lr_scale.astype(u.dtype), updates)
-    return TrainState(optax.apply_updates(state.params, updates), opt_state), loss, aux
+    new = TrainState(optax.apply_updates(state.params, updates), opt_state)
+    applied = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g))
+                                 for g in jax.tree_util.tree_leaves(grads)]))
+    new = jax.tree_util.tree_map(lambda n, o: jnp.where(applied, n, o), new, state)
+    return new, loss, aux, applied
 
   return train_step
 
@@ -446,21 +457,27 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
   block_start = t0 = time.perf_counter()
   block_new = 0  # updates of this block run in this process (for the rate)
   for step in range(start + 1, config.steps + 1):
-    state, loss, (acc, baseline) = train_step(state, jax.random.fold_in(data_key, step),
-                                              np.float32(lr_scale(config, step, decay_from)))
+    state, loss, (acc, baseline), applied = train_step(
+        state, jax.random.fold_in(data_key, step), np.float32(lr_scale(config, step, decay_from)))
     loss = float(loss)
     if not math.isfinite(loss):
       stop_non_finite(manager, workdir, f"loss became {loss} at update {step}, from the "
                       f"parameters after update {step - 1}", step - 1)
+    if not bool(applied):
+      logging.warning("update %d skipped: its gradient is not finite (float32 overflow); "
+                      "the parameters stay as after update %d", step, step - 1)
     block["loss"].append(loss)
     block["rel"].append(loss / float(baseline))
     block["acc"].append(float(acc))
+    block.setdefault("skipped", []).append(int(not bool(applied)))
     block_new += 1
     if step % config.log_every == 0 or step == config.steps:
       m = Metrics(step, float(np.mean(block["loss"])), float(np.mean(block["rel"])),
                   float(np.mean(block["acc"])))
       rate = block_new / (time.perf_counter() - block_start)
       record = {"split": "train", **dataclasses.asdict(m), "steps_per_s": rate}
+      if sum(block.get("skipped", [])):
+        record["skipped"] = sum(block["skipped"])  # updates skipped for a non-finite gradient
       log.write(record)
       logging.info("update %d/%d | %s | %.1f updates/s | ETA %s", step, config.steps,
                    m.line(), rate, _fmt_time((config.steps - step) / rate))

@@ -60,8 +60,8 @@ def main():
   # memoryless baseline float32 beside the float64 rest, hence at most two.)
   assert set(collectives) == {"all-reduce"} and len(collectives) <= 2, collectives
   for i in range(3):
-    s1, l1, _ = one(s1, jax.random.PRNGKey(i), np.float32(1.0))
-    s8, l8, _ = eight(s8, jax.random.PRNGKey(i), np.float32(1.0))
+    s1, l1, _, _ = one(s1, jax.random.PRNGKey(i), np.float32(1.0))
+    s8, l8, _, _ = eight(s8, jax.random.PRNGKey(i), np.float32(1.0))
     np.testing.assert_allclose(l8, l1, rtol=1e-10)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9,
                                                                  atol=1e-12),

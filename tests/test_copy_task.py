@@ -336,3 +336,25 @@ def test_learning_rate_half_life_scales_each_update(tmp_path):
   assert records(tmp_path / "b") == [
       {**r, "steps_per_s": records(tmp_path / "b")[i]["steps_per_s"]}
       for i, r in enumerate(records(tmp_path / "a"))]
+
+
+def test_an_update_with_a_non_finite_gradient_is_skipped(monkeypatch):
+  """``|w|`` written as sqrt(w . w) has a finite value and a NaN gradient at
+  w = 0 (0 / 0): that update leaves parameters and optimiser state exactly as
+  they were; at w = 1 the same step applies RMSprop's update."""
+  def make_loss_fn(model, task):
+    del model, task
+    return lambda params, batch: (jnp.sqrt(jnp.sum(params["w"] ** 2)),
+                                  (jnp.float32(0.5), jnp.float32(1.0)))
+
+  monkeypatch.setattr(train, "make_loss_fn", make_loss_fn)
+  opt = rs.make_optimizer("rmsprop", 1e-3)
+  step = train.make_train_step(None, rs.CopyTask(3), opt, 2)
+  for w, applied in ((0.0, False), (1.0, True)):
+    params = {"w": jnp.full((3,), w, jnp.float32)}
+    state = train.TrainState(params, opt.init(params))
+    new, loss, _, ok = step(state, jax.random.PRNGKey(0), np.float32(1.0))
+    assert bool(ok) is applied and float(loss) == pytest.approx(3 ** 0.5 * w)
+    same = jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.array_equal(a, b)), new, state))
+    assert same is not applied
