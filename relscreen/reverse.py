@@ -42,7 +42,8 @@ FULL_SEGMENTS = 4  # stretches of a full memory's passes, each with its own bank
 
 def full_stretches(length: int, segments: int = FULL_SEGMENTS) -> list[tuple[int, int]]:
   """Steps 1 .. length - 1 of a full memory's forward pass cut into ``segments``
-  stretches ``[start, end)``; a stretch attends to its first ``end - 1`` slots, so
+  stretches ``[start, end)``; the forward pass gives a stretch a bank of ``end``
+  slots (its last step writes slot ``end - 1``, which no step of it reads), so
   early steps do not pay for slots they cannot see yet (as the reverse pass's
   stretches, ``_FullReverse.segments``)."""
   ends = sorted({1 + round((length - 1) * (k + 1) / segments) for k in range(segments)})
