@@ -359,6 +359,11 @@ def params_finite(params) -> bool:
   return not jax.tree_util.tree_leaves(params) or bool(_all_finite(params))
 
 
+# Updates with a non-finite gradient are skipped (``make_train_step``); this many in
+# a row is not an overflow now and then but a run that cannot go on: it stops.
+MAX_SKIPPED_IN_ROW = 50
+
+
 def stop_non_finite(manager, workdir: pathlib.Path, what: str, bad_from: int,
                     unit: str = "update", hint: str = "try a lower --lr or --clip"):
   """Raises ``NonFiniteLossError`` once pending saves are written and the
@@ -456,6 +461,7 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
       block = saved
   block_start = t0 = time.perf_counter()
   block_new = 0  # updates of this block run in this process (for the rate)
+  skipped_in_row = 0
   for step in range(start + 1, config.steps + 1):
     state, loss, (acc, baseline), applied = train_step(
         state, jax.random.fold_in(data_key, step), np.float32(lr_scale(config, step, decay_from)))
@@ -463,9 +469,14 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
     if not math.isfinite(loss):
       stop_non_finite(manager, workdir, f"loss became {loss} at update {step}, from the "
                       f"parameters after update {step - 1}", step - 1)
-    if not bool(applied):
+    skipped_in_row = 0 if bool(applied) else skipped_in_row + 1
+    if skipped_in_row:
       logging.warning("update %d skipped: its gradient is not finite (float32 overflow); "
                       "the parameters stay as after update %d", step, step - 1)
+    if skipped_in_row >= MAX_SKIPPED_IN_ROW:
+      stop_non_finite(manager, workdir, f"the gradient was not finite for {skipped_in_row} "
+                      f"updates in a row (updates {step - skipped_in_row + 1}-{step})",
+                      step + 1)
     block["loss"].append(loss)
     block["rel"].append(loss / float(baseline))
     block["acc"].append(float(acc))

@@ -358,3 +358,35 @@ def test_an_update_with_a_non_finite_gradient_is_skipped(monkeypatch):
     same = jax.tree_util.tree_all(jax.tree_util.tree_map(
         lambda a, b: bool(jnp.array_equal(a, b)), new, state))
     assert same is not applied
+
+
+def test_a_run_whose_gradient_stays_non_finite_stops_and_keeps_its_checkpoints(
+    tmp_path, monkeypatch):
+  """Skipping is for an overflow now and then: MAX_SKIPPED_IN_ROW skipped
+  updates in a row end the run with an error naming them; the checkpoints saved
+  before (finite parameters) stay where they are."""
+  real = train.make_loss_fn
+
+  def make_loss_fn(model, task):
+    loss_fn = real(model, task)
+
+    def nan_gradient(params, batch):
+      loss, aux = loss_fn(params, batch)
+      # + sqrt(|x|^2) at x = 0 adds 0 to the loss and NaN to the gradient
+      zero = jnp.sqrt(jnp.sum(0.0 * params["head"]["bias"] ** 2))
+      return loss + zero, aux
+
+    return nan_gradient
+
+  monkeypatch.setattr(train, "make_loss_fn", make_loss_fn)
+  monkeypatch.setattr(train, "MAX_SKIPPED_IN_ROW", 4)
+  config = copy_config.get_config()
+  config.update(model="RNN", T=3, hidden=8, batch=2, steps=10, log_every=2,
+                checkpoint_every=2, eval_batches=1, eval_batch_size=2)
+  with pytest.raises(train.NonFiniteLossError, match=r"not finite for 4 updates in a row "
+                     r"\(updates 1-4\); stopped: the last good checkpoint \(update 2\)"):
+    train.train_and_evaluate(config, tmp_path, rs.CopyTask(3))
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["2"]  # it stops before update 4 is saved
+  records = train.MetricsLog(tmp_path / "metrics.jsonl", 100).read()
+  assert [(r["step"], r["skipped"]) for r in records] == [(2, 2)]
