@@ -16,7 +16,7 @@ Expected result (measured here, docs/RESULTS.md): with 1M frames, RelLSTM
 keeps >= 95% success on MemoryChain up to memory length 128, the LSTM up to 16
 (94% at 32, chance from 64); both solve DoorKey-5x5 (100% of 256 fresh
 episodes) after about 60k frames; MemoryS8 stays at chance for both in 1M frames
-and needs about 6M (LSTM: 3 seeds of 4 at 99.8-100%, RelLSTM 1 of 4; the others
+and needs about 6M (GRU: 4 seeds of 4, LSTM 3 of 4 at 99.8-100%, RelLSTM 1 of 4; the others
 at 60%: the evaluation's ``by_start`` shows they remember the object whenever it
 is in the first view but never learned to turn back and look).
 
