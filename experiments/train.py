@@ -169,8 +169,7 @@ def make_train_step(model, task, optimizer, batch_size: int, mesh=None):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     updates = jax.tree_util.tree_map(lambda u: u * lr_scale.astype(u.dtype), updates)
     new = TrainState(optax.apply_updates(state.params, updates), opt_state)
-    applied = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g))
-                                 for g in jax.tree_util.tree_leaves(grads)]))
+    applied = _all_finite(grads)
     new = jax.tree_util.tree_map(lambda n, o: jnp.where(applied, n, o), new, state)
     return new, loss, aux, applied
 
