@@ -267,13 +267,13 @@ class _FullReverse:
     self.hist = jnp.swapaxes(h, 0, 1)  # [b, t, h]
     self.keys = self.hist @ ua  # every key once, as the forward pass cached them
     self.initial = (jnp.zeros_like(self.hist), jnp.zeros_like(self.hist))
-    self.size, self.bank = self.hist.shape[1], (self.keys, self.hist)
+    self.bank = (self.keys, self.hist)  # the slots attended to; ``prefix`` narrows it
 
   def prefix(self, size: int) -> "_FullReverse":
     """The same bookkeeping over the first ``size`` slots only (sliced here, once:
     XLA copies a slice taken inside the loop at every step)."""
     view = copy.copy(self)
-    view.size, view.bank = size, (self.keys[:, :size], self.hist[:, :size])
+    view.bank = (self.keys[:, :size], self.hist[:, :size])
     return view
 
   def block_inputs(self, t, admitted):
@@ -285,14 +285,14 @@ class _FullReverse:
 
   def attended(self, carry, t, admitted, rows):
     del admitted, rows
-    n = self.size
-    valid = jnp.broadcast_to(jnp.arange(n)[None, :] < t, (self.hist.shape[0], n))
+    batch, n = self.bank[1].shape[:2]
+    valid = jnp.broadcast_to(jnp.arange(n)[None, :] < t, (batch, n))
     return (self.bank,), (valid,), carry
 
   def add(self, carry, d_kv):
     d_hist, d_keys = carry
     ((dk, dv),) = d_kv
-    n = self.size
+    n = dv.shape[1]  # the bank's slots: the first n of dH's
     return d_hist.at[:, :n].add(dv), d_keys.at[:, :n].add(dk)
 
 
