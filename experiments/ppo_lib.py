@@ -83,6 +83,23 @@ def seeds_table(summary: dict) -> str:
   return caption + "\n\n" + "\n".join(rows) + "\n"
 
 
+def seed_band(ax, curves, **line):
+  """Draws runs' training curves ``[(frames, success)]`` (seeds of one setting,
+  logged at the same frames) on ``ax``: each smoothed over a twentieth of the
+  run, then their median as a line and, with several, their range shaded."""
+  curves = [(x, y) for x, y in curves if len(x)]
+  if not curves:
+    return
+  grid = curves[0][0]
+  w = max(1, len(grid) // 20)
+  ys = np.array([np.convolve(np.interp(grid, x, y), np.ones(w) / w, mode="valid")
+                 for x, y in curves])
+  drawn, = ax.plot(grid[w - 1:], np.median(ys, 0), **line)
+  if len(ys) > 1:
+    ax.fill_between(grid[w - 1:], ys.min(0), ys.max(0), color=drawn.get_color(), alpha=0.15,
+                    lw=0)
+
+
 def plot_seeds(workdir: pathlib.Path, env: str, models, seeds):
   """Training success against frames, one line a core (median over seeds), shaded min-max."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -90,18 +107,8 @@ def plot_seeds(workdir: pathlib.Path, env: str, models, seeds):
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(6.5, 3.8))
   for model in models:
-    curves = [curve(workdir / seed_run_name(model, s) / "metrics.jsonl")
-              for s in seeds]
-    curves = [c for c in curves if c is not None and len(c[0])]
-    if not curves:
-      continue
-    grid = np.linspace(0, min(c[0][-1] for c in curves), 200)[1:]
-    w = max(1, min(len(c[0]) for c in curves) // 20)
-    ys = np.array([np.interp(grid, f[w - 1:], np.convolve(y, np.ones(w) / w, "valid"))
-                   for f, y in curves])
-    line, = ax.plot(grid, np.median(ys, 0), label=f"{model} ({len(curves)} seeds)")
-    if len(curves) > 1:
-      ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15, lw=0)
+    seed_band(ax, [curve(workdir / seed_run_name(model, s) / "metrics.jsonl") for s in seeds],
+              label=f"{model} ({len(seeds)} seeds)")
   ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance (a memory task's guess)")
   ax.set(xlabel="frames", ylabel="training success (smoothed)", ylim=(-0.02, 1.02),
          title=env)

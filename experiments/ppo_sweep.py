@@ -141,21 +141,10 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
     ax.set_visible(False)
   for ax, model in zip(axes.flat, summary["success"]):
     for n in lengths:
-      # Seeds log at the same frames; each is smoothed, then the median and the
-      # range are taken over seeds on a common frame grid.
       curves = [ppo_lib.curve(workdir / run_name(model, n, s) / "metrics.jsonl") for s in seeds]
       curves = [(x, y) for x, y in curves if len(x)]
-      if not curves:
-        continue
-      grid = curves[0][0]
-      w = max(1, len(grid) // 20)
-      ys = np.array([np.convolve(np.interp(grid, x, y), np.ones(w) / w, mode="valid")
-                     for x, y in curves])
-      line, = ax.plot(grid[w - 1:], np.median(ys, 0), label=f"L={n}",
-                      marker="o" if len(grid) < 25 else None, ms=3)
-      if len(ys) > 1:
-        ax.fill_between(grid[w - 1:], ys.min(0), ys.max(0), color=line.get_color(),
-                        alpha=0.15, lw=0)
+      few = bool(curves) and len(curves[0][0]) < 25
+      ppo_lib.seed_band(ax, curves, label=f"L={n}", marker="o" if few else None, ms=3)
     ax.axhline(0.5, color="gray", ls=":", lw=1, label="chance")
     ax.set(xlabel="frames", ylabel="training success (smoothed)", title=model,
            ylim=(-0.02, 1.02))
