@@ -39,15 +39,44 @@ def curve(path: pathlib.Path):
           np.array([r["success"] for r in records], float))
 
 
+# A run has learned when the mean training success of this many logged updates
+# reaches this level (``solved_at``): the step from chance to the task is sudden
+# on the memory tasks, and a window keeps one lucky update from counting.
+SOLVED_LEVEL = 0.9
+SOLVED_WINDOW = 5
+
+
+def solved_at(frames, success, level: float = SOLVED_LEVEL,
+              window: int = SOLVED_WINDOW) -> float | None:
+  """The frame count of the first logged update at which the mean training
+  success of the last ``window`` logged updates reaches ``level``; None if it never does."""
+  success = np.asarray(success, float)
+  if len(success) < window:
+    return None
+  hit = np.flatnonzero(np.convolve(success, np.ones(window) / window, mode="valid") >= level)
+  return float(frames[hit[0] + window - 1]) if hit.size else None
+
+
+def training_figures(run_dir: pathlib.Path) -> dict:
+  """From a run's metrics.jsonl: the frames at which it learned (``solved_at``) and
+  its median frames per second over the logged updates (None where not logged)."""
+  frames, success = curve(run_dir / "metrics.jsonl")
+  fps = [r["fps"] for r in rundir.read_records(run_dir / "metrics.jsonl") if "fps" in r]
+  return {"solved_frames": solved_at(frames, success),
+          "fps": float(np.median(fps)) if fps else None}
+
+
 def seed_run_name(spec: str, seed: int) -> str:
   """The sub-directory of one run: ``RelLSTM_decay-top_s2``."""
   return f"{spec.replace(':', '_').replace('/', '-')}_s{seed}"
 
 
 def summarize_seeds(evals: dict, env: str, frames: int) -> dict:
-  """``evals[model][seed]`` (eval.json records) -> the summary.json record."""
+  """``evals[model][seed]`` (eval.json records, with ``training_figures``' fields
+  where known) -> the summary.json record."""
   per_seed = {m: {s: {"success": e["success"], "length": e["length"],
-                      "by_start": {k: v["success"] for k, v in e.get("by_start", {}).items()}}
+                      "by_start": {k: v["success"] for k, v in e.get("by_start", {}).items()},
+                      "solved_frames": e.get("solved_frames"), "fps": e.get("fps")}
                   for s, e in by_seed.items()} for m, by_seed in evals.items()}
 
   def median(values):
@@ -60,8 +89,13 @@ def summarize_seeds(evals: dict, env: str, frames: int) -> dict:
     parts = list(dict.fromkeys(k for r in runs for k in r["by_start"]))
     medians[m] = {"success": median([r["success"] for r in runs]),
                   "length": median([r["length"] for r in runs]),
-                  "by_start": {k: median([r["by_start"].get(k) for r in runs]) for k in parts}}
-  return {"env": env, "frames": frames, "per_seed": per_seed, "median": medians}
+                  "by_start": {k: median([r["by_start"].get(k) for r in runs]) for k in parts},
+                  # over the seeds that learned, and how many did
+                  "solved_frames": median([r["solved_frames"] for r in runs]),
+                  "solved": sum(r["solved_frames"] is not None for r in runs),
+                  "fps": median([r["fps"] for r in runs])}
+  return {"env": env, "frames": frames, "per_seed": per_seed, "median": medians,
+          "solved_level": SOLVED_LEVEL, "solved_window": SOLVED_WINDOW}
 
 
 def seeds_table(summary: dict) -> str:
@@ -69,17 +103,27 @@ def seeds_table(summary: dict) -> str:
   def pct(v):
     return "-" if v is None else f"{100 * v:.1f}%"
   parts = list(dict.fromkeys(k for m in summary["median"].values() for k in m["by_start"]))
-  head = ["core", "success per seed", "median"] + [f"{k} (median)" for k in parts] + [
-      "episode length (median)"]
+  def learned(med, runs):
+    if not med["solved"]:
+      return f"0 of {runs}"
+    n = med["solved_frames"]
+    return f"{med['solved']} of {runs}, at " + (f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,.0f}")
+  level = round(100 * summary.get("solved_level", SOLVED_LEVEL))
+  head = (["core", "success per seed", "median"] + [f"{k} (median)" for k in parts]
+          + ["episode length (median)",
+             f"learned (training >= {level}%: seeds, median frames)", "frames/s (median)"])
   rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
   for m, by_seed in summary["per_seed"].items():
     med = summary["median"][m]
     seeds = " / ".join(f"{pct(r['success'])} (s{s})" for s, r in by_seed.items())
     rows.append("| " + " | ".join([m, seeds, pct(med["success"])]
                                   + [pct(med["by_start"].get(k)) for k in parts]
-                                  + [f"{med['length']:.1f}"]) + " |")
+                                  + [f"{med['length']:.1f}", learned(med, len(by_seed)),
+                                     "-" if med.get("fps") is None else f"{med['fps']:,.0f}"])
+                + " |")
   caption = (f"{summary['env']}: success on fresh episodes after {summary['frames']:,} "
-             "frames per run")
+             f"frames per run; a run has learned when the mean training success of "
+             f"{summary.get('solved_window', SOLVED_WINDOW)} logged updates reaches {level}%")
   return caption + "\n\n" + "\n".join(rows) + "\n"
 
 
@@ -140,7 +184,7 @@ def run_seeds(workdir, env: str, models, seeds, frames: int, eval_episodes: int)
       record = json.loads(done.read_text()) if done.exists() else None
       if record is None or record["frames"] < frames or record["episodes"] != eval_episodes:
         record = train_ppo.train_and_evaluate(config, run_dir)
-      evals[model][str(seed)] = record
+      evals[model][str(seed)] = {**record, **training_figures(run_dir)}
       logging.info("%s, seed %d: success %.3f", model, seed, record["success"])
   summary = summarize_seeds(evals, env, frames)
   rundir.write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")

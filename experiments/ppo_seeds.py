@@ -6,10 +6,13 @@ What it is for: comparing agent cores on an environment with no length axis
 core in ``--models`` and seed in ``--seeds`` it trains ``relscreen-ppo`` with
 the same budget (``--frames``) and the reference's PPO defaults, then scores
 the final policy on ``--eval_episodes`` fresh episodes. Writes to ``--workdir``:
-  summary.json   per core and seed: success, episode length, frames/s and, on
+  summary.json   per core and seed: success, episode length, frames/s, the
+                 frames at which it learned (the mean training success of 5
+                 logged updates first at 90% or more; none if never) and, on
                  MiniGrid-Memory, success on each side of the evaluation's
                  split (the cue in the first view or not; ALGORITHM §6)
-  table.md       one row a core: success per seed, median, the split's medians
+  table.md       one row a core: success per seed, median, the split's
+                 medians, how many seeds learned and when, frames/s
   curves.png     training success against frames: per core the median over
                  seeds, shaded from the worst seed to the best
 Each run trains in its own sub-directory (``<model>_s<seed>``; single

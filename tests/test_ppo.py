@@ -334,18 +334,30 @@ def test_seeds_comparison_reads_finished_runs_and_summarizes_the_split(tmp_path)
           "frames": 5000, "episodes": 8, "success": total, "length": 10.0 + seed,
           "by_start": {split[0]: {"episodes": 2, "success": seen},
                        split[1]: {"episodes": 6, "success": unseen}}}))
-      rows = [{"step": i, "frames": 500 * i, "episodes": 3, "success": total * i / 10}
-              for i in range(1, 11)]
+      # success climbs to ``total`` by the fifth logged update; frames/s 100 x seed
+      rows = [{"step": i, "frames": 500 * i, "episodes": 3, "success": min(total, total * i / 5),
+               "fps": 100.0 * seed} for i in range(1, 11)]
+      rows.insert(3, {"step": 3.5, "frames": 1750, "episodes": 0, "success": 0.0, "fps": 0.0})
       (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   assert ppo_lib.seed_run_name("RelLSTM:decay/top", 3) == "RelLSTM_decay-top_s3"
   summary = ppo_lib.run_seeds(tmp_path, "MiniGrid-MemoryS8", list(finals), [1, 2, 3],
                               frames=5000, eval_episodes=8)
+  # Seed 2 of the LSTM learns: training success 0.2, 0.4, 0.6, 0.8, 1, 1, ... (the update
+  # without episodes is left out), so the mean of five updates is 0.6, 0.76, 0.88, then
+  # 0.96 >= 0.9 at the eighth update, 4000 frames. The others top out below 0.9.
+  # Frames/s: the median over every logged update, the one without episodes too.
+  assert summary["per_seed"]["LSTM"]["2"]["solved_frames"] == 4000
+  assert summary["per_seed"]["LSTM"]["2"]["fps"] == 200.0
+  assert summary["per_seed"]["LSTM"]["1"]["solved_frames"] is None
   assert summary["median"]["LSTM"] == {"success": 0.6, "length": 12.0,
-                                       "by_start": {split[0]: 1.0, split[1]: 0.5}}
+                                       "by_start": {split[0]: 1.0, split[1]: 0.5},
+                                       "solved_frames": 4000.0, "solved": 1, "fps": 200.0}
   assert summary["median"]["RelLSTM:decay/top"]["by_start"] == {split[0]: 1.0, split[1]: 0.5}
+  assert summary["median"]["RelLSTM:decay/top"]["solved"] == 0
   table = (tmp_path / "table.md").read_text().splitlines()
   assert table[4] == ("| LSTM | 60.0% (s1) / 100.0% (s2) / 55.0% (s3) | 60.0% | 100.0% | "
-                      "50.0% | 12.0 |")
+                      "50.0% | 12.0 | 1 of 3, at 4,000 | 200 |")
+  assert table[5].endswith("| 0 of 3 | 200 |")
   assert (tmp_path / "curves.png").stat().st_size > 0
   with pytest.raises(ValueError, match="MiniGrid-Nope"):
     ppo_lib.run_seeds(tmp_path / "new", "MiniGrid-Nope", ["LSTM"], [1], 5000, 8)
