@@ -15,6 +15,7 @@ curves.png.
 """
 
 import dataclasses
+import functools
 import pathlib
 import time
 from typing import Any, NamedTuple
@@ -31,6 +32,7 @@ from relscreen_experiments import rl_agent
 from relscreen_experiments import rl_envs
 from relscreen_experiments import rundir
 from relscreen_experiments import train as train_lib
+from relscreen import memories
 from relscreen import models
 from relscreen import ppo
 
@@ -158,19 +160,24 @@ def _act(setup: Setup, params, carry: Carry, key) -> tuple[Carry, Step]:
 
 
 def rollout(setup: Setup, params, carry: Carry, key, steps: int | None = None,
-            keep_cores: bool = True):
+            keep_cores: bool = True, watch=None):
   """``steps`` (default ``frames_per_env``) steps of every environment.
 
   Returns ``(carry, cores, steps)``: ``cores`` is the core state at the start of
   every half window (what training windows start from; None unless
-  ``keep_cores``), ``steps`` is time-major.
+  ``keep_cores``), ``steps`` is time-major; with ``watch`` (core state -> [n]),
+  ``steps`` is ``(steps, watched)``: ``watch`` of the core each step acts from.
   """
   half = setup.config.recurrence // 2
   blocks = -(-(steps or setup.config.frames_per_env) // half)
 
   def block(carry, block_key):
     def one(carry, k):
-      return _act(setup, params, carry, k)
+      if watch is None:
+        return _act(setup, params, carry, k)
+      watched = watch(carry.core)
+      carry, step = _act(setup, params, carry, k)
+      return carry, (step, watched)
     start_core = carry.core if keep_cores else None
     carry, out = jax.lax.scan(one, carry, jax.random.split(block_key, half))
     return carry, (start_core, out)
@@ -282,20 +289,42 @@ def first_episodes(steps: Step) -> dict:
           "return": steps.finished_return[first, cols], "length": steps.finished_length[first, cols]}
 
 
+def holds_first_state(core: Any, state) -> jax.Array | None:
+  """[n]: whether the memory of the core state ``state`` still holds the state
+  stored at time 0 (for each environment's first episode of a fresh carry: the
+  state that saw the episode's first observation); None for a core without a
+  time-indexed memory (LSTM, GRU, LRU, memax's)."""
+  if not isinstance(core, models.ModelConfig) or not isinstance(state, models.State):
+    return None
+  memory = memories.of(core)
+  if memory is None:
+    return None
+  return jnp.any(memory.slot_time(state.memory) == 0, axis=1)
+
+
 def make_evaluate(setup: Setup):
   """Scores the policy on ``eval_episodes`` fresh episodes, one per environment,
-  each run to its end (the episode limit bounds the rollout), actions sampled."""
+  each run to its end (the episode limit bounds the rollout), actions sampled.
+  For a core with an attended memory it also tells whether the episode's first
+  state was still in the memory at the last action (MemoryChain's query)."""
   n = setup.config.eval_episodes
 
   split = setup.env.split
+  core = setup.agent.core
+  watch = None
+  if holds_first_state(core, rl_agent.initial_state(core, 1, setup.capacity)) is not None:
+    watch = functools.partial(holds_first_state, core)
 
   @jax.jit
   def evaluate(params, key):
     env_key, roll_key = jax.random.split(key)
     carry = initial_carry(setup, env_key, n)
     _, _, steps = rollout(setup, params, carry, roll_key, setup.env.max_episode_steps,
-                          keep_cores=False)
+                          keep_cores=False, watch=watch)
+    steps, watched = steps if watch is not None else (steps, None)
     out = first_episodes(steps)
+    if watched is not None:  # at each environment's last step of its first episode
+      out["first_kept"] = watched[jnp.argmax(steps.done, axis=0), jnp.arange(n)]
     if split is not None:
       out["split"] = jax.vmap(split.test)(carry.env, carry.obs)
     return out
@@ -311,6 +340,12 @@ def make_evaluate(setup: Setup):
           name: {"episodes": int(part.sum()),
                  "success": float(out["success"][part].mean()) if part.any() else None}
           for name, part in ((split.holds, out["split"]), (split.fails, ~out["split"]))}
+    if "first_kept" in out:
+      kept, won = out["first_kept"], out["success"]
+      record["first_state_kept"] = {
+          name: float(kept[part].mean()) if part.any() else None
+          for name, part in (("all", np.ones_like(won)), ("success", won),
+                             ("failure", ~won))}
     return record
 
   return run
@@ -418,6 +453,10 @@ def _train(config, workdir, setup, state, start, manager, log, frames_per_update
   for name, part in record.get("by_start", {}).items():
     logging.info("  %s: %d episodes, success %s", name, part["episodes"],
                  "-" if part["success"] is None else f"{part['success']:.3f}")
+  if "first_state_kept" in record:
+    kept = record["first_state_kept"]
+    logging.info("  the episode's first state still in memory at its last step: %s",
+                 ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in kept.items()))
   title = f"{config.model}, {setup.env.name}" + (
       f" (length {config.memory_length})" if setup.env.name.startswith("MemoryChain") else "")
   memory_task = setup.env.name.startswith(("MemoryChain", "MiniGrid-Memory"))

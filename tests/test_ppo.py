@@ -362,3 +362,24 @@ def test_seeds_comparison_reads_finished_runs_and_summarizes_the_split(tmp_path)
   with pytest.raises(ValueError, match="MiniGrid-Nope"):
     ppo_lib.run_seeds(tmp_path / "new", "MiniGrid-Nope", ["LSTM"], [1], 5000, 8)
   assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("model, nu, kept", [
+    ("WinLSTM", 2, 0.0),  # the window holds steps 1 and 2 when step 3 acts
+    ("WinLSTM", 3, 1.0),  # ... steps 0, 1 and 2
+    ("RelLSTM", 2, 1.0),  # step 0 left S at step 2's store into R, which had room
+    ("MemLSTM", 2, 1.0),  # every state of the episode
+    ("LSTM", 2, None),  # no attended memory: nothing reported
+])
+def test_evaluation_reports_whether_the_first_state_is_kept_to_the_query(model, nu, kept):
+  """MemoryChain length 3: episodes of 4 steps, the query at the last (step 3),
+  whose memory holds the states of steps 0-2 at most."""
+  setup = train_ppo.build(_tiny(model=model, nu=nu, rho=2, eval_episodes=6))
+  state = train_ppo.initial_run_state(setup)
+  record = train_ppo.make_evaluate(setup)(state.params, jax.random.PRNGKey(5))
+  if kept is None:
+    assert "first_state_kept" not in record
+    return
+  shares = record["first_state_kept"]
+  assert shares["all"] == kept
+  assert {shares["success"], shares["failure"]} - {None} == {kept}
