@@ -9,7 +9,11 @@ the final policy on fresh episodes, for every seed in ``--seeds``. Writes to
   summary.json        final success (evaluation) per model, length and seed, the
                       median over seeds, and the longest length at which each
                       model's median reaches --threshold
-  table.md            the same as a Markdown table (median, and min-max over seeds)
+  table.md            the same as a Markdown table (median, and min-max over seeds),
+                      then per model and length how many seeds learned and when
+                      (``ppo_lib.solved_at``) and, for cores with an attended
+                      memory, how often the bit's state was still in memory at the
+                      query (the evaluation's ``first_state_kept``)
   success.png         evaluation success against memory length, one line a model
                       (the median), shaded from the worst seed to the best
   curves.png          training success against frames, one panel a model, one
@@ -107,6 +111,28 @@ def table(summary: dict, lengths) -> str:
   return caption + "\n\n" + "\n".join(rows) + "\n"
 
 
+def details_table(details: dict, lengths, seeds) -> str:
+  """``details[model][length][seed]`` (``solved_frames``, ``first_state_kept``) as
+  Markdown: per cell the seeds that learned, their median frames to learn, and the
+  median share of evaluation episodes whose first state was in memory at the query."""
+  def cell(runs):
+    solved = [r["solved_frames"] for r in runs if r["solved_frames"] is not None]
+    text = f"{len(solved)} of {len(runs)}" + (
+        f", at {np.median(solved) / 1e6:.2f}M" if solved else "")
+    kept = [r["first_state_kept"] for r in runs if r.get("first_state_kept") is not None]
+    return text + (f"; kept {100 * np.median(kept):.0f}%" if kept else "")
+  head = ["model"] + [f"L = {n}" for n in lengths]
+  rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for model, by_len in details.items():
+    rows.append("| " + " | ".join([model] + [
+        cell([by_len[str(n)][str(s)] for s in seeds]) for n in lengths]) + " |")
+  caption = (f"Seeds that learned (mean training success of {ppo_lib.SOLVED_WINDOW} logged "
+             f"updates >= {100 * ppo_lib.SOLVED_LEVEL:.0f}%) and their median frames to get "
+             "there; for cores with an attended memory, the median share of evaluation "
+             "episodes whose first state (the bit's) was still in memory at the query")
+  return caption + "\n\n" + "\n".join(rows) + "\n"
+
+
 def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
   import matplotlib
   matplotlib.use("Agg")
@@ -162,9 +188,10 @@ def sweep(workdir: pathlib.Path):
     parse_model(model)  # every spec checked before the first run
   memory = {k: flag.value for k, flag in (("nu", _NU), ("rho", _RHO)) if flag.value is not None}
   workdir = rundir.prepare(workdir)
-  success = {}
+  success, details = {}, {}
   for model in _MODELS.value:
     success[model] = {str(n): {} for n in lengths}
+    details[model] = {str(n): {} for n in lengths}
     name, rules = parse_model(model)
     for seed in seeds:
       for n in lengths:
@@ -178,11 +205,16 @@ def sweep(workdir: pathlib.Path):
         else:
           record = train_ppo.train_and_evaluate(config, run_dir)
         success[model][str(n)][str(seed)] = record["success"]
+        details[model][str(n)][str(seed)] = {
+            "solved_frames": ppo_lib.training_figures(run_dir)["solved_frames"],
+            "first_state_kept": record.get("first_state_kept", {}).get("all")}
         logging.info("%s, memory length %d, seed %d: success %.3f", model, n, seed,
                      record["success"])
-  summary = {**summarize(success, lengths, seeds, _FRAMES.value, _THRESHOLD.value), **memory}
+  summary = {**summarize(success, lengths, seeds, _FRAMES.value, _THRESHOLD.value), **memory,
+             "details": details}
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-  (workdir / "table.md").write_text(table(summary, lengths))
+  (workdir / "table.md").write_text(table(summary, lengths) + "\n"
+                                    + details_table(details, lengths, seeds))
   plot(workdir, summary, lengths, _FRAMES.value)
   logging.info("longest memory length solved (>= %.2f): %s", _THRESHOLD.value,
                summary["longest_solved"])

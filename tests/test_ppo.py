@@ -286,6 +286,14 @@ def test_ppo_sweep_summarizes_seeds_by_median_and_range(tmp_path):
         rows = [{"step": i, "frames": 100 * i, "episodes": int(i != 3),
                  "success": final * i / 9} for i in range(1, 10)]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  details = {"RelLSTM": {"256": {
+      "1": {"solved_frames": 1.8e6, "first_state_kept": 1.0},
+      "2": {"solved_frames": 2.6e6, "first_state_kept": 0.5},
+      "3": {"solved_frames": None, "first_state_kept": 0.25}}},
+      "LSTM": {"256": {s: {"solved_frames": None, "first_state_kept": None} for s in "123"}}}
+  md = ppo_sweep.details_table(details, [256], [1, 2, 3]).splitlines()
+  assert md[4] == "| RelLSTM | 2 of 3, at 2.20M; kept 50% |"
+  assert md[5] == "| LSTM | 0 of 3 |"
   ppo_sweep.plot(tmp_path, summary, [16, 64], 1000)
   assert (tmp_path / "success.png").stat().st_size > 0
   assert (tmp_path / "curves.png").stat().st_size > 0
