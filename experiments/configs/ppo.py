@@ -16,9 +16,10 @@ Expected result (measured here, docs/RESULTS.md): with 1M frames, RelLSTM
 keeps >= 95% success on MemoryChain up to memory length 128, the LSTM up to 16
 (94% at 32, chance from 64); both solve DoorKey-5x5 (100% of 256 fresh
 episodes) after about 60k frames; MemoryS8 stays at chance for both in 1M frames
-and needs about 6M (GRU: 4 seeds of 4, LSTM 3 of 4 at 99.8-100%, RelLSTM 1 of 4; the others
-at 60%: the evaluation's ``by_start`` shows they remember the object whenever it
-is in the first view but never learned to turn back and look).
+and needs about 6M (memax:S6, GRU, LRU: 4 seeds of 4, S6 by 0.7M frames; LSTM 3 of 4;
+RelLSTM 1 of 4; the others at 60%: the evaluation's ``by_start`` shows they remember
+the object whenever it is in the first view but never learned to turn back and
+look); MemoryS16 stays at chance for memax:S6 after 20M frames.
 
 Commands:
   relscreen-ppo --env=MemoryChain-bsuite --memory_length=30 --model=RelLSTM \\
