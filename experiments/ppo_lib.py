@@ -66,6 +66,16 @@ def training_figures(run_dir: pathlib.Path) -> dict:
           "fps": float(np.median(fps)) if fps else None}
 
 
+def learned_cell(solved_frames, runs: int) -> str:
+  """A table cell from the runs' ``solved_at`` frames (None: never): how many of
+  ``runs`` learned and their median frames, e.g. ``2 of 3, at 2.27M``."""
+  solved = [f for f in solved_frames if f is not None]
+  if not solved:
+    return f"0 of {runs}"
+  n = float(np.median(solved))
+  return f"{len(solved)} of {runs}, at " + (f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,.0f}")
+
+
 def seed_run_name(spec: str, seed: int) -> str:
   """The sub-directory of one run: ``RelLSTM_decay-top_s2``."""
   return f"{spec.replace(':', '_').replace('/', '-')}_s{seed}"
@@ -103,11 +113,6 @@ def seeds_table(summary: dict) -> str:
   def pct(v):
     return "-" if v is None else f"{100 * v:.1f}%"
   parts = list(dict.fromkeys(k for m in summary["median"].values() for k in m["by_start"]))
-  def learned(med, runs):
-    if not med["solved"]:
-      return f"0 of {runs}"
-    n = med["solved_frames"]
-    return f"{med['solved']} of {runs}, at " + (f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,.0f}")
   level = round(100 * summary.get("solved_level", SOLVED_LEVEL))
   head = (["core", "success per seed", "median"] + [f"{k} (median)" for k in parts]
           + ["episode length (median)",
@@ -118,7 +123,9 @@ def seeds_table(summary: dict) -> str:
     seeds = " / ".join(f"{pct(r['success'])} (s{s})" for s, r in by_seed.items())
     rows.append("| " + " | ".join([m, seeds, pct(med["success"])]
                                   + [pct(med["by_start"].get(k)) for k in parts]
-                                  + [f"{med['length']:.1f}", learned(med, len(by_seed)),
+                                  + [f"{med['length']:.1f}",
+                                     learned_cell([r["solved_frames"] for r in by_seed.values()],
+                                                  len(by_seed)),
                                      "-" if med.get("fps") is None else f"{med['fps']:,.0f}"])
                 + " |")
   caption = (f"{summary['env']}: success on fresh episodes after {summary['frames']:,} "

@@ -116,9 +116,7 @@ def details_table(details: dict, lengths, seeds) -> str:
   Markdown: per cell the seeds that learned, their median frames to learn, and the
   median share of evaluation episodes whose first state was in memory at the query."""
   def cell(runs):
-    solved = [r["solved_frames"] for r in runs if r["solved_frames"] is not None]
-    text = f"{len(solved)} of {len(runs)}" + (
-        f", at {np.median(solved) / 1e6:.2f}M" if solved else "")
+    text = ppo_lib.learned_cell([r["solved_frames"] for r in runs], len(runs))
     kept = [r["first_state_kept"] for r in runs if r.get("first_state_kept") is not None]
     return text + (f"; kept {100 * np.median(kept):.0f}%" if kept else "")
   head = ["model"] + [f"L = {n}" for n in lengths]
