@@ -33,8 +33,12 @@ def parse_model(spec: str) -> tuple[str, dict]:
 def curve(path: pathlib.Path):
   """(frames, success) of one run's metrics.jsonl, without the updates in which
   no episode ended (they log 0)."""
+  return _curve_of(rundir.read_records(path))
+
+
+def _curve_of(records: list[dict]):
   from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
-  records = train_ppo.with_episodes(rundir.read_records(path))
+  records = train_ppo.with_episodes(records)
   return (np.array([r["frames"] for r in records], float),
           np.array([r["success"] for r in records], float))
 
@@ -60,8 +64,9 @@ def solved_at(frames, success, level: float = SOLVED_LEVEL,
 def training_figures(run_dir: pathlib.Path) -> dict:
   """From a run's metrics.jsonl: the frames at which it learned (``solved_at``) and
   its median frames per second over the logged updates (None where not logged)."""
-  frames, success = curve(run_dir / "metrics.jsonl")
-  fps = [r["fps"] for r in rundir.read_records(run_dir / "metrics.jsonl") if "fps" in r]
+  records = rundir.read_records(run_dir / "metrics.jsonl")  # read once for both
+  frames, success = _curve_of(records)
+  fps = [r["fps"] for r in records if "fps" in r]
   return {"solved_frames": solved_at(frames, success),
           "fps": float(np.median(fps)) if fps else None}
 
