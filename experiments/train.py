@@ -468,8 +468,9 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
     if not math.isfinite(loss):
       stop_non_finite(manager, workdir, f"loss became {loss} at update {step}, from the "
                       f"parameters after update {step - 1}", step - 1)
-    skipped_in_row = 0 if bool(applied) else skipped_in_row + 1
-    if skipped_in_row:
+    skipped = not bool(applied)
+    skipped_in_row = skipped_in_row + 1 if skipped else 0
+    if skipped:
       logging.warning("update %d skipped: its gradient is not finite (float32 overflow); "
                       "the parameters stay as after update %d", step, step - 1)
     if skipped_in_row >= MAX_SKIPPED_IN_ROW:
@@ -479,7 +480,7 @@ def _train_loop(config, workdir, task, model, optimizer, state, start, manager, 
     block["loss"].append(loss)
     block["rel"].append(loss / float(baseline))
     block["acc"].append(float(acc))
-    block.setdefault("skipped", []).append(int(not bool(applied)))
+    block.setdefault("skipped", []).append(int(skipped))  # blocks saved before it had none
     block_new += 1
     if step % config.log_every == 0 or step == config.steps:
       m = Metrics(step, float(np.mean(block["loss"])), float(np.mean(block["rel"])),
