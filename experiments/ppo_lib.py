@@ -174,10 +174,22 @@ def plot_seeds(workdir: pathlib.Path, env: str, models, seeds):
   plt.close(fig)
 
 
+def finished_or_trained(config, run_dir: pathlib.Path) -> dict:
+  """The evaluation record of the run ``config`` asks for in ``run_dir``: read from
+  its eval.json when the run has trained ``config.frames`` and been evaluated on
+  ``config.eval_episodes`` episodes, else trained (or resumed) and evaluated."""
+  from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
+  done = run_dir / "eval.json"
+  record = json.loads(done.read_text()) if done.exists() else None
+  if (record is None or record["frames"] < config.frames
+      or record["episodes"] != config.eval_episodes):
+    record = train_ppo.train_and_evaluate(config, run_dir)
+  return record
+
+
 def run_seeds(workdir, env: str, models, seeds, frames: int, eval_episodes: int) -> dict:
   """Trains (or resumes, or skips when finished) every core in ``models`` for every
   seed on ``env``; writes summary.json, table.md and curves.png; returns the summary."""
-  from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
   if frames < 1 or eval_episodes < 1:
     raise ValueError(f"--frames and --eval_episodes must be >= 1, got {frames}, "
                      f"{eval_episodes}")
@@ -192,10 +204,7 @@ def run_seeds(workdir, env: str, models, seeds, frames: int, eval_episodes: int)
       config.update(env=env, model=name, frames=frames, seed=seed, log_every=20,
                     checkpoint_every=50, eval_episodes=eval_episodes, **rules)
       run_dir = workdir / seed_run_name(model, seed)
-      done = run_dir / "eval.json"
-      record = json.loads(done.read_text()) if done.exists() else None
-      if record is None or record["frames"] < frames or record["episodes"] != eval_episodes:
-        record = train_ppo.train_and_evaluate(config, run_dir)
+      record = finished_or_trained(config, run_dir)
       evals[model][str(seed)] = {**record, **training_figures(run_dir)}
       logging.info("%s, seed %d: success %.3f", model, seed, record["success"])
   summary = summarize_seeds(evals, env, frames)

@@ -179,7 +179,6 @@ def plot(workdir: pathlib.Path, summary: dict, lengths, frames: int):
 
 
 def sweep(workdir: pathlib.Path):
-  from relscreen_experiments import train_ppo  # pylint: disable=g-import-not-at-top
   lengths = _parse_lengths(_LENGTHS.value)
   seeds = _parse_seeds(_SEEDS.value)
   for model in _MODELS.value:
@@ -197,11 +196,7 @@ def sweep(workdir: pathlib.Path):
         config.update(env="MemoryChain-bsuite", memory_length=n, model=name,
                       frames=_FRAMES.value, seed=seed, log_every=10, **rules, **memory)
         run_dir = workdir / run_name(model, n, seed)
-        done = run_dir / "eval.json"
-        if done.exists() and json.loads(done.read_text())["frames"] >= _FRAMES.value:
-          record = json.loads(done.read_text())
-        else:
-          record = train_ppo.train_and_evaluate(config, run_dir)
+        record = ppo_lib.finished_or_trained(config, run_dir)
         success[model][str(n)][str(seed)] = record["success"]
         details[model][str(n)][str(seed)] = {
             "solved_frames": ppo_lib.training_figures(run_dir)["solved_frames"],
@@ -210,9 +205,9 @@ def sweep(workdir: pathlib.Path):
                      record["success"])
   summary = {**summarize(success, lengths, seeds, _FRAMES.value, _THRESHOLD.value), **memory,
              "details": details}
-  (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-  (workdir / "table.md").write_text(table(summary, lengths) + "\n"
-                                    + details_table(details, lengths, seeds))
+  rundir.write_atomic(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+  rundir.write_atomic(workdir / "table.md", table(summary, lengths) + "\n"
+                      + details_table(details, lengths, seeds))
   plot(workdir, summary, lengths, _FRAMES.value)
   logging.info("longest memory length solved (>= %.2f): %s", _THRESHOLD.value,
                summary["longest_solved"])

@@ -391,3 +391,24 @@ def test_evaluation_reports_whether_the_first_state_is_kept_to_the_query(model, 
   shares = record["first_state_kept"]
   assert shares["all"] == kept
   assert {shares["success"], shares["failure"]} - {None} == {kept}
+
+
+def test_finished_runs_are_read_and_others_trained(tmp_path, monkeypatch):
+  """Both PPO sweeps skip a run whose eval.json covers the frames and evaluation
+  episodes asked for, and train (resume) any other."""
+  from relscreen_experiments import ppo_lib  # pylint: disable=g-import-not-at-top
+  trained = []
+  monkeypatch.setattr(train_ppo, "train_and_evaluate",
+                      lambda config, run_dir: trained.append(run_dir.name) or {"new": True})
+  config = _tiny(frames=5000, eval_episodes=8)
+  for name, frames, episodes in (("done", 5000, 8), ("more", 6000, 8), ("short", 4000, 8),
+                                 ("other_eval", 5000, 16)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "eval.json").write_text(
+        json.dumps({"frames": frames, "episodes": episodes, "success": 0.5}))
+  (tmp_path / "fresh").mkdir()
+  records = {name: ppo_lib.finished_or_trained(config, tmp_path / name)
+             for name in ("done", "more", "short", "other_eval", "fresh")}
+  assert trained == ["short", "other_eval", "fresh"]
+  assert records["done"]["success"] == records["more"]["success"] == 0.5
+  assert records["short"] == {"new": True}
