@@ -240,7 +240,12 @@ class _RelevanceReverse:
         return jnp.where(ring, in_s[:, None], jnp.where(write, in_r, a))
       return jnp.where(ring[..., None], in_s[:, None], jnp.where(rows_mask, in_r, a))
 
-    moved = [jnp.sum(jnp.where(rows_mask, d, 0.0), axis=1) for d in (d_vals, d_keys)]
+    # The written R slot's cotangent, one row per batch row (a gather, not a masked
+    # sum over the slots, which XLA fuses with a broadcast back to the whole bank).
+    written = jnp.maximum(self.nu + slot, 0)[:, None, None]
+    moved = [jnp.where(slot[:, None] >= 0,
+                       jnp.take_along_axis(d, written, axis=1)[:, 0], 0.0)
+             for d in (d_vals, d_keys)]
     vals = undo(vals, put_back[:, None], back)
     keys = undo(keys, put_back_key[:, None], back_key)
     time = undo(time, evicted[:, None], jnp.full(time.shape[:1], t - self.nu, time.dtype))
