@@ -216,8 +216,10 @@ class _RelevanceReverse:
     """The cotangents of h_t as a value and as a key, summed over its uses as a
     slot: after step t's store, h_t is in S's slot t mod nu."""
     _, _, _, d_vals, d_keys = carry
-    j = t % self.nu
-    return d_vals[:, j], d_keys[:, j]
+    # A gather, not a slice: XLA fuses a slice into the step's record of dk and
+    # then copies the whole cotangent bank every step.
+    j = jnp.full((d_vals.shape[0], 1, 1), t % self.nu)
+    return tuple(jnp.take_along_axis(d, j, axis=1)[:, 0] for d in (d_vals, d_keys))
 
   def attended(self, carry, t, admitted, rows):
     """Undoes step t's store: S's slot t mod nu gets back the state that left S,
@@ -247,7 +249,14 @@ class _RelevanceReverse:
                        jnp.take_along_axis(d, written, axis=1)[:, 0], 0.0)
              for d in (d_vals, d_keys)]
     vals = undo(vals, put_back[:, None], back)
-    keys = undo(keys, put_back_key[:, None], back_key)
+    # The keys by scatter: XLA would fuse a select into the attention's tanh as well
+    # as into the carried bank, and copy the bank every step to keep both.
+    b = keys.shape[0]
+    batch = jnp.concatenate([jnp.arange(b), jnp.arange(b)])
+    col = jnp.concatenate([jnp.full((b,), j), jnp.where(slot >= 0, self.nu + slot,
+                                                        keys.shape[1])])
+    keys = keys.at[batch, col].set(jnp.concatenate([back_key, put_back_key]), mode="drop",
+                                   unique_indices=True)
     time = undo(time, evicted[:, None], jnp.full(time.shape[:1], t - self.nu, time.dtype))
     d_vals, d_keys = undo(d_vals, 0.0, moved[0]), undo(d_keys, 0.0, moved[1])
     return ((keys, vals),), (time >= 0,), (vals, keys, time, d_vals, d_keys)

@@ -99,7 +99,17 @@ def store(ring: Ring, value: Array, key: Array, t: Array, nu: int,
     return jnp.where(ring_slot[..., None], into_s[:, None],
                      jnp.where(write[..., None], into_r[:, None], bank))
 
-  new = Ring(put(ring.vals, at_j(ring.vals), value), put(ring.keys, at_j(ring.keys), key),
+  # The value and key banks by scatter (h_t into slot j, the leaving state into the
+  # R slot written, if any): a select reading the bank at slot j as it writes it
+  # makes XLA copy the bank every step.
+  rows = jnp.concatenate([jnp.arange(b), jnp.arange(b)])
+  cols = jnp.concatenate([jnp.full((b,), j), jnp.where(slot >= 0, nu + slot, slots)])
+
+  def scatter(bank, new_row):
+    rows_in = jnp.concatenate([new_row, at_j(bank)])
+    return bank.at[rows, cols].set(rows_in, mode="drop", unique_indices=True)
+
+  new = Ring(scatter(ring.vals, value), scatter(ring.keys, key),
              put(ring.score, score, jnp.zeros((), ring.score.dtype)),
              put(ring.time, cand_time, jnp.asarray(t, jnp.int32)),
              ring.seen + eligible.astype(jnp.int32))
