@@ -85,7 +85,9 @@ def attentive_forward(params, config, x, s_init, c_init):
              for v in ((first["h"], state.s, state.c) if lstm else (first["h"], state.s))]
 
   def record(buffers, t, h, s, c):
-    return [b.at[t].set(v) for b, v in zip(buffers, (h, s, c) if lstm else (h, s))]
+    # An in-bounds update (``.at[t].set`` adds a bounds select to every write).
+    return [jax.lax.dynamic_update_index_in_dim(b, v, t, 0)
+            for b, v in zip(buffers, (h, s, c) if lstm else (h, s))]
 
   if not config.screened:  # the full memory: h_j in slot j, attended in stretches
     batch = x.shape[1]
