@@ -297,7 +297,10 @@ class _FullReverse:
 
   def pop(self, carry, t):
     d_hist, d_keys = carry
-    return d_hist[:, t], d_keys[:, t]
+    # A gather, not a slice: XLA fuses a slice into the step's record of dk and
+    # then copies the whole [b, t, h] cotangent twice every step.
+    t = jnp.full((d_hist.shape[0], 1, 1), t)
+    return tuple(jnp.take_along_axis(d, t, axis=1)[:, 0] for d in (d_hist, d_keys))
 
   def attended(self, carry, t, admitted, rows):
     del admitted, rows
