@@ -5,9 +5,9 @@ one bank, S a ring (ALGORITHM §3, §11).
 oldest first; storing then shifts every S array by a slot and attention reads
 S and R as two banks. Here S and R are one bank of ``nu + rho`` slots (S in
 ``[0, nu)``, R after it) and, with a store at every step (``k = 1``), h_t sits in
-S slot ``t mod nu``: a store writes one S slot and screening at most one R slot,
-with selects that XLA fuses into one loop, and attention reads the bank in one
-piece. The states, scores and screening decisions are ``rsm``'s (the rules are
+S slot ``t mod nu``: a store writes one S slot and screening at most one R slot
+(one scatter for the values, one for the keys, updated in place), and attention
+reads the bank in one piece. The states, scores and screening decisions are ``rsm``'s (the rules are
 shared: ``rsm.choose``); only the order of S's slots differs, and ``to_rsm``
 puts it back. The reverse pass (``relscreen.reverse``) undoes the stores in the
 same layout.
