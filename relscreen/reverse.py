@@ -235,14 +235,14 @@ class _RelevanceReverse:
     j = t % self.nu
     slots = jnp.arange(time.shape[1])[None, :]
     write = slots == jnp.where(slot >= 0, self.nu + slot, -1)[:, None]  # [b, nu + rho]
-    ring = slots == j
+    s_slot = slots == j
     rows_mask = write[..., None]
 
     def undo(a, in_r, in_s):
       # Selects only (no in-place slot update): XLA fuses them into one loop.
       if a.ndim == 2:
-        return jnp.where(ring, in_s[:, None], jnp.where(write, in_r, a))
-      return jnp.where(ring[..., None], in_s[:, None], jnp.where(rows_mask, in_r, a))
+        return jnp.where(s_slot, in_s[:, None], jnp.where(write, in_r, a))
+      return jnp.where(s_slot[..., None], in_s[:, None], jnp.where(rows_mask, in_r, a))
 
     # The written R slot's cotangent, one row per batch row (a gather, not a masked
     # sum over the slots, which XLA fuses with a broadcast back to the whole bank).
@@ -251,14 +251,11 @@ class _RelevanceReverse:
                        jnp.take_along_axis(d, written, axis=1)[:, 0], 0.0)
              for d in (d_vals, d_keys)]
     vals = undo(vals, put_back[:, None], back)
-    # The keys by scatter: XLA would fuse a select into the attention's tanh as well
-    # as into the carried bank, and copy the bank every step to keep both.
-    b = keys.shape[0]
-    batch = jnp.concatenate([jnp.arange(b), jnp.arange(b)])
-    col = jnp.concatenate([jnp.full((b,), j), jnp.where(slot >= 0, self.nu + slot,
-                                                        keys.shape[1])])
-    keys = keys.at[batch, col].set(jnp.concatenate([back_key, put_back_key]), mode="drop",
-                                   unique_indices=True)
+    # The keys by scatter (``ring.write_slots``): with a select XLA fuses the undo
+    # into the attention's tanh as well as into the carried bank, and copies the
+    # bank every step to keep both.
+    keys = ring.write_slots(keys, j, jnp.where(slot >= 0, self.nu + slot, -1), back_key,
+                            put_back_key)
     time = undo(time, evicted[:, None], jnp.full(time.shape[:1], t - self.nu, time.dtype))
     d_vals, d_keys = undo(d_vals, 0.0, moved[0]), undo(d_keys, 0.0, moved[1])
     return ((keys, vals),), (time >= 0,), (vals, keys, time, d_vals, d_keys)

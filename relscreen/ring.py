@@ -6,10 +6,10 @@ oldest first; storing then shifts every S array by a slot and attention reads
 S and R as two banks. Here S and R are one bank of ``nu + rho`` slots (S in
 ``[0, nu)``, R after it) and, with a store at every step (``k = 1``), h_t sits in
 S slot ``t mod nu``: a store writes one S slot and screening at most one R slot
-(one scatter for the values, one for the keys, updated in place), and attention
-reads the bank in one piece. The states, scores and screening decisions are ``rsm``'s (the rules are
-shared: ``rsm.choose``); only the order of S's slots differs, and ``to_rsm``
-puts it back. The reverse pass (``relscreen.reverse``) undoes the stores in the
+(``write_slots``: one scatter per bank, in place), and attention reads the bank
+in one piece. The states, scores and screening decisions are ``rsm``'s (the
+rules are shared: ``rsm.choose``); only the order of S's slots differs, and
+``to_rsm`` puts it back. The reverse pass (``relscreen.reverse``) undoes the stores in the
 same layout.
 """
 
@@ -56,6 +56,19 @@ def to_rsm(ring: Ring, nu: int, stored: int) -> rsm.RSMState:
   return rsm.RSMState(sv, sk, ss, st, rv, rk, rs, rt, ring.seen)
 
 
+def write_slots(bank: Array, j: Array, r_col: Array, into_s: Array, into_r: Array) -> Array:
+  """``bank`` [b, m, h] with slot ``j`` of every row set to ``into_s`` [b, h] and
+  slot ``r_col[i]`` of row i to ``into_r[i]`` (``r_col`` [b], negative: no second
+  write), as one scatter that XLA does in place. With selects instead, a bank
+  that is also read at another slot in the same step (the state leaving S, or
+  the attention reading the undone bank) is copied whole at every step."""
+  b, m = bank.shape[:2]
+  rows = jnp.tile(jnp.arange(b), 2)
+  cols = jnp.concatenate([jnp.full((b,), j), jnp.where(r_col >= 0, r_col, m)])
+  return bank.at[rows, cols].set(jnp.concatenate([into_s, into_r]), mode="drop",
+                                 unique_indices=True)
+
+
 def accumulate(ring: Ring, alpha: Array, nu: int, rules: rsm.Rules = rsm.PAPER) -> Ring:
   """``rsm.accumulate`` on the bank: ``alpha`` [b, nu + rho] in the bank's order."""
   alpha = jax.lax.stop_gradient(alpha)
@@ -89,27 +102,16 @@ def store(ring: Ring, value: Array, key: Array, t: Array, nu: int,
     score, eligible, admitted, slot = rsm.choose(cand_time, cand_score, ring.score[:, nu:],
                                                  ring.time[:, nu:], ring.seen, do, t, rules)
     slot = jnp.where(admitted, slot, -1).astype(jnp.int32)
-  write = index == jnp.where(slot >= 0, nu + slot, -1)[:, None]  # [b, nu + rho]
+  r_col = jnp.where(slot >= 0, nu + slot, -1)  # the R slot written, -1: none
+  write = index == r_col[:, None]  # [b, nu + rho]
   ring_slot = index == j
   evicted = jnp.take_along_axis(ring.time, jnp.maximum(nu + slot, 0)[:, None], axis=1)[:, 0]
 
   def put(bank, into_r, into_s):
-    if bank.ndim == 2:
-      return jnp.where(ring_slot, into_s, jnp.where(write, into_r[:, None], bank))
-    return jnp.where(ring_slot[..., None], into_s[:, None],
-                     jnp.where(write[..., None], into_r[:, None], bank))
+    return jnp.where(ring_slot, into_s, jnp.where(write, into_r[:, None], bank))
 
-  # The value and key banks by scatter (h_t into slot j, the leaving state into the
-  # R slot written, if any): a select reading the bank at slot j as it writes it
-  # makes XLA copy the bank every step.
-  rows = jnp.concatenate([jnp.arange(b), jnp.arange(b)])
-  cols = jnp.concatenate([jnp.full((b,), j), jnp.where(slot >= 0, nu + slot, slots)])
-
-  def scatter(bank, new_row):
-    rows_in = jnp.concatenate([new_row, at_j(bank)])
-    return bank.at[rows, cols].set(rows_in, mode="drop", unique_indices=True)
-
-  new = Ring(scatter(ring.vals, value), scatter(ring.keys, key),
+  new = Ring(write_slots(ring.vals, j, r_col, value, at_j(ring.vals)),
+             write_slots(ring.keys, j, r_col, key, at_j(ring.keys)),
              put(ring.score, score, jnp.zeros((), ring.score.dtype)),
              put(ring.time, cand_time, jnp.asarray(t, jnp.int32)),
              ring.seen + eligible.astype(jnp.int32))
