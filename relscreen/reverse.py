@@ -181,6 +181,14 @@ class Bookkeeping(Protocol):
   def add(self, carry, d_kv) -> Any: ...
 
 
+def _rows_at(arrays, cols):
+  """Row i's slot ``cols[i]`` of each [b, slots, h] array, as [b, h]: a gather. A
+  slice or a masked sum over the slots instead lets XLA fuse the read into some
+  other output and then copy the whole array at every step."""
+  cols = cols[:, None, None]
+  return tuple(jnp.take_along_axis(a, cols, axis=1)[:, 0] for a in arrays)
+
+
 class _RelevanceReverse:
   """RSM bookkeeping of the reverse pass: the memory and its slots' cotangents are
   carried backwards from the final memory, undoing one store per step.
@@ -218,10 +226,7 @@ class _RelevanceReverse:
     """The cotangents of h_t as a value and as a key, summed over its uses as a
     slot: after step t's store, h_t is in S's slot t mod nu."""
     _, _, _, d_vals, d_keys = carry
-    # A gather, not a slice: XLA fuses a slice into the step's record of dk and
-    # then copies the whole cotangent bank every step.
-    j = jnp.full((d_vals.shape[0], 1, 1), t % self.nu)
-    return tuple(jnp.take_along_axis(d, j, axis=1)[:, 0] for d in (d_vals, d_keys))
+    return _rows_at((d_vals, d_keys), jnp.full(d_vals.shape[:1], t % self.nu))
 
   def attended(self, carry, t, admitted, rows):
     """Undoes step t's store: S's slot t mod nu gets back the state that left S,
@@ -234,28 +239,25 @@ class _RelevanceReverse:
     slot, evicted = admitted
     j = t % self.nu
     slots = jnp.arange(time.shape[1])[None, :]
-    write = slots == jnp.where(slot >= 0, self.nu + slot, -1)[:, None]  # [b, nu + rho]
+    r_col = jnp.where(slot >= 0, self.nu + slot, -1)  # the R slot written, -1: none
+    write = slots == r_col[:, None]  # [b, nu + rho]
     s_slot = slots == j
     rows_mask = write[..., None]
 
     def undo(a, in_r, in_s):
-      # Selects only (no in-place slot update): XLA fuses them into one loop.
+      # Selects, for the arrays nothing else reads at another slot this step.
       if a.ndim == 2:
         return jnp.where(s_slot, in_s[:, None], jnp.where(write, in_r, a))
       return jnp.where(s_slot[..., None], in_s[:, None], jnp.where(rows_mask, in_r, a))
 
-    # The written R slot's cotangent, one row per batch row (a gather, not a masked
-    # sum over the slots, which XLA fuses with a broadcast back to the whole bank).
-    written = jnp.maximum(self.nu + slot, 0)[:, None, None]
-    moved = [jnp.where(slot[:, None] >= 0,
-                       jnp.take_along_axis(d, written, axis=1)[:, 0], 0.0)
-             for d in (d_vals, d_keys)]
+    # The written R slot's cotangent, one row per batch row.
+    moved = [jnp.where(slot[:, None] >= 0, d, 0.0)
+             for d in _rows_at((d_vals, d_keys), jnp.maximum(r_col, 0))]
     vals = undo(vals, put_back[:, None], back)
     # The keys by scatter (``ring.write_slots``): with a select XLA fuses the undo
     # into the attention's tanh as well as into the carried bank, and copies the
     # bank every step to keep both.
-    keys = ring.write_slots(keys, j, jnp.where(slot >= 0, self.nu + slot, -1), back_key,
-                            put_back_key)
+    keys = ring.write_slots(keys, j, r_col, back_key, put_back_key)
     time = undo(time, evicted[:, None], jnp.full(time.shape[:1], t - self.nu, time.dtype))
     d_vals, d_keys = undo(d_vals, 0.0, moved[0]), undo(d_keys, 0.0, moved[1])
     return ((keys, vals),), (time >= 0,), (vals, keys, time, d_vals, d_keys)
@@ -294,10 +296,7 @@ class _FullReverse:
 
   def pop(self, carry, t):
     d_hist, d_keys = carry
-    # A gather, not a slice: XLA fuses a slice into the step's record of dk and
-    # then copies the whole [b, t, h] cotangent twice every step.
-    t = jnp.full((d_hist.shape[0], 1, 1), t)
-    return tuple(jnp.take_along_axis(d, t, axis=1)[:, 0] for d in (d_hist, d_keys))
+    return _rows_at((d_hist, d_keys), jnp.full(d_hist.shape[:1], t))
 
   def attended(self, carry, t, admitted, rows):
     del admitted, rows
