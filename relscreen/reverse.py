@@ -37,15 +37,22 @@ from relscreen import attention, cells, core, full_memory, memories, ring
 from relscreen.config import CellType
 
 
-FULL_SEGMENTS = 4  # stretches of a full memory's passes, each with its own bank size
+def full_segments(length: int) -> int:
+  """How many stretches a full memory's passes over ``length`` steps are cut into:
+  one per 128 steps, at least 4 and at most 8. With S stretches a step attends to
+  about (1 + 1 / S) L / 2 slots on average instead of t; each stretch is one more
+  loop to compile (measured at L = 1020: 8 stretches instead of 4 cut MemRNN's
+  step by 9% and added 1.2 s to its first compile, docs/RESULTS.md)."""
+  return min(8, max(4, -(-length // 128)))
 
 
-def full_stretches(length: int, segments: int = FULL_SEGMENTS) -> list[tuple[int, int]]:
+def full_stretches(length: int, segments: int | None = None) -> list[tuple[int, int]]:
   """Steps 1 .. length - 1 of a full memory's forward pass cut into ``segments``
-  stretches ``[start, end)``; the forward pass gives a stretch a bank of ``end``
-  slots (its last step writes slot ``end - 1``, which no step of it reads), so
-  early steps do not pay for slots they cannot see yet (as the reverse pass's
-  stretches, ``_FullReverse.segments``)."""
+  (default ``full_segments(length)``) stretches ``[start, end)``; the forward
+  pass gives a stretch a bank of ``end`` slots (its last step writes slot
+  ``end - 1``, which no step of it reads), so early steps do not pay for slots
+  they cannot see yet (as the reverse pass's stretches, ``_FullReverse``)."""
+  segments = full_segments(length) if segments is None else segments
   ends = sorted({1 + round((length - 1) * (k + 1) / segments) for k in range(segments)})
   return [(a, b) for a, b in zip([1] + ends[:-1], ends) if b > a]
 
@@ -275,10 +282,9 @@ class _FullReverse:
   Steps before t = n attend to fewer than n slots: ``prefix(n)`` restricts the
   bank to them, so a stretch of early steps costs what its slots cost."""
 
-  segments = FULL_SEGMENTS  # stretches of the reverse pass with their own bank size
-
   def __init__(self, config, h, ua, memory):
     del config, memory
+    self.segments = full_segments(h.shape[0])  # stretches with their own bank size
     self.hist = jnp.swapaxes(h, 0, 1)  # [b, t, h]
     self.keys = self.hist @ ua  # every key once, as the forward pass cached them
     self.initial = (jnp.zeros_like(self.hist), jnp.zeros_like(self.hist))

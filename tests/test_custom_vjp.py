@@ -94,7 +94,8 @@ def test_full_stretches_cover_every_step_once(length):
   (a stretch [start, end) attends to end - 1 slots: all its last step sees)."""
   stretches = reverse.full_stretches(length)
   assert [t for start, end in stretches for t in range(start, end)] == list(range(1, length))
-  assert len(stretches) == min(reverse.FULL_SEGMENTS, length - 1)
+  assert len(stretches) == min(reverse.full_segments(length), length - 1)
+  assert reverse.full_segments(length) == (8 if length == 1020 else 4)
 
 
 def _copies_in_loops(hlo: str, shape: str) -> int:
