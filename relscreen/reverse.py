@@ -172,10 +172,13 @@ class Bookkeeping(Protocol):
   cotangents); ``segments`` the number of stretches of the reverse pass with their
   own bank size, ``prefix(n)`` the bookkeeping restricted to the first ``n`` slots.
   Per block of steps ``t`` [n], ``block_inputs`` gathers what the steps' undos need
-  at once. Per step, ``pop`` gives h_t's cotangent as a value and as a key,
-  ``attended`` undoes step t's store and returns the bank step t attended to (a
-  tuple of one ``(keys, values)`` pair), its mask (likewise) and the carry, and
-  ``add`` adds the bank's cotangents to the carry.
+  at once (``rows``, one per step). Per step, ``pop`` gives h_t's cotangent as a
+  value and as a key, ``attended`` undoes step t's store and returns the bank
+  step t attended to (a tuple of one ``(keys, values)`` pair), its mask
+  (likewise) and the carry, and ``add`` adds the bank's cotangents to the carry:
+  the keys' ``d_keys`` [b, m, h] and the values' as the factors of
+  ``alpha[..., None] * d_context[:, None]``; it may instead return a record per
+  step, which ``end_block`` gets for the whole block (stacked) once its steps ran.
   """
 
   initial: Any
@@ -183,9 +186,10 @@ class Bookkeeping(Protocol):
 
   def prefix(self, size: int) -> "Bookkeeping": ...
   def block_inputs(self, t, admitted) -> Any: ...
-  def pop(self, carry, t) -> tuple[Any, Any]: ...
+  def pop(self, carry, t, rows) -> tuple[Any, Any]: ...
   def attended(self, carry, t, admitted, rows) -> tuple[Any, Any, Any]: ...
-  def add(self, carry, d_kv) -> Any: ...
+  def add(self, carry, d_keys, alpha, d_context, rows) -> tuple[Any, Any]: ...
+  def end_block(self, carry, records) -> Any: ...
 
 
 def _rows_at(arrays, cols):
@@ -229,9 +233,10 @@ class _RelevanceReverse:
     back_key, put_back_key = jnp.split(jnp.concatenate([back, put_back]) @ self.ua, 2)
     return back, back_key, put_back, put_back_key
 
-  def pop(self, carry, t):
+  def pop(self, carry, t, rows):
     """The cotangents of h_t as a value and as a key, summed over its uses as a
     slot: after step t's store, h_t is in S's slot t mod nu."""
+    del rows
     _, _, _, d_vals, d_keys = carry
     return _rows_at((d_vals, d_keys), jnp.full(d_vals.shape[:1], t % self.nu))
 
@@ -269,10 +274,15 @@ class _RelevanceReverse:
     d_vals, d_keys = undo(d_vals, 0.0, moved[0]), undo(d_keys, 0.0, moved[1])
     return ((keys, vals),), (time >= 0,), (vals, keys, time, d_vals, d_keys)
 
-  def add(self, carry, d_kv):
-    vals, keys, time, d_vals, d_keys = carry
-    ((dk, dv),) = d_kv
-    return vals, keys, time, d_vals + dv, d_keys + dk
+  def add(self, carry, d_keys, alpha, d_context, rows):
+    del rows
+    vals, keys, time, d_vals, dk = carry
+    d_vals = d_vals + alpha[..., None] * d_context[:, None, :]
+    return (vals, keys, time, d_vals, dk + d_keys), None
+
+  def end_block(self, carry, records):
+    del records
+    return carry
 
 
 class _FullReverse:
@@ -280,14 +290,21 @@ class _FullReverse:
   bank is h itself, batch-major, and the slots' cotangents sum into dH, dK.
 
   Steps before t = n attend to fewer than n slots: ``prefix(n)`` restricts the
-  bank to them, so a stretch of early steps costs what its slots cost."""
+  bank to them, so a stretch of early steps costs what its slots cost.
+
+  The values' cotangents are rank one per step (``alpha_t`` times ``d_context_t``),
+  so dH gets a block's at once, as one batched matrix product at the block's end,
+  not a pass over the bank per step. The block's own slots are popped during
+  the block, so their share from the block's later steps is kept apart, in
+  ``own`` [b, block, h] (slot ``t0 + i`` in row i, ``t0`` the block's first step)."""
 
   def __init__(self, config, h, ua, memory):
-    del config, memory
+    del memory
     self.segments = full_segments(h.shape[0])  # stretches with their own bank size
     self.hist = jnp.swapaxes(h, 0, 1)  # [b, t, h]
     self.keys = self.hist @ ua  # every key once, as the forward pass cached them
-    self.initial = (jnp.zeros_like(self.hist), jnp.zeros_like(self.hist))
+    own = jnp.zeros((h.shape[1], max(1, config.reverse_block), h.shape[2]), h.dtype)
+    self.initial = (jnp.zeros_like(self.hist), jnp.zeros_like(self.hist), own)
     self.bank = (self.keys, self.hist)  # the slots attended to; ``prefix`` narrows it
 
   def prefix(self, size: int) -> "_FullReverse":
@@ -298,11 +315,15 @@ class _FullReverse:
     return view
 
   def block_inputs(self, t, admitted):
-    del t, admitted
+    del admitted
+    return jnp.full_like(t, t[0])  # the block's first step, for each of its steps
 
-  def pop(self, carry, t):
-    d_hist, d_keys = carry
-    return _rows_at((d_hist, d_keys), jnp.full(d_hist.shape[:1], t))
+  def pop(self, carry, t, t0):
+    d_hist, d_keys, own = carry
+    batch = d_hist.shape[0]
+    dv, dk = _rows_at((d_hist, d_keys), jnp.full((batch,), t))
+    (dv_own,) = _rows_at((own,), jnp.full((batch,), t - t0))
+    return dv + dv_own, dk
 
   def attended(self, carry, t, admitted, rows):
     del admitted, rows
@@ -310,11 +331,22 @@ class _FullReverse:
     valid = jnp.broadcast_to(jnp.arange(n)[None, :] < t, (batch, n))
     return (self.bank,), (valid,), carry
 
-  def add(self, carry, d_kv):
-    d_hist, d_keys = carry
-    ((dk, dv),) = d_kv
-    n = dv.shape[1]  # the bank's slots: the first n of dH's
-    return d_hist.at[:, :n].add(dv), d_keys.at[:, :n].add(dk)
+  def add(self, carry, d_keys, alpha, d_context, rows):
+    dh, dk, own = carry
+    n = d_keys.shape[1]  # the bank's slots: the first n of dH's
+    # The block's own slots t0 .. t0 + block - 1 (past the bank: weight 0).
+    cols = rows + jnp.arange(own.shape[1])
+    alpha_own = jnp.take(alpha, cols, axis=1, mode="fill", fill_value=0)
+    own = own + alpha_own[..., None] * d_context[:, None, :]
+    return (dh, dk.at[:, :n].add(d_keys), own), (alpha, d_context)
+
+  def end_block(self, carry, records):
+    """dH for the block's steps at once (its own slots' entries are not read again)."""
+    dh, dk, own = carry
+    alpha, d_context = records  # [steps, b, n], [steps, b, h]
+    n = alpha.shape[2]
+    dh = dh.at[:, :n].add(jnp.einsum("tbm,tbh->bmh", alpha, d_context))
+    return dh, dk, jnp.zeros_like(own)
 
 
 def _attentive_scan_bwd(config, residuals, cotangents):
@@ -340,7 +372,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   def step(book, carry, inputs):
     mem, d_newest, dq_next, dc_next, d_small = carry
     t, pre_t, q_t, g_t, h_prev, c_prev, adm, rows = inputs
-    dv, dk = book.pop(mem, t)
+    dv, dk = book.pop(mem, t, rows)
     dh = g_t + d_newest + dv + dk @ ua_t  # d_newest: h_t as step t + 1's newest state
     c_prev = jnp.zeros_like(h_prev) if c_prev is None else c_prev
     _, pullback = jax.vjp(lambda p, pre, cp: _activation(config, p, pre, cp), act, pre_t,
@@ -351,21 +383,22 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     ((keys, vals),), (valid,), mem = book.attended(mem, t, adm, rows)
     _, pullback = jax.vjp(lambda n, ctx: core.mixed(config, n, ctx), h_prev, h_prev)
     d_newest, d_context = pullback(ds)  # s_t is linear in the newest state and the context
-    dq, d_keys, d_vals, d_v, _ = attention.additive_attention_vjp(q_t, keys, vals, valid,
-                                                                  params["v"], d_context)
-    mem = book.add(mem, ((d_keys, d_vals),))
+    dq, d_keys, _, d_v, alpha = attention.additive_attention_vjp(q_t, keys, vals, valid,
+                                                                 params["v"], d_context)
+    mem, record = book.add(mem, d_keys, alpha, d_context, rows)
     d_small = jax.tree_util.tree_map(jnp.add, d_small, {"v": d_v, **d_act})
-    return (mem, d_newest, dq, dc_prev, d_small), (dq, dpre, dk)
+    return (mem, d_newest, dq, dc_prev, d_small), (dq, dpre, dk, record)
 
   def block(book, carry, inputs):
     carry, sums = carry
     t, x_b, g_b, h_b, h_prev, s_prev, s_b, c_prev, adm = inputs
     # What the steps recompute without needing a cotangent, for the block at once.
     pre = core.project_input(params, config, x_b) + s_b @ recurrent
-    carry, (dq, dxp, dk) = jax.lax.scan(
+    carry, (dq, dxp, dk, records) = jax.lax.scan(
         functools.partial(step, book), carry,
         (t, pre, s_prev @ va, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm)),
         reverse=True)
+    carry = (book.end_block(carry[0], records),) + carry[1:]
     outer = lambda a, b: jnp.einsum("tbh,tbk->hk", a, b)
     sums = {"Va": sums["Va"] + outer(s_prev, dq), "Ua": sums["Ua"] + outer(h_b, dk),
             "rec": sums["rec"] + outer(s_b, dxp), "in": sums["in"] + outer(x_b, dxp),
@@ -401,7 +434,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   dx_tail = jnp.concatenate(dx)
   (mem, d_newest, dq_next, dc_next, d_small), sums = carry
   ds_next = dq_next @ va.T
-  dv, dk = book.pop(mem, 0)
+  dv, dk = book.pop(mem, 0, jnp.zeros((), jnp.int32))  # no block's own slot: 0 - 0
   _, pullback = jax.vjp(lambda p, si, ci, xt: _local_first(config, p, si, ci, xt),
                         params, s_init, c_init, x[0])
   dp, ds_init, dc_init, dx0 = pullback((g_h[0] + d_newest + dv + dk @ ua.T, ds_next,
