@@ -156,3 +156,14 @@ def test_more_full_memory_stretches_keep_no_more_slices_alive(monkeypatch):
   # All 8 stretches' key and value slices at once: 2 (1 + 2 + ... + 8) / 8 = 9 banks,
   # 4 more than 4 stretches' 5.
   assert eight <= four + bank, (four, eight, bank)
+
+
+def test_full_memory_gradients_with_eight_stretches(monkeypatch, float64):
+  """Long sequences cut the full memory's passes into 8 stretches (the tests'
+  11 steps get 4): the same gradients with 8 stretches of one or two steps,
+  each reverse stretch made after the one before, blocks of 3 across them."""
+  monkeypatch.setattr(reverse, "full_segments", lambda length: 8)
+  jax.clear_caches()  # trace again with 8 stretches
+  assert len(reverse.full_stretches(11)) == 8
+  test_custom_vjp_gradients_equal_autodiff("MemRNN", "relu", 2, 3, 3, float64)
+  jax.clear_caches()
