@@ -142,7 +142,14 @@ def _truncate_data(step_dir: pathlib.Path):
 
 
 @pytest.mark.parametrize("damage", [
-    _truncate_data,
+    # Restoring truncated data fails in one of Orbax's asyncio tasks; asyncio.run
+    # then closes its loop while TensorStore's other reads are still in flight,
+    # and their callbacks, finishing later on TensorStore's threads, find the loop
+    # closed ("RuntimeError: Event loop is closed", ignored: an unraisable
+    # exception). Orbax's internals, after relscreen has handled the failure;
+    # the test asserts what relscreen does about it.
+    pytest.param(_truncate_data, marks=pytest.mark.filterwarnings(
+        "ignore::pytest.PytestUnraisableExceptionWarning")),
     lambda d: (d / "default" / "_METADATA").unlink(),
     lambda d: shutil.rmtree(d / "default"),
 ], ids=["truncated", "no_metadata", "no_default"])
