@@ -105,7 +105,7 @@ def store(ring: Ring, value: Array, key: Array, t: Array, nu: int,
   r_col = jnp.where(slot >= 0, nu + slot, -1)  # the R slot written, -1: none
   write = index == r_col[:, None]  # [b, nu + rho]
   ring_slot = index == j
-  evicted = jnp.take_along_axis(ring.time, jnp.maximum(nu + slot, 0)[:, None], axis=1)[:, 0]
+  evicted = jnp.take_along_axis(ring.time, jnp.maximum(r_col, 0)[:, None], axis=1)[:, 0]
 
   def put(bank, into_r, into_s):
     return jnp.where(ring_slot, into_s, jnp.where(write, into_r[:, None], bank))
