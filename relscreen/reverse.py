@@ -185,7 +185,7 @@ class Bookkeeping(Protocol):
   initial: Any
   segments: int
 
-  def prefix(self, size: int, after=None) -> "Bookkeeping": ...
+  def prefix(self, size: int, after) -> "Bookkeeping": ...
   def block_inputs(self, t, admitted) -> Any: ...
   def pop(self, carry, t, rows) -> tuple[Any, Any]: ...
   def attended(self, carry, t, admitted, rows) -> tuple[Any, Any, Any]: ...
@@ -220,7 +220,7 @@ class _RelevanceReverse:
     self.initial = (bank.vals, bank.keys, bank.time, jnp.zeros_like(bank.vals),
                     jnp.zeros_like(bank.keys))
 
-  def prefix(self, size: int, after=None) -> "_RelevanceReverse":
+  def prefix(self, size: int, after) -> "_RelevanceReverse":
     del size, after  # the memory has nu + rho slots whatever the step
     return self
 
@@ -251,28 +251,18 @@ class _RelevanceReverse:
     back, back_key, put_back, put_back_key = rows
     slot, evicted = admitted
     j = t % self.nu
-    slots = jnp.arange(time.shape[1])[None, :]
     r_col = jnp.where(slot >= 0, self.nu + slot, -1)  # the R slot written, -1: none
-    write = slots == r_col[:, None]  # [b, nu + rho]
-    s_slot = slots == j
-    rows_mask = write[..., None]
-
-    def undo(a, in_r, in_s):
-      # Selects, for the arrays nothing else reads at another slot this step.
-      if a.ndim == 2:
-        return jnp.where(s_slot, in_s[:, None], jnp.where(write, in_r, a))
-      return jnp.where(s_slot[..., None], in_s[:, None], jnp.where(rows_mask, in_r, a))
-
     # The written R slot's cotangent, one row per batch row.
     moved = [jnp.where(slot[:, None] >= 0, d, 0.0)
              for d in _rows_at((d_vals, d_keys), jnp.maximum(r_col, 0))]
-    vals = undo(vals, put_back[:, None], back)
+    vals = ring.select_slots(vals, j, r_col, back, put_back)
     # The keys by scatter (``ring.write_slots``): with a select XLA fuses the undo
     # into the attention's tanh as well as into the carried bank, and copies the
     # bank every step to keep both.
     keys = ring.write_slots(keys, j, r_col, back_key, put_back_key)
-    time = undo(time, evicted[:, None], jnp.full(time.shape[:1], t - self.nu, time.dtype))
-    d_vals, d_keys = undo(d_vals, 0.0, moved[0]), undo(d_keys, 0.0, moved[1])
+    time = ring.select_slots(time, j, r_col, jnp.asarray(t - self.nu, time.dtype), evicted)
+    d_vals = ring.select_slots(d_vals, j, r_col, moved[0], 0.0)
+    d_keys = ring.select_slots(d_keys, j, r_col, moved[1], 0.0)
     return ((keys, vals),), (time >= 0,), (vals, keys, time, d_vals, d_keys)
 
   def add(self, carry, d_keys, alpha, d_context, rows):
@@ -308,7 +298,7 @@ class _FullReverse:
     self.initial = (jnp.zeros_like(self.hist), jnp.zeros_like(self.hist), own)
     self.bank = (self.keys, self.hist)  # the slots attended to; ``prefix`` narrows it
 
-  def prefix(self, size: int, after=None) -> "_FullReverse":
+  def prefix(self, size: int, after) -> "_FullReverse":
     """The same bookkeeping over the first ``size`` slots only (sliced here, once:
     XLA copies a slice taken inside the loop at every step).
 
@@ -318,7 +308,7 @@ class _FullReverse:
     ``optimization_barrier`` does not survive its pipeline): MemRNN's memory plan
     at L = 1020 was 106 MB with 8 stretches, 78 MB with this. (Were that entry
     not finite, the gradient would not be either, with or without this.)"""
-    zero = jnp.zeros((), self.keys.dtype) if after is None else 0.0 * after.reshape(-1)[0]
+    zero = 0.0 * after.reshape(-1)[0]
     view = copy.copy(self)
     view.bank = (self.keys[:, :size] + zero, self.hist[:, :size] + zero)
     return view

@@ -6,11 +6,11 @@ oldest first; storing then shifts every S array by a slot and attention reads
 S and R as two banks. Here S and R are one bank of ``nu + rho`` slots (S in
 ``[0, nu)``, R after it) and, with a store at every step (``k = 1``), h_t sits in
 S slot ``t mod nu``: a store writes one S slot and screening at most one R slot
-(``write_slots``: one scatter per bank, in place), and attention reads the bank
-in one piece. The states, scores and screening decisions are ``rsm``'s (the
-rules are shared: ``rsm.choose``); only the order of S's slots differs, and
-``to_rsm`` puts it back. The reverse pass (``relscreen.reverse``) undoes the stores in the
-same layout.
+(``write_slots``: one scatter per bank, in place; ``select_slots`` for the small
+arrays), and attention reads the bank in one piece. The states, scores and
+screening decisions are ``rsm``'s (the rules are shared: ``rsm.choose``); only
+the order of S's slots differs, and ``to_rsm`` puts it back. The reverse pass
+(``relscreen.reverse``) undoes the stores in the same layout.
 """
 
 from typing import NamedTuple
@@ -69,6 +69,25 @@ def write_slots(bank: Array, j: Array, r_col: Array, into_s: Array, into_r: Arra
                                  unique_indices=True)
 
 
+def select_slots(a: Array, j: Array, r_col: Array, into_s, into_r) -> Array:
+  """``write_slots`` by select, for any ``a`` [b, m, ...]: slot ``j`` of every row
+  set to ``into_s`` and slot ``r_col[i]`` of row i to ``into_r`` (each a row's
+  value [b, ...] or a scalar). For arrays nothing else reads at another slot in
+  the same step: XLA fuses the selects into one loop."""
+  slots = jnp.arange(a.shape[1])[None, :]
+  trailing = (1,) * (a.ndim - 2)
+
+  def mask(m):
+    return m.reshape(m.shape + trailing)
+
+  def per_slot(v):
+    v = jnp.asarray(v)
+    return v[:, None] if v.ndim else v
+
+  return jnp.where(mask(slots == j), per_slot(into_s),
+                   jnp.where(mask(slots == r_col[:, None]), per_slot(into_r), a))
+
+
 def accumulate(ring: Ring, alpha: Array, nu: int, rules: rsm.Rules = rsm.PAPER) -> Ring:
   """``rsm.accumulate`` on the bank: ``alpha`` [b, nu + rho] in the bank's order."""
   alpha = jax.lax.stop_gradient(alpha)
@@ -93,7 +112,6 @@ def store(ring: Ring, value: Array, key: Array, t: Array, nu: int,
     return jax.lax.dynamic_index_in_dim(a, j, axis=1, keepdims=False)
 
   cand_time, cand_score = at_j(ring.time), jax.lax.stop_gradient(at_j(ring.score))
-  index = jnp.arange(slots)[None, :]
   if slots == nu:  # a window: the oldest state just leaves
     # rsm.screen counts no candidates for a window (``seen`` stays 0)
     slot, score, eligible = jnp.full((b,), -1, jnp.int32), cand_score, jnp.zeros((b,), bool)
@@ -103,16 +121,10 @@ def store(ring: Ring, value: Array, key: Array, t: Array, nu: int,
                                                  ring.time[:, nu:], ring.seen, do, t, rules)
     slot = jnp.where(admitted, slot, -1).astype(jnp.int32)
   r_col = jnp.where(slot >= 0, nu + slot, -1)  # the R slot written, -1: none
-  write = index == r_col[:, None]  # [b, nu + rho]
-  ring_slot = index == j
   evicted = jnp.take_along_axis(ring.time, jnp.maximum(r_col, 0)[:, None], axis=1)[:, 0]
-
-  def put(bank, into_r, into_s):
-    return jnp.where(ring_slot, into_s, jnp.where(write, into_r[:, None], bank))
-
   new = Ring(write_slots(ring.vals, j, r_col, value, at_j(ring.vals)),
              write_slots(ring.keys, j, r_col, key, at_j(ring.keys)),
-             put(ring.score, score, jnp.zeros((), ring.score.dtype)),
-             put(ring.time, cand_time, jnp.asarray(t, jnp.int32)),
+             select_slots(ring.score, j, r_col, jnp.zeros((), ring.score.dtype), score),
+             select_slots(ring.time, j, r_col, jnp.asarray(t, jnp.int32), cand_time),
              ring.seen + eligible.astype(jnp.int32))
   return new, Admission(slot, jnp.where(slot >= 0, evicted, -1))
