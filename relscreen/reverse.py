@@ -170,8 +170,9 @@ class Bookkeeping(Protocol):
 
   ``initial`` is the carry at the last step (the final memory and zero slot
   cotangents); ``segments`` the number of stretches of the reverse pass with their
-  own bank size, ``prefix(n, after)`` the bookkeeping restricted to the first ``n``
-  slots, made once ``after`` (an array of the previous stretch) exists.
+  own bank size; ``prefix(n, carry)`` the bookkeeping for a stretch whose last
+  step is ``n`` (it attends to at most ``n`` slots), with the carry fitted to it;
+  made once ``carry`` (the previous stretch's) exists.
   Per block of steps ``t`` [n], ``block_inputs`` gathers what the steps' undos need
   at once (``rows``, one per step). Per step, ``pop`` gives h_t's cotangent as a
   value and as a key, ``attended`` undoes step t's store and returns the bank
@@ -185,7 +186,7 @@ class Bookkeeping(Protocol):
   initial: Any
   segments: int
 
-  def prefix(self, size: int, after) -> "Bookkeeping": ...
+  def prefix(self, last: int, carry) -> tuple["Bookkeeping", Any]: ...
   def block_inputs(self, t, admitted) -> Any: ...
   def pop(self, carry, t, rows) -> tuple[Any, Any]: ...
   def attended(self, carry, t, admitted, rows) -> tuple[Any, Any, Any]: ...
@@ -220,9 +221,9 @@ class _RelevanceReverse:
     self.initial = (bank.vals, bank.keys, bank.time, jnp.zeros_like(bank.vals),
                     jnp.zeros_like(bank.keys))
 
-  def prefix(self, size: int, after) -> "_RelevanceReverse":
-    del size, after  # the memory has nu + rho slots whatever the step
-    return self
+  def prefix(self, last: int, carry) -> tuple["_RelevanceReverse", Any]:
+    del last  # the memory has nu + rho slots whatever the step
+    return self, carry
 
   def block_inputs(self, t, admitted):
     """For a block of steps ``t`` [n]: the states (values and keys, [n, b, h] each)
@@ -280,8 +281,9 @@ class _FullReverse:
   """Full-memory bookkeeping of the reverse pass (k = 1: slot j holds h_j): the
   bank is h itself, batch-major, and the slots' cotangents sum into dH, dK.
 
-  Steps before t = n attend to fewer than n slots: ``prefix(n)`` restricts the
-  bank to them, so a stretch of early steps costs what its slots cost.
+  Steps up to t = n attend to fewer than n slots: ``prefix(n)`` restricts the
+  bank and dH, dK to slots 0 .. n, so a stretch of early steps costs what its
+  slots cost.
 
   The values' cotangents are rank one per step (``alpha_t`` times ``d_context_t``),
   so dH gets a block's at once, as one batched matrix product at the block's end,
@@ -298,20 +300,27 @@ class _FullReverse:
     self.initial = (jnp.zeros_like(self.hist), jnp.zeros_like(self.hist), own)
     self.bank = (self.keys, self.hist)  # the slots attended to; ``prefix`` narrows it
 
-  def prefix(self, size: int, after) -> "_FullReverse":
-    """The same bookkeeping over the first ``size`` slots only (sliced here, once:
-    XLA copies a slice taken inside the loop at every step).
+  def prefix(self, last: int, carry) -> tuple["_FullReverse", Any]:
+    """The same bookkeeping over slots 0 .. ``last`` only, for a stretch whose
+    last step is ``last``: its steps attend to slots before ``last`` and pop
+    slot ``last`` at most. The bank is sliced here, once (XLA copies a slice
+    taken inside the loop at every step), and so is the carry: slots after
+    ``last`` were popped by later steps and are not read again, and a carry as
+    large as the bank takes the steps' cotangents as a plain sum, not an update
+    of a slice (measured, docs/RESULTS.md).
 
-    ``after``: an array the previous stretch computed. The slices are made to
-    depend on it (plus 0 times one of its entries), or XLA's CPU scheduler takes
-    every stretch's slices at the start and keeps them all alive (an
-    ``optimization_barrier`` does not survive its pipeline): MemRNN's memory plan
-    at L = 1020 was 106 MB with 8 stretches, 78 MB with this. (Were that entry
-    not finite, the gradient would not be either, with or without this.)"""
-    zero = 0.0 * after.reshape(-1)[0]
+    The slices are made to depend on the previous stretch's ``carry`` (plus 0
+    times one of its entries), or XLA's CPU scheduler takes every stretch's
+    slices at the start and keeps them all alive (an ``optimization_barrier``
+    does not survive its pipeline): MemRNN's memory plan at L = 1020 was 106 MB
+    with 8 stretches, 78 MB with this. (Were that entry not finite, the
+    gradient would not be either, with or without this.)"""
+    dh, dk, own = carry
+    size = last + 1
+    zero = 0.0 * dk[0, 0, 0]
     view = copy.copy(self)
     view.bank = (self.keys[:, :size] + zero, self.hist[:, :size] + zero)
-    return view
+    return view, (dh[:, :size], dk[:, :size], own)
 
   def block_inputs(self, t, admitted):
     del admitted
@@ -331,20 +340,18 @@ class _FullReverse:
     return (self.bank,), (valid,), carry
 
   def add(self, carry, d_keys, alpha, d_context, rows):
-    dh, dk, own = carry
-    n = d_keys.shape[1]  # the bank's slots: the first n of dH's
+    dh, dk, own = carry  # as many slots as the bank (``prefix``)
     # The block's own slots t0 .. t0 + block - 1 (past the bank: weight 0).
     cols = rows + jnp.arange(own.shape[1])
     alpha_own = jnp.take(alpha, cols, axis=1, mode="fill", fill_value=0)
     own = own + alpha_own[..., None] * d_context[:, None, :]
-    return (dh, dk.at[:, :n].add(d_keys), own), (alpha, d_context)
+    return (dh, dk + d_keys, own), (alpha, d_context)
 
   def end_block(self, carry, records):
     """dH for the block's steps at once (its own slots' entries are not read again)."""
     dh, dk, own = carry
-    alpha, d_context = records  # [steps, b, n], [steps, b, h]
-    n = alpha.shape[2]
-    dh = dh.at[:, :n].add(jnp.einsum("tbm,tbh->bmh", alpha, d_context))
+    alpha, d_context = records  # [steps, b, n], [steps, b, h]; n: dH's slots
+    dh = dh + jnp.einsum("tbm,tbh->bmh", alpha, d_context)
     return dh, dk, jnp.zeros_like(own)
 
 
@@ -423,13 +430,15 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   dx = []
   for start, end in reversed(list(zip([0] + ends[:-1], ends))):
     stretch = jax.tree_util.tree_map(lambda a, i=start, j=end: a[i:j], tail)
-    carry, dx_part = jax.lax.scan(
-        functools.partial(block, book.prefix(rest + end * chunk, after=carry[0][1])),
-        carry, stretch, reverse=True)
+    view, mem = book.prefix(rest + end * chunk, carry[0][0])
+    carry = ((mem,) + carry[0][1:], carry[1])
+    carry, dx_part = jax.lax.scan(functools.partial(block, view), carry, stretch,
+                                  reverse=True)
     dx.insert(0, dx_part.reshape((-1,) + dx_part.shape[2:]))
   if rest:
     head = jax.tree_util.tree_map(lambda a: a[:rest], xs)
-    carry, dx_head = block(book.prefix(rest, after=carry[0][1]), carry, head)
+    view, mem = book.prefix(rest, carry[0][0])
+    carry, dx_head = block(view, ((mem,) + carry[0][1:], carry[1]), head)
     dx.insert(0, dx_head)
   dx_tail = jnp.concatenate(dx)
   (mem, d_newest, dq_next, dc_next, d_small), sums = carry
