@@ -31,6 +31,13 @@ def masked_softmax(scores: Array, valid: Array) -> Array:
   return unnorm / jnp.where(total > 0, total, 1.0)
 
 
+def _scores(t: Array, v: Array) -> Array:
+  """``t @ v`` for ``t`` [b, m, h], as a batched matrix-vector product (v repeated
+  per row): XLA's CPU dot runs that about 1.4x as fast as the one [b m, h] x [h]
+  product on a large bank, a fused ``sum(t * v)`` slower still (RESULTS)."""
+  return jnp.einsum("bmh,bh->bm", t, jnp.broadcast_to(v, (t.shape[0], v.shape[-1])))
+
+
 def additive_attention_banks(query: Array, banks, v: Array) -> Attended:
   """Additive attention with one softmax over several banks of slots.
 
@@ -45,7 +52,7 @@ def additive_attention_banks(query: Array, banks, v: Array) -> Attended:
     The context, and alpha and scores over the banks' slots in order [b, sum m_i].
   """
   scores = jnp.concatenate(
-      [jnp.tanh(query[:, None, :] + keys) @ v for keys, _, _ in banks], axis=1)
+      [_scores(jnp.tanh(query[:, None, :] + keys), v) for keys, _, _ in banks], axis=1)
   valid = jnp.concatenate([ok for _, _, ok in banks], axis=1)
   alpha = masked_softmax(scores, valid)
   context, start = 0.0, 0
@@ -86,7 +93,7 @@ def additive_attention_vjp(query: Array, keys: Array, values: Array, valid: Arra
     ``(d_query [b, h], d_keys [b, m, h], d_values [b, m, h], d_v [h], alpha [b, m])``.
   """
   t = jnp.tanh(query[:, None, :] + keys)
-  alpha = masked_softmax(t @ v, valid)
+  alpha = masked_softmax(_scores(t, v), valid)
   d_alpha = jnp.einsum("bmh,bh->bm", values, d_context)
   d_scores = alpha * (d_alpha - jnp.sum(alpha * d_alpha, axis=-1, keepdims=True))
   d_keys = d_scores[..., None] * (v[None, None, :] * (1.0 - t * t))  # d(q + k_j), also d q
