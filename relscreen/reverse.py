@@ -428,18 +428,24 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   blocks = (length - 1) // chunk
   tail = jax.tree_util.tree_map(lambda a: a[rest:].reshape((-1, chunk) + a.shape[1:]), xs)
   ends = sorted({round(blocks * (k + 1) / book.segments) for k in range(book.segments)} - {0})
+
+  def enter(last, carry):
+    """The bookkeeping for a stretch whose last step is ``last``, and the carry
+    with its memory part fitted to it (``Bookkeeping.prefix``)."""
+    view, mem = book.prefix(last, carry[0][0])
+    return view, ((mem,) + carry[0][1:], carry[1])
+
   dx = []
   for start, end in reversed(list(zip([0] + ends[:-1], ends))):
     stretch = jax.tree_util.tree_map(lambda a, i=start, j=end: a[i:j], tail)
-    view, mem = book.prefix(rest + end * chunk, carry[0][0])
-    carry = ((mem,) + carry[0][1:], carry[1])
+    view, carry = enter(rest + end * chunk, carry)
     carry, dx_part = jax.lax.scan(functools.partial(block, view), carry, stretch,
                                   reverse=True)
     dx.insert(0, dx_part.reshape((-1,) + dx_part.shape[2:]))
   if rest:
     head = jax.tree_util.tree_map(lambda a: a[:rest], xs)
-    view, mem = book.prefix(rest, carry[0][0])
-    carry, dx_head = block(view, ((mem,) + carry[0][1:], carry[1]), head)
+    view, carry = enter(rest, carry)
+    carry, dx_head = block(view, carry, head)
     dx.insert(0, dx_head)
   dx_tail = jnp.concatenate(dx)
   (mem, d_newest, dq_next, dc_next, d_small), sums = carry
