@@ -39,10 +39,12 @@ def init_state(config: ModelConfig, batch: int, h0: Array | None = None,
                c0: Array | None = None, capacity: int | None = None,
                dtype=jnp.float32) -> State:
   """A fresh state of a single-layer config (``capacity``: states a full memory keeps)."""
-  zeros = jnp.zeros((batch, config.hidden), dtype)
-  s = zeros if h0 is None else jnp.asarray(h0, dtype)
+  def zeros():  # an array of its own each (a state may be donated: one buffer, one leaf)
+    return jnp.zeros((batch, config.hidden), dtype)
+
+  s = zeros() if h0 is None else jnp.asarray(h0, dtype)
   if config.cell is CellType.LSTM:
-    c = zeros if c0 is None else jnp.asarray(c0, dtype)
+    c = zeros() if c0 is None else jnp.asarray(c0, dtype)
   elif config.cell is CellType.USER:
     c = config.user_cell.init_extra(batch, config.hidden, dtype)
   else:
@@ -132,16 +134,29 @@ def first_step(params, config, state, xp, probe):
   return State(state.t + 1, s, c, memory), out
 
 
-def later_step(params, config, state, xp, probe):
-  """Step t >= 1: attend over the memory with query ``s_{t-1} Va``, mix, step the cell."""
+def later_step(params, config, state, xp, probe, first=None):
+  """Step t >= 1: attend over the memory with query ``s_{t-1} Va``, mix, step the cell.
+
+  ``first`` ([] or [b] bool, optional): rows that take step 0's rule instead
+  (``first_step``), for rows whose memory is empty, as a fresh state's is. Over
+  an empty memory the attention gives weight 0 and context 0 and leaves the
+  memory as it is, so the two rules differ only in the mixed state, picked per
+  row: one program for every step, no branch (a ``lax.cond`` on t made XLA copy
+  the memory at every streaming step).
+  """
   mem = memories.of(config)
   attended = attention.additive_attention_banks(state.s @ params["Va"],
                                                 mem.banks(state.memory), params["v"])
   time = mem.slot_time(state.memory) if config.diagnostics else None
   memory = mem.read(state.memory, attended.alpha)
   s = mixed(config, mem.newest(memory), attended.context)
-  h, _, c = _cell(params, config, xp, s, state.c)
+  if first is not None:
+    first = jnp.reshape(first, jnp.shape(first) + (1,))  # [] or [b] against [b, h]
+    s = jnp.where(first, state.s, s)
+  h, a, c = _cell(params, config, xp, s, state.c)
   h = h + probe
+  if first is not None:
+    s = jnp.where(first, first_mixed(config, a, state.s), s)
   memory, screened = _store(params, config, memory, h, state.t)
   out = {"h": h}
   if config.diagnostics:
@@ -150,14 +165,12 @@ def later_step(params, config, state, xp, probe):
 
 
 def any_step(params, config, state, xp, probe):
-  """A step from any state: ``first_step`` at t = 0, ``later_step`` after."""
+  """A step from any state: ``first_step``'s rule at t = 0, ``later_step``'s after."""
   if not config.attentive:
     h, _, c = _cell(params, config, xp, state.s, state.c)
     h = h + probe
     return State(state.t + 1, h, c, None), {"h": h}
-  return jax.lax.cond(state.t == 0,
-                      lambda *a: first_step(params, config, *a),
-                      lambda *a: later_step(params, config, *a), state, xp, probe)
+  return later_step(params, config, state, xp, probe, first=state.t == 0)
 
 
 def reset_rows(config: ModelConfig, state: State, reset: Array) -> State:
@@ -182,18 +195,8 @@ def step_with_reset(params, config, state, xp, probe, reset):
     raise ValueError(f"per-row resets need k=1 ({config.name} has k={config.k}): with "
                      "k > 1 which steps are stored depends on each row's own clock")
   state = reset_rows(config, state, reset)
-  if not config.attentive or config.cell is not CellType.RNN:
-    # From a zero state, step 0 equals a later step over an empty memory: the
-    # mixed state is 0.5 (0 + 0) = 0 = h_init and nothing is attended.
+  if not config.attentive:
     return any_step(params, config, state, xp, probe)
-  # RNN cell: step 0 keeps the pre-activation as s_0; pick it per restarted row.
-  first_state, first_out = first_step(params, config, state, xp, probe)
-  later_state, later_out = any_step(params, config, state, xp, probe)
-
-  def pick(a, b):
-    if a.ndim == 0:
-      return b
-    return jnp.where(reset.reshape(reset.shape + (1,) * (a.ndim - 1)), a, b)
-
-  return (jax.tree_util.tree_map(pick, first_state, later_state),
-          jax.tree_util.tree_map(pick, first_out, later_out))
+  # A restarted row's memory is empty: it takes step 0's rule (the RNN cell keeps
+  # the pre-activation as s_0).
+  return later_step(params, config, state, xp, probe, first=reset | (state.t == 0))

@@ -54,9 +54,9 @@ def relevance(nu: int, rho: int, rules: rsm.Rules = rsm.PAPER) -> Memory:
     del capacity
     return rsm.init(batch, hidden, nu, rho, dtype)
 
-  return Memory(init, rsm.banks, rsm.newest, rsm.slot_time,
-                lambda mem, alpha: rsm.accumulate(mem, alpha, rules),
-                lambda mem, h, key, t, do: rsm.store(mem, h, key, t, do, rules))
+  return Memory(init, rsm.banks, lambda mem: rsm.newest(mem, nu), rsm.slot_time,
+                lambda mem, alpha: rsm.accumulate(mem, alpha, nu, rules),
+                lambda mem, h, key, t, do: rsm.store(mem, h, key, t, do, nu, rules))
 
 
 def rules_of(config: ModelConfig) -> rsm.Rules:

@@ -23,7 +23,8 @@ kind is one class with a declared interface (``initial``, ``segments``,
 ``prefix``, ``block_inputs``, ``pop``, ``attended``, ``add``); the block size is
 ``ModelConfig.reverse_block``. The relevance and eviction rules never enter it:
 scores carry no gradient, and undoing a store needs only which R slot it wrote
-and which state that slot held (``ring.Admission``), whatever rule chose them.
+and which state that slot held (``rsm.Screened``'s ``slot`` and ``replaced``),
+whatever rule chose them.
 """
 
 import copy
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from relscreen import attention, cells, core, full_memory, memories, ring
+from relscreen import attention, cells, core, full_memory, memories, rsm
 from relscreen.config import CellType
 
 
@@ -73,9 +74,10 @@ def _local_first(config, p, s_init, c_init, x_0):
 def attentive_forward(params, config, x, s_init, c_init):
   """The plain forward scan over time-major inputs ``x`` [t, b, i]; also returns
   what the custom reverse pass needs: h, s and (LSTM) c of every step
-  [t, b, h], written in place into buffers, and (RSM) each step's
-  ``ring.Admission`` ([t - 1, b] each). An RSM memory runs in the ring layout
-  (``relscreen.ring``) and is put back in ``rsm``'s at the end. The input
+  [t, b, h], written in place into buffers, and (RSM) the R slot each step's
+  screening wrote and the time of the state it replaced there ([t - 1, b] each;
+  h_t sits in S's slot t mod nu, ``rsm``'s ring starting from an empty memory).
+  The input
   projection happens inside the step, so neither it nor its cotangent is ever
   stored for the whole sequence."""
   length = x.shape[0]
@@ -137,16 +139,17 @@ def attentive_forward(params, config, x, s_init, c_init):
       t, x_t = inputs
       attended = attention.additive_attention_banks(
           s @ params["Va"], ((mem.keys, mem.vals, mem.time >= 0),), params["v"])
-      mem = ring.accumulate(mem, attended.alpha, nu, rules)
+      mem = rsm.accumulate(mem, attended.alpha, nu, rules)
       s = core.mixed(config, newest, attended.context)
       h, _, c = core._cell(params, config, core.project_input(params, config, x_t), s, c)  # pylint: disable=protected-access
-      mem, admission = ring.store(mem, h, h @ params["Ua"], t, nu, rules)
-      return (mem, s, c, h, record(buffers, t, h, s, c)), admission
+      mem, screened = rsm.store(mem, h, h @ params["Ua"], t, jnp.ones(h.shape[:1], bool), nu,
+                                rules)
+      return (mem, s, c, h, record(buffers, t, h, s, c)), (screened.slot, screened.replaced)
 
-    carry = (ring.from_rsm(state.memory, 1), state.s, state.c, first["h"], buffers)
+    carry = (state.memory, state.s, state.c, first["h"], buffers)
     (mem, s, c, _, buffers), admitted = jax.lax.scan(body, carry,
                                                      (jnp.arange(1, length), x[1:]))
-    final = core.State(jnp.asarray(length, jnp.int32), s, c, ring.to_rsm(mem, nu, length))
+    final = core.State(jnp.asarray(length, jnp.int32), s, c, mem)
   h, s, c = buffers if lstm else (*buffers, None)
   return final, h, s, c, admitted
 
@@ -194,14 +197,6 @@ class Bookkeeping(Protocol):
   def end_block(self, carry, records) -> Any: ...
 
 
-def _rows_at(arrays, cols):
-  """Row i's slot ``cols[i]`` of each [b, slots, h] array, as [b, h]: a gather. A
-  slice or a masked sum over the slots instead lets XLA fuse the read into some
-  other output and then copy the whole array at every step."""
-  cols = cols[:, None, None]
-  return tuple(jnp.take_along_axis(a, cols, axis=1)[:, 0] for a in arrays)
-
-
 class _RelevanceReverse:
   """RSM bookkeeping of the reverse pass: the memory and its slots' cotangents are
   carried backwards from the final memory, undoing one store per step.
@@ -217,9 +212,8 @@ class _RelevanceReverse:
 
   def __init__(self, config, h, ua, memory):
     self.nu, self.h, self.ua = config.nu, h, ua
-    bank = ring.from_rsm(memory, h.shape[0])
-    self.initial = (bank.vals, bank.keys, bank.time, jnp.zeros_like(bank.vals),
-                    jnp.zeros_like(bank.keys))
+    self.initial = (memory.vals, memory.keys, memory.time, jnp.zeros_like(memory.vals),
+                    jnp.zeros_like(memory.keys))
 
   def prefix(self, last: int, carry) -> tuple["_RelevanceReverse", Any]:
     del last  # the memory has nu + rho slots whatever the step
@@ -240,7 +234,8 @@ class _RelevanceReverse:
     slot: after step t's store, h_t is in S's slot t mod nu."""
     del rows
     _, _, _, d_vals, d_keys = carry
-    return _rows_at((d_vals, d_keys), jnp.full(d_vals.shape[:1], t % self.nu))
+    j = jnp.full(d_vals.shape[:1], t % self.nu)
+    return rsm.rows_at(d_vals, j), rsm.rows_at(d_keys, j)
 
   def attended(self, carry, t, admitted, rows):
     """Undoes step t's store: S's slot t mod nu gets back the state that left S,
@@ -254,16 +249,16 @@ class _RelevanceReverse:
     j = t % self.nu
     r_col = jnp.where(slot >= 0, self.nu + slot, -1)  # the R slot written, -1: none
     # The written R slot's cotangent, one row per batch row.
-    moved = [jnp.where(slot[:, None] >= 0, d, 0.0)
-             for d in _rows_at((d_vals, d_keys), jnp.maximum(r_col, 0))]
-    vals = ring.select_slots(vals, j, r_col, back, put_back)
-    # The keys by scatter (``ring.write_slots``): with a select XLA fuses the undo
+    moved = [jnp.where(slot[:, None] >= 0, rsm.rows_at(d, jnp.maximum(r_col, 0)), 0.0)
+             for d in (d_vals, d_keys)]
+    vals = rsm.select_slots(vals, j, r_col, back, put_back)
+    # The keys by scatter (``rsm.write_slots``): with a select XLA fuses the undo
     # into the attention's tanh as well as into the carried bank, and copies the
     # bank every step to keep both.
-    keys = ring.write_slots(keys, j, r_col, back_key, put_back_key)
-    time = ring.select_slots(time, j, r_col, jnp.asarray(t - self.nu, time.dtype), evicted)
-    d_vals = ring.select_slots(d_vals, j, r_col, moved[0], 0.0)
-    d_keys = ring.select_slots(d_keys, j, r_col, moved[1], 0.0)
+    keys = rsm.write_slots(keys, j, r_col, back_key, put_back_key)
+    time = rsm.select_slots(time, j, r_col, jnp.asarray(t - self.nu, time.dtype), evicted)
+    d_vals = rsm.select_slots(d_vals, j, r_col, moved[0], 0.0)
+    d_keys = rsm.select_slots(d_keys, j, r_col, moved[1], 0.0)
     return ((keys, vals),), (time >= 0,), (vals, keys, time, d_vals, d_keys)
 
   def add(self, carry, d_keys, alpha, d_context, rows):
@@ -330,8 +325,8 @@ class _FullReverse:
   def pop(self, carry, t, t0):
     d_hist, d_keys, own = carry
     batch = d_hist.shape[0]
-    dv, dk = _rows_at((d_hist, d_keys), jnp.full((batch,), t))
-    (dv_own,) = _rows_at((own,), jnp.full((batch,), t - t0))
+    dv, dk = (rsm.rows_at(a, jnp.full((batch,), t)) for a in (d_hist, d_keys))
+    dv_own = rsm.rows_at(own, jnp.full((batch,), t - t0))
     return dv + dv_own, dk
 
   def attended(self, carry, t, admitted, rows):

@@ -1,10 +1,14 @@
 """The Relevancy Screening Mechanism's memory (ALGORITHM §3), vectorised.
 
 State per batch row: a short-term buffer S of the last ``nu`` stored states and a
-relevant set R of at most ``rho`` states. S is right-aligned: its newest state is
-at slot ``nu - 1``, its oldest at slot 0, and empty slots (time -1) sit on the
-left, so storing is a shift and the screening candidate is always slot 0.
-Every array has a fixed size: the state does not grow with the sequence length.
+relevant set R of at most ``rho`` states, kept as one bank of ``nu + rho`` slots
+(``RSMState``): S in slots ``[0, nu)``, R in ``[nu, nu + rho)``. Attention reads
+the bank in one piece. S is a ring: a store writes the slot of S's oldest state
+(an empty slot first), so S's order is its slots' ``time``, not their position;
+R fills as a prefix. A store therefore rewrites at most two slots of a row (the
+one it fills in S, the one screening fills in R), which XLA does in place inside
+a scan or with the state donated, instead of shifting S. Every array has a fixed
+size: the state does not grow with the sequence length.
 
 How a state earns its score and which state leaves R are ``Rules`` (ALGORITHM
 §11); the defaults are the paper's. With ``rho = 0`` the memory is a plain window
@@ -22,14 +26,15 @@ Array = jax.Array
 
 
 class RSMState(NamedTuple):
-  s_vals: Array  # [b, nu, h] short-term buffer S, oldest first
-  s_keys: Array  # [b, nu, h] cached keys Ua m_j
-  s_score: Array  # [b, nu] relevance accumulated while in S
-  s_time: Array  # [b, nu] int32 time index of each state, -1 when empty
-  r_vals: Array  # [b, rho, h] relevant set R
-  r_keys: Array  # [b, rho, h]
-  r_score: Array  # [b, rho] score, frozen when the state entered R (except under decay)
-  r_time: Array  # [b, rho] int32, -1 when empty
+  """S (slots ``[0, nu)``, a ring) and R (slots ``[nu, nu + rho)``) as one bank.
+
+  The functions below take ``nu`` where they need to tell S from R.
+  """
+
+  vals: Array  # [b, nu + rho, h] stored states
+  keys: Array  # [b, nu + rho, h] their cached keys Ua m_j
+  score: Array  # [b, nu + rho] relevance: accumulated in S, frozen in R (except decay)
+  time: Array  # [b, nu + rho] int32 time index of each state, -1 when empty
   seen: Array  # [b] int32 candidates offered to R so far (the fifo / reservoir clock)
 
 
@@ -51,48 +56,63 @@ class Screened(NamedTuple):
   time: Array  # [b] int32 time index of the candidate, -1 when none
   score: Array  # [b] its final relevance score (NaN when none)
   admitted: Array  # [b] bool: it entered R
+  slot: Array  # [b] int32 the R slot (0 .. rho - 1) it took, -1 when not admitted
+  replaced: Array  # [b] int32 time of the state it replaced there, -1 when none
 
 
 def init(batch: int, hidden: int, nu: int, rho: int, dtype=jnp.float32) -> RSMState:
   """An empty memory."""
-  def bank(n):
-    return (jnp.zeros((batch, n, hidden), dtype), jnp.zeros((batch, n, hidden), dtype),
-            jnp.zeros((batch, n), dtype), jnp.full((batch, n), -1, jnp.int32))
-  return RSMState(*bank(nu), *bank(rho), jnp.zeros((batch,), jnp.int32))
+  m = nu + rho
+  return RSMState(jnp.zeros((batch, m, hidden), dtype), jnp.zeros((batch, m, hidden), dtype),
+                  jnp.zeros((batch, m), dtype), jnp.full((batch, m), -1, jnp.int32),
+                  jnp.zeros((batch,), jnp.int32))
 
 
 def banks(mem: RSMState):
-  """The attended banks S then R, as ``(keys, values, valid)`` each."""
-  return ((mem.s_keys, mem.s_vals, mem.s_time >= 0),
-          (mem.r_keys, mem.r_vals, mem.r_time >= 0))
+  """The attended bank, S then R, as one ``(keys, values, valid)``."""
+  return ((mem.keys, mem.vals, mem.time >= 0),)
 
 
 def slot_time(mem: RSMState) -> Array:
-  """Time index held by each attended slot, S then R: [b, nu+rho], -1 when empty."""
-  return jnp.concatenate([mem.s_time, mem.r_time], axis=1)
+  """Time index held by each attended slot: [b, nu + rho], -1 when empty."""
+  return mem.time
 
 
-def newest(mem: RSMState) -> Array:
-  """The most recently stored state, [b, h]."""
-  return mem.s_vals[:, -1]
+def oldest_slot(mem: RSMState, nu: int) -> Array:
+  """Per row, the S slot the next store writes: S's oldest state, or its first
+  empty slot while S is not full. [b] int32."""
+  return jnp.argmin(mem.time[:, :nu], axis=1).astype(jnp.int32)
 
 
-def accumulate(mem: RSMState, alpha: Array, rules: Rules = PAPER) -> RSMState:
+def rows_at(a: Array, slot: Array) -> Array:
+  """``a[i, slot[i]]`` for every row i of ``a`` [b, m, ...], as a gather (a slice
+  or a masked sum over the slots instead lets XLA fuse the read into some other
+  output and then copy the whole array at every step)."""
+  index = slot.reshape(slot.shape + (1,) * (a.ndim - 1))
+  return jnp.take_along_axis(a, index, axis=1)[:, 0]
+
+
+def newest(mem: RSMState, nu: int) -> Array:
+  """The most recently stored state, [b, h] (zeros while S is empty)."""
+  return rows_at(mem.vals, jnp.argmax(mem.time[:, :nu], axis=1))
+
+
+def accumulate(mem: RSMState, alpha: Array, nu: int, rules: Rules = PAPER) -> RSMState:
   """Adds this step's attention weights to the scores (no gradient flows).
 
-  ``alpha`` [b, nu+rho] holds the weights over S then R; empty slots receive
+  ``alpha`` [b, nu + rho] holds the weights over the bank; empty slots receive
   exactly 0. ``sum`` and ``mean`` add S's weights, ``max`` keeps S's largest,
   ``decay`` decays every score by gamma and adds the weights, in S and in R.
   """
-  nu = mem.s_score.shape[1]
-  a_s, a_r = (jax.lax.stop_gradient(a) for a in (alpha[:, :nu], alpha[:, nu:]))
+  alpha = jax.lax.stop_gradient(alpha)
+  in_s = jnp.arange(mem.score.shape[1])[None, :] < nu
   if rules.relevance is Relevance.MAX:
-    return mem._replace(s_score=jnp.maximum(mem.s_score, a_s))
-  if rules.relevance is Relevance.DECAY:
-    return mem._replace(s_score=rules.decay * mem.s_score + a_s,
-                        r_score=jnp.where(mem.r_time >= 0,
-                                          rules.decay * mem.r_score + a_r, mem.r_score))
-  return mem._replace(s_score=mem.s_score + a_s)
+    score = jnp.where(in_s, jnp.maximum(mem.score, alpha), mem.score)
+  elif rules.relevance is Relevance.DECAY:
+    score = jnp.where(in_s | (mem.time >= 0), rules.decay * mem.score + alpha, mem.score)
+  else:
+    score = mem.score + jnp.where(in_s, alpha, 0.0)
+  return mem._replace(score=score)
 
 
 def _row_draws(rules: Rules, seen: Array) -> Array:
@@ -155,48 +175,64 @@ def choose(cand_time: Array, cand_score: Array, r_score: Array, r_time: Array,
   return cand_score, eligible, admitted, slot
 
 
-def screen(mem: RSMState, do: Array, t: Array | int = 0,
-           rules: Rules = PAPER) -> tuple[RSMState, Screened]:
-  """Offers S's oldest state to R, in rows where ``do`` [b] and S is full; the
-  decision is ``choose``'s. A window (rho = 0) lets the oldest state leave."""
-  rho = mem.r_score.shape[1]
-  cand_time, cand_score = mem.s_time[:, 0], jax.lax.stop_gradient(mem.s_score[:, 0])
+def write_slots(bank: Array, s_col: Array, r_col: Array, into_s: Array,
+                into_r: Array) -> Array:
+  """``bank`` [b, m, h] with slot ``s_col[i]`` of row i set to ``into_s[i]`` and
+  slot ``r_col[i]`` to ``into_r[i]`` (``s_col`` [b] or one slot for every row,
+  ``r_col`` [b]; negative: no write), as one scatter that XLA does in place. With
+  selects instead, a bank that is also read at another slot in the same step
+  (the state leaving S, or the attention reading the bank) is copied whole."""
+  b, m = bank.shape[:2]
+  cols = jnp.concatenate([jnp.broadcast_to(s_col, (b,)), r_col])
+  return bank.at[jnp.tile(jnp.arange(b), 2), jnp.where(cols >= 0, cols, m)].set(
+      jnp.concatenate([into_s, into_r]), mode="drop", unique_indices=True)
+
+
+def select_slots(a: Array, s_col: Array, r_col: Array, into_s, into_r) -> Array:
+  """``write_slots`` by select, for any ``a`` [b, m, ...], with ``into_s`` and
+  ``into_r`` each a row's value [b, ...] or a scalar. For arrays nothing else
+  reads at another slot in the same step: XLA fuses the selects into one loop."""
+  b, m = a.shape[:2]
+  slots = jnp.arange(m)[None, :]
+  trailing = (1,) * (a.ndim - 2)
+
+  def mask(col):
+    return (slots == jnp.broadcast_to(col, (b,))[:, None]).reshape((b, m) + trailing)
+
+  def per_slot(v):
+    v = jnp.asarray(v)
+    return v[:, None] if v.ndim else v
+
+  return jnp.where(mask(s_col), per_slot(into_s), jnp.where(mask(r_col), per_slot(into_r), a))
+
+
+def store(mem: RSMState, value: Array, key: Array, t: Array, do: Array, nu: int,
+          rules: Rules = PAPER) -> tuple[RSMState, Screened]:
+  """Stores ``value`` [b, h] with its ``key`` (score 0, time ``t``) in rows where
+  ``do`` [b], after screening the state it displaces from S (its score already
+  holds this step's weight): ``choose`` decides whether that state enters R. A
+  window (rho = 0) lets it leave; nothing is counted in ``seen``."""
+  b, m = mem.time.shape
+  rho = m - nu
+  j = oldest_slot(mem, nu)
+  cand_time, cand_score = rows_at(mem.time, j), jax.lax.stop_gradient(rows_at(mem.score, j))
   if rho == 0:
     cand_score, eligible = _candidate(cand_time, cand_score, do, t, rules)
-    return mem, Screened(jnp.where(eligible, cand_time, -1),
-                         jnp.where(eligible, cand_score, jnp.nan), jnp.zeros_like(eligible))
-  cand_score, eligible, admitted, slot = choose(cand_time, cand_score, mem.r_score,
-                                                mem.r_time, mem.seen, do, t, rules)
-  write = admitted[:, None] & (jnp.arange(rho)[None, :] == slot[:, None])  # [b, rho]
-
-  def put(bank, cand):
-    mask = write.reshape(write.shape + (1,) * (bank.ndim - 2))
-    return jnp.where(mask, jnp.expand_dims(cand, 1), bank)
-
-  mem = mem._replace(
-      r_vals=put(mem.r_vals, mem.s_vals[:, 0]), r_keys=put(mem.r_keys, mem.s_keys[:, 0]),
-      r_score=put(mem.r_score, cand_score), r_time=put(mem.r_time, cand_time),
-      seen=mem.seen + eligible.astype(jnp.int32))
+    admitted, counted = jnp.zeros_like(eligible), jnp.zeros_like(eligible)
+    slot = jnp.full((b,), -1, jnp.int32)
+  else:
+    cand_score, eligible, admitted, slot = choose(cand_time, cand_score, mem.score[:, nu:],
+                                                  mem.time[:, nu:], mem.seen, do, t, rules)
+    slot, counted = jnp.where(admitted, slot, -1).astype(jnp.int32), eligible
+  s_col = jnp.where(do, j, -1)
+  r_col = jnp.where(slot >= 0, nu + slot, -1)
+  replaced = jnp.where(slot >= 0, rows_at(mem.time, jnp.maximum(r_col, 0)), -1)
+  new = RSMState(
+      write_slots(mem.vals, s_col, r_col, value, rows_at(mem.vals, j)),
+      write_slots(mem.keys, s_col, r_col, key, rows_at(mem.keys, j)),
+      select_slots(mem.score, s_col, r_col, jnp.zeros((), mem.score.dtype), cand_score),
+      select_slots(mem.time, s_col, r_col, jnp.asarray(t, jnp.int32), cand_time),
+      mem.seen + counted.astype(jnp.int32))
   info = Screened(jnp.where(eligible, cand_time, -1),
-                  jnp.where(eligible, cand_score, jnp.nan), admitted)
-  return mem, info
-
-
-def push(mem: RSMState, value: Array, key: Array, t: Array, do: Array) -> RSMState:
-  """Appends ``value`` [b, h] (key, score 0, time ``t``) to S where ``do`` [b]."""
-  def shift(bank, new):
-    moved = jnp.concatenate([bank[:, 1:], jnp.expand_dims(new, 1)], axis=1)
-    return jnp.where(do.reshape(do.shape + (1,) * (bank.ndim - 1)), moved, bank)
-
-  b = value.shape[0]
-  return mem._replace(
-      s_vals=shift(mem.s_vals, value), s_keys=shift(mem.s_keys, key),
-      s_score=shift(mem.s_score, jnp.zeros((b,), mem.s_score.dtype)),
-      s_time=shift(mem.s_time, jnp.broadcast_to(t, (b,)).astype(jnp.int32)))
-
-
-def store(mem: RSMState, value: Array, key: Array, t: Array, do: Array,
-          rules: Rules = PAPER) -> tuple[RSMState, Screened]:
-  """Screens S's oldest state (its score already holds this step's weight), then pushes."""
-  mem, info = screen(mem, do, t, rules)
-  return push(mem, value, key, t, do), info
+                  jnp.where(eligible, cand_score, jnp.nan), admitted, slot, replaced)
+  return new, info

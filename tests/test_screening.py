@@ -28,62 +28,84 @@ def reservoir_draws(rules, batch):
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted(rules):
-  """One jitted store/accumulate per rule set, so the many examples below compile
-  once per shape instead of once each."""
-  return (jax.jit(functools.partial(rsm.store, rules=rules)),
-          jax.jit(functools.partial(rsm.accumulate, rules=rules)))
+def _jitted(rules, nu):
+  """One jitted store/accumulate per rule set and nu, so the many examples below
+  compile once per shape instead of once each."""
+  return (jax.jit(functools.partial(rsm.store, nu=nu, rules=rules)),
+          jax.jit(functools.partial(rsm.accumulate, nu=nu, rules=rules)))
+
+
+def s_order(time_row, nu):
+  """The S slots of one row holding a state, oldest first (S is a ring)."""
+  slots = [j for j in range(nu) if time_row[j] >= 0]
+  return sorted(slots, key=lambda j: time_row[j])
 
 
 def run_both(batch, nu, rho, steps, weights, store_mask, rules=rsm.PAPER, r_weights=None):
-  """Feeds the same weights to both; returns per-step (ours, reference) snapshots.
+  """Feeds the same weights to both; returns the final memory after checking
+  every step's screening decision and both sets, row by row.
 
   ``weights`` [steps, b, nu] go to S's states (oldest first), ``r_weights``
-  [steps, b, rho] (default 0) to R's slots."""
+  [steps, b, rho] (default 0) to R's slots. ``store_mask`` [steps] or
+  [steps, b]: which rows store at each step (rows may skip stores on their own)."""
   hidden = 2
   dtype = np.float64 if jax.config.x64_enabled else np.float32  # the float64 fixture
   mem = jax.jit(rsm.init, static_argnums=range(5))(batch, hidden, nu, rho, dtype)
   draw = reservoir_draws(rules, batch)
   refs = [Screen(nu, rho, rules.relevance.value, rules.eviction.value, rules.decay,
                  functools.partial(draw, b)) for b in range(batch)]
-  store, accumulate = _jitted(rules)
+  store, accumulate = _jitted(rules, nu)
   r_weights = np.zeros((steps, batch, rho)) if r_weights is None else r_weights
+  store_mask = np.broadcast_to(np.asarray(store_mask).reshape(steps, -1), (steps, batch))
+  time = np.full((batch, nu + rho), -1)
   for t in range(steps):
-    m = len(refs[0].S)
-    # Weights for the m states in S, oldest first; ours are right-aligned in S.
-    w = weights[t, :, :m]
+    # Weights for the states in S, oldest first, put at their ring slots.
     alpha = np.zeros((batch, nu + rho), dtype)
-    alpha[:, nu - m:nu] = w
-    n_r = len(refs[0].R)
-    alpha[:, nu:nu + n_r] = r_weights[t, :, :n_r]
-    mem = accumulate(mem, jnp.asarray(alpha))
     for b in range(batch):
-      refs[b].add_weights(w[b].astype(np.float64), r_weights[t, b, :n_r].astype(np.float64))
+      order = s_order(time[b], nu)
+      assert len(order) == len(refs[b].S)
+      alpha[b, order] = weights[t, b, :len(order)]
+      n_r = len(refs[b].R)
+      alpha[b, nu:nu + n_r] = r_weights[t, b, :n_r]
+      refs[b].add_weights(weights[t, b, :len(order)].astype(np.float64),
+                          r_weights[t, b, :n_r].astype(np.float64))
+    mem = accumulate(mem, jnp.asarray(alpha))
     value = np.full((batch, hidden), t, dtype)
-    do = bool(store_mask[t])
     mem, info = store(mem, jnp.asarray(value), jnp.asarray(value), jnp.int32(t),
-                      jnp.full((batch,), do))
+                      jnp.asarray(store_mask[t]))
     # Checked on the host: indexing jax arrays row by row compiles a program per index op.
     info, snap = jax.device_get((info, mem))
+    time = np.asarray(snap.time)
     for b in range(batch):
-      want = refs[b].store(t, value[b]) if do else (-1, np.nan, False)
+      before = list(refs[b].R)
+      want = refs[b].store(t, value[b]) if store_mask[t, b] else (-1, np.nan, False)
       assert int(info.time[b]) == want[0], (t, b)
       assert bool(info.admitted[b]) == want[2], (t, b)
       np.testing.assert_allclose(float(info.score[b]), want[1], rtol=RTOL[dtype])
+      # The R slot written and the state it replaced (what the reverse pass undoes).
+      slot = int(info.slot[b])
+      assert (slot >= 0) == want[2], (t, b)
+      if slot >= 0:
+        assert int(info.replaced[b]) == (before[slot][0] if slot < len(before) else -1)
+      else:
+        assert int(info.replaced[b]) == -1
     for b in range(batch):
       ref = refs[b]
-      r_time = np.asarray(snap.r_time[b])
+      r_time = time[b, nu:]
       np.testing.assert_array_equal(r_time[:len(ref.R)], [e[0] for e in ref.R])
       assert np.all(r_time[len(ref.R):] == -1)
-      np.testing.assert_allclose(np.asarray(snap.r_score[b])[:len(ref.R)],
+      np.testing.assert_allclose(np.asarray(snap.score[b, nu:])[:len(ref.R)],
                                  [e[1] for e in ref.R], rtol=RTOL[dtype])
       # Values and keys travel with their time index.
-      np.testing.assert_array_equal(np.asarray(snap.r_vals[b])[:len(ref.R), 0],
-                                    r_time[:len(ref.R)])
-      s_time = np.asarray(snap.s_time[b])
-      np.testing.assert_array_equal(s_time[nu - len(ref.S):], [e[0] for e in ref.S])
-      np.testing.assert_allclose(np.asarray(snap.s_score[b])[nu - len(ref.S):],
-                                 [e[1] for e in ref.S], rtol=RTOL[dtype], atol=0)
+      for bank in (snap.vals, snap.keys):
+        np.testing.assert_array_equal(np.asarray(bank[b, nu:])[:len(ref.R), 0],
+                                      r_time[:len(ref.R)])
+        held = time[b] >= 0
+        np.testing.assert_array_equal(np.asarray(bank[b])[held, 0], time[b, held])
+      order = s_order(time[b], nu)
+      np.testing.assert_array_equal(time[b, order], [e[0] for e in ref.S])
+      np.testing.assert_allclose(np.asarray(snap.score[b])[order], [e[1] for e in ref.S],
+                                 rtol=RTOL[dtype], atol=0)
   return mem
 
 
@@ -100,13 +122,14 @@ def test_random_weights_match_reference(batch, nu, rho, float64):
 @given(shape=st.sampled_from(SHAPES), seed=st.integers(0, 2**31 - 1),
        levels=st.sampled_from([2, 4]))
 def test_ties_and_skipped_stores_match_reference(shape, seed, levels):
-  """Dyadic weights (exact in float32 and float64) make ties frequent; some steps
-  store nothing (as with k > 1)."""
+  """Dyadic weights (exact in float32 and float64) make ties frequent; some rows
+  skip some stores, each on its own, so S's ring turns at a different place in
+  every row."""
   batch, nu, rho = shape
   rng = np.random.default_rng(seed)
   steps = 20
   weights = (rng.integers(0, levels, (steps, batch, nu)) / levels).astype(np.float32)
-  run_both(batch, nu, rho, steps, weights, rng.random(steps) < 0.7)
+  run_both(batch, nu, rho, steps, weights, rng.random((steps, batch)) < 0.7)
 
 
 def test_tie_goes_to_incumbent_and_lowest_slot():
@@ -114,7 +137,7 @@ def test_tie_goes_to_incumbent_and_lowest_slot():
 
   With nu = 1 the weight given at step t goes to state t - 1, which is screened
   at the same step."""
-  store, accumulate = _jitted(rsm.PAPER)
+  store, accumulate = _jitted(rsm.PAPER, 1)
   mem = rsm.init(1, 1, nu=1, rho=2)
   events = []
   for t, score in enumerate([0.0, 1.0, 1.0, 1.0, 2.0, 2.0]):
@@ -127,18 +150,18 @@ def test_tie_goes_to_incumbent_and_lowest_slot():
   # t=3: cand 2 (1) ties the minimum: dropped; t=4: cand 3 (2) replaces slot 0;
   # t=5: cand 4 (2) replaces slot 1 (the remaining minimum).
   assert events == [(-1, False), (0, True), (1, True), (2, False), (3, True), (4, True)]
-  np.testing.assert_array_equal(mem.r_time, [[3, 4]])
-  np.testing.assert_array_equal(mem.r_score, [[2.0, 2.0]])
+  np.testing.assert_array_equal(mem.time[:, 1:], [[3, 4]])
+  np.testing.assert_array_equal(mem.score[:, 1:], [[2.0, 2.0]])
 
 
 def test_candidate_score_is_sum_of_exactly_nu_weights():
   """k = 1 and every S slot receiving weight 1: each candidate leaves with score nu."""
   batch, nu, rho = 3, 4, 2
-  store, accumulate = _jitted(rsm.PAPER)
+  store, accumulate = _jitted(rsm.PAPER, nu)
   mem = rsm.init(batch, 2, nu, rho)
   counts = []
   for t in range(15):
-    alpha = jnp.concatenate([(mem.s_time >= 0).astype(jnp.float32),
+    alpha = jnp.concatenate([(mem.time[:, :nu] >= 0).astype(jnp.float32),
                              jnp.zeros((batch, rho))], axis=1)
     mem = accumulate(mem, alpha)
     mem, info = store(mem, jnp.zeros((batch, 2)), jnp.zeros((batch, 2)),
@@ -146,13 +169,13 @@ def test_candidate_score_is_sum_of_exactly_nu_weights():
     if t >= nu:
       np.testing.assert_allclose(info.score, nu)
       assert np.all(info.time == t - nu)
-    counts.append(np.asarray(jnp.sum(mem.r_time >= 0, axis=1)))
+    counts.append(np.asarray(jnp.sum(mem.time[:, nu:] >= 0, axis=1)))
   # |R| is the same in every row at every step.
   assert all(len(set(c.tolist())) == 1 for c in counts)
 
 
 def test_state_shapes_fixed():
-  store, accumulate = _jitted(rsm.PAPER)
+  store, accumulate = _jitted(rsm.PAPER, 4)
   mem = rsm.init(2, 3, 4, 5)
   before = [(x.shape, x.dtype) for x in jax.tree_util.tree_leaves(mem)]
   mem = accumulate(mem, jnp.ones((2, 9)))
@@ -193,7 +216,8 @@ def test_window_never_admits(float64):
   del float64
   rng = np.random.default_rng(0)
   mem = run_both(2, 3, 0, 10, rng.random((10, 2, 3)), np.ones(10, bool))
-  assert mem.r_time.shape == (2, 0)
+  assert mem.time.shape == (2, 3)  # S only
+  assert np.all(np.asarray(mem.seen) == 0)  # nothing offered to an R
 
 
 def test_mean_ranks_as_sum_does(float64):
@@ -205,7 +229,7 @@ def test_mean_ranks_as_sum_does(float64):
   mean = run_both(4, 3, 2, 30, weights, np.ones(30, bool),
                   rsm.Rules(Relevance.MEAN, Eviction.TOP))
   total = run_both(4, 3, 2, 30, weights, np.ones(30, bool))
-  np.testing.assert_array_equal(mean.r_time, total.r_time)
+  np.testing.assert_array_equal(mean.time[:, 3:], total.time[:, 3:])
 
 
 def test_reservoir_keeps_a_uniform_sample():
@@ -214,11 +238,12 @@ def test_reservoir_keeps_a_uniform_sample():
   sd); a bound of 5 sd fails with probability ~1e-5 over the 20 candidates."""
   batch, nu, rho, steps = 1000, 1, 4, 21
   mem = rsm.init(batch, 1, nu, rho)
-  store = jax.jit(functools.partial(rsm.store, rules=rsm.Rules(eviction=Eviction.RESERVOIR)))
+  store = jax.jit(functools.partial(rsm.store, nu=nu,
+                                    rules=rsm.Rules(eviction=Eviction.RESERVOIR)))
   for t in range(steps):
     mem, _ = store(mem, jnp.zeros((batch, 1)), jnp.zeros((batch, 1)), jnp.int32(t),
                    jnp.ones((batch,), bool))
-  kept = np.asarray(mem.r_time)
+  kept = np.asarray(mem.time[:, nu:])
   assert np.all(np.sort(kept, 1)[:, :-1] < np.sort(kept, 1)[:, 1:])  # distinct
   fractions = np.array([(kept == n).any(1).mean() for n in range(steps - 1)])
   sd = np.sqrt(0.2 * 0.8 / batch)
