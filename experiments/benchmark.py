@@ -26,7 +26,8 @@ Command (the issue-5 measurement, see docs/RESULTS.md):
       --lengths=1020 --repeats=11 --streaming_batches=1,256 --workdir=runs/bench_L1020
 Expect RelRNN at 3-4x the RNN's step and RelLSTM at 1.3-1.7x the LSTM's on a
 2-core CPU. ``--streaming_batches`` also times the jitted streaming ``step``
-(median latency per step, and stream-steps per second over the batch).
+(median latency per step, and stream-steps per second over the batch), with the
+state passed as it is and donated (``rs.step(..., donate=True)``).
 Writes benchmark.json and benchmark.png to --workdir.
 """
 
@@ -160,9 +161,12 @@ def main(argv):
   plot(records, _MODELS.value, meta, workdir / "benchmark.png")
   for b in stream_batches:
     for name in timing.streamed_models(_MODELS.value):
-      stream.append(timing.streaming(name, b, _HIDDEN.value, _NU.value, _RHO.value))
-      logging.info("streaming %-7s batch %4d: %.0f us per step, %.0f stream-steps/s", name,
-                   b, stream[-1]["median_step_us"], stream[-1]["stream_steps_per_s"])
+      for donate in (False, True):
+        stream.append(timing.streaming(name, b, _HIDDEN.value, _NU.value, _RHO.value,
+                                       donate=donate))
+        logging.info("streaming %-7s batch %4d%s: %.0f us per step, %.0f stream-steps/s",
+                     name, b, " (state donated)" if donate else "",
+                     stream[-1]["median_step_us"], stream[-1]["stream_steps_per_s"])
   save()
 
 

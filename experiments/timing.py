@@ -147,9 +147,10 @@ def time_once(fn, args) -> float:
 
 
 def streaming(name: str, batch: int, hidden: int, nu: int, rho: int, steps: int = 200,
-              repeats: int = 5) -> dict:
+              repeats: int = 5, donate: bool = False) -> dict:
   """Latency of one jitted streaming ``step`` (median over ``steps`` calls, each
-  waited for, in ``repeats`` rounds) and the resulting steps/s over all streams."""
+  waited for, in ``repeats`` rounds) and the resulting steps/s over all streams;
+  ``donate``: the state donated to each call (``rs.step(..., donate=True)``)."""
   task = rs.CopyTask(10)
   cfg = rs.model_config(name, task.input_size, hidden=hidden, nu=nu, rho=rho)
   core = rs.RecurrentCore(cfg)
@@ -157,7 +158,9 @@ def streaming(name: str, batch: int, hidden: int, nu: int, rho: int, steps: int 
   params = train.init_params(core, jax.random.PRNGKey(1), x[:, None])
   capacity = steps * (repeats + 1) + 1 if cfg.memory is rs.MemoryType.FULL else None
   state = rs.init_state(cfg, batch, capacity=capacity)
-  step = jax.jit(lambda s, xt: rs.step(params, cfg, s, xt))
+  if donate:  # a buffer of its own per leaf, whatever init_state shares
+    state = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), state)
+  step = jax.jit(lambda s, xt: rs.step(params, cfg, s, xt), donate_argnums=0 if donate else ())
   state, _ = jax.block_until_ready(step(state, x))
   latencies = []
   for _ in range(repeats):
@@ -166,7 +169,7 @@ def streaming(name: str, batch: int, hidden: int, nu: int, rho: int, steps: int 
       state, out = jax.block_until_ready(step(state, x))
       latencies.append(time.perf_counter() - t0)
   median = sorted(latencies)[len(latencies) // 2]
-  return {"model": name, "batch": batch, "median_step_us": 1e6 * median,
+  return {"model": name, "batch": batch, "donated": donate, "median_step_us": 1e6 * median,
           "stream_steps_per_s": batch / median}
 
 

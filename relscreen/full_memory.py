@@ -41,11 +41,16 @@ def newest(mem: FullMemory) -> Array:
 
 
 def store(mem: FullMemory, value: Array, key: Array, t: Array, do: Array) -> FullMemory:
-  """Writes ``value`` [b, h] into the next free slot where ``do`` [b] (dropped when full)."""
-  capacity = mem.time.shape[1]
-  write = do[:, None] & (jnp.arange(capacity)[None, :] == mem.count[:, None])  # [b, m]
-  return FullMemory(
-      jnp.where(write[..., None], value[:, None], mem.vals),
-      jnp.where(write[..., None], key[:, None], mem.keys),
-      jnp.where(write, jnp.asarray(t, jnp.int32), mem.time),
-      mem.count + (do & (mem.count < capacity)).astype(jnp.int32))
+  """Writes ``value`` [b, h] into the next free slot where ``do`` [b] (dropped when
+  full): one slot per row, by scatter, which XLA does in place inside a scan or
+  with the state donated (a select would rewrite the whole bank every step)."""
+  b, capacity = mem.time.shape
+  write = do & (mem.count < capacity)
+  rows, cols = jnp.arange(b), jnp.where(write, mem.count, capacity)  # capacity: dropped
+
+  def put(bank, new):
+    return bank.at[rows, cols].set(new, mode="drop", unique_indices=True)
+
+  return FullMemory(put(mem.vals, value), put(mem.keys, key),
+                    put(mem.time, jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b,))),
+                    mem.count + write.astype(jnp.int32))

@@ -158,12 +158,19 @@ def _check_state(config: ModelConfig, state, x: Array, what: str):
 
 
 def step(params: dict, config: ModelConfig, state, x_t: Array,
-         probe: Array | None = None, reset: Array | None = None):
+         probe: Array | None = None, reset: Array | None = None, donate: bool = False):
   """Streaming API: advances ``state`` by one time step on ``x_t`` [b, i].
 
   ``reset`` [b] bool (optional) restarts the flagged rows from a fresh zero state
   before the step, as at the start of a new episode: the row's output then equals
   that of a fresh state (used by RL, where each environment resets on its own).
+
+  ``donate=True`` hands the old state's buffers to the new state (the old state
+  must not be used again; JAX raises if it is): a store then writes its one or
+  two memory slots in place instead of the step copying the whole memory, which
+  matters at large batches (docs/RESULTS.md). It has no effect inside ``jit``,
+  where the enclosing function decides (``donate_argnums``, or a ``lax.scan``
+  carry, which XLA updates in place anyway).
 
   Returns the new state (same shapes as the old one) and the step's outputs:
   ``{"h": [b, h]}`` (the top layer's) plus the diagnostics when ``config.diagnostics``.
@@ -179,7 +186,23 @@ def step(params: dict, config: ModelConfig, state, x_t: Array,
     if reset.shape != (x_t.shape[0],) or reset.dtype != jnp.bool_:
       raise ValueError(f"reset must be a bool array of shape ({x_t.shape[0]},), got "
                        f"{reset.dtype}{list(reset.shape)}")
+  if donate:
+    return _step_jit_donated(params, config, _unshared(state), x_t, probe, reset)
   return _step_jit(params, config, state, x_t, probe, reset)
+
+
+def _unshared(state):
+  """``state`` with every array a buffer of its own (XLA cannot take one buffer
+  twice; ``init_state`` may hand out the same zeros as h0 and c0)."""
+  seen = set()
+
+  def own(a):
+    if not isinstance(a, jax.Array) or id(a) not in seen:
+      seen.add(id(a))
+      return a
+    return jnp.array(a, copy=True)
+
+  return jax.tree_util.tree_map(own, state)
 
 
 def _layer_step(params, config, state, x_t, probe, reset):
@@ -189,11 +212,10 @@ def _layer_step(params, config, state, x_t, probe, reset):
   return core.step_with_reset(params, config, state, xp, probe, reset)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _step_jit(params, config, state, x_t, probe, reset):
-  """The checked step as one compiled program: a call outside ``jit`` compiles
-  once per config and shape instead of once per operation (inside ``jit`` it is
-  inlined)."""
+def _step_program(params, config, state, x_t, probe, reset):
+  """The checked step as one compiled program (``_step_jit``): a call outside
+  ``jit`` compiles once per config and shape instead of once per operation (inside
+  ``jit`` it is inlined)."""
   if config.layers == 1:
     return _layer_step(params, config, state, x_t, probe, reset)
   states = []
@@ -203,6 +225,10 @@ def _step_jit(params, config, state, x_t, probe, reset):
     states.append(layer_state)
     x_t = out["h"]
   return tuple(states), out
+
+
+_step_jit = jax.jit(_step_program, static_argnums=1)
+_step_jit_donated = jax.jit(_step_program, static_argnums=1, donate_argnums=2)
 
 
 def forward(params: dict, config: ModelConfig, x: Array, state=None,

@@ -90,6 +90,26 @@ def test_scan_equals_streaming(name, float64):
   chex.assert_trees_all_close(state, final, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["RNN", "RelRNN", "MemLSTM"])
+def test_donated_step_equals_step_and_consumes_the_old_state(name, float64):
+  """``rs.step(..., donate=True)``: the same states and outputs, with resets in
+  some rows; the old state's buffers went to the new one."""
+  cfg, params, x = setup(name, diagnostics=name != "RNN")
+  kept = rs.init_state(cfg, B, capacity=L, dtype=x.dtype)
+  given = rs.init_state(cfg, B, capacity=L, dtype=x.dtype)
+  reset = jnp.array([False, True, False])
+  for t in range(L):
+    old = given
+    r = None if name == "MemLSTM" or t % 4 else reset  # per-row resets need k = 1: all do
+    kept, want = rs.step(params, cfg, kept, x[:, t], reset=r)
+    given, got = rs.step(params, cfg, given, x[:, t], reset=r, donate=True)
+    chex.assert_trees_all_close((given, got), (kept, want), atol=1e-12)
+  leaves = jax.tree_util.tree_leaves(old)
+  assert all(a.is_deleted() for a in leaves)
+  with pytest.raises((RuntimeError, ValueError), match="deleted"):
+    rs.step(params, cfg, old, x[:, 0])
+
+
 @pytest.mark.parametrize("name", ["RelRNN", "RelLSTM", "MemRNN"])
 def test_forward_continues_from_a_given_state(name, float64):
   cfg, params, x = setup(name)
