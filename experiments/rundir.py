@@ -12,7 +12,11 @@ Every training binary writes to its ``--workdir`` through these pieces:
   rerun is known to be valid.
 - ``resume``: restores the newest checkpoint that restores. A damaged one is
   moved to ``damaged_checkpoints/`` (nothing is deleted) with a warning saying
-  why, and the one before it is tried. A total (``--steps``, ``--epochs``)
+  why, and the one before it is tried. One that reads but holds another tree
+  than this code's (written by an older relscreen) is converted where a
+  conversion is known (the RSM memory's layout before 2026-12-03: a PPO or PTB
+  run carries a memory state across updates), and is otherwise an error that
+  moves nothing. A total (``--steps``, ``--epochs``)
   below the restored step is refused by name instead of mislabelling results.
 - ``MetricsLog``: ``metrics.jsonl``, cut back on resume to exactly one record per
   logged step up to the restored checkpoint. A torn last line (a kill during a
@@ -34,6 +38,7 @@ import socket
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from relscreen_experiments.configs import common
@@ -174,11 +179,64 @@ def _set_aside(workdir: pathlib.Path, step: int, folder: str = "damaged_checkpoi
   return dest
 
 
+# The RSM memory state until 2026-12-03: S right-aligned (oldest first, empty
+# slots on the left) and R as arrays of their own. Its slots, S's then R's, make
+# a valid state of today's one-bank layout, whose S is a ring ordered by time.
+_SHIFTED_RSM = ("s_vals", "s_keys", "s_score", "s_time", "r_vals", "r_keys", "r_score",
+                "r_time", "seen")
+
+
+def _upgraded(tree):
+  """``tree`` (a checkpoint as Orbax reads it without a template: nested dicts
+  and lists) with every RSM memory of the shifted layout in today's."""
+  if isinstance(tree, dict):
+    if sorted(tree) == sorted(_SHIFTED_RSM):
+      def bank(name):
+        return np.concatenate([np.asarray(tree["s_" + name]), np.asarray(tree["r_" + name])],
+                              axis=1)
+      return {"vals": bank("vals"), "keys": bank("keys"), "score": bank("score"),
+              "time": bank("time"), "seen": tree["seen"]}
+    return {k: _upgraded(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [_upgraded(v) for v in tree]
+  return tree
+
+
+def _in_structure(raw, template):
+  """``raw`` (nested dicts and lists) as a tree of ``template``'s structure, leaf
+  by leaf along the template's paths; a ``ValueError`` names the first path
+  that is missing or differs in shape or dtype."""
+  def key(k):
+    for attr in ("name", "key", "idx"):
+      if hasattr(k, attr):
+        return getattr(k, attr)
+    raise ValueError(f"unsupported tree key {k!r}")
+
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(_without_empty(template))
+  out = []
+  for path, leaf in leaves:
+    node = raw
+    try:
+      for k in path:
+        node = node[key(k)]
+    except (KeyError, IndexError, TypeError):
+      raise ValueError(f"{jax.tree_util.keystr(path)} is not in the checkpoint") from None
+    node = np.asarray(node)
+    want = np.asarray(leaf) if not hasattr(leaf, "shape") else leaf
+    if node.shape != want.shape or node.dtype != want.dtype:
+      raise ValueError(f"{jax.tree_util.keystr(path)} is {node.dtype}{list(node.shape)} in "
+                       f"the checkpoint, {want.dtype}{list(want.shape)} here")
+    out.append(jax.numpy.asarray(node))
+  return _with_empty(treedef.unflatten(out), template)
+
+
 def restore_latest(workdir: pathlib.Path, template):
   """``(restored, step, manager)`` from the newest checkpoint that restores
   (``(template, 0, manager)`` when there is none); damaged ones are set aside
-  with a warning. The manager is made anew after each: Orbax infers the
-  checkpoint layout from what the directory holds."""
+  with a warning. One that reads but holds another tree than ``template`` is
+  converted (``_upgraded``) or, failing that, a ``WorkdirError`` that moves
+  nothing. The manager is made anew after each: Orbax infers the checkpoint
+  layout from what the directory holds."""
   while True:
     manager = checkpoint_manager(workdir)
     step = manager.latest_step()
@@ -188,6 +246,23 @@ def restore_latest(workdir: pathlib.Path, template):
       restored = manager.restore(step, args=ocp.args.StandardRestore(_without_empty(template)))
       return _with_empty(restored, template), step, manager
     except Exception as e:  # pylint: disable=broad-except  (any damage: skip it)
+      try:  # does it read at all, without a template?
+        raw = manager.restore(step, args=ocp.args.StandardRestore())
+      except Exception:  # pylint: disable=broad-except
+        raw = None
+      if raw is not None:  # it reads: another structure, not damage
+        try:
+          restored = _in_structure(_upgraded(raw), template)
+        except ValueError as mismatch:
+          manager.close()
+          raise WorkdirError(
+              f"checkpoint {step} in {workdir / 'checkpoints'} holds another state than "
+              f"this code makes ({mismatch}); was it written by another relscreen version? "
+              "Nothing was moved: resume it with the code that wrote it, or use another "
+              "--workdir") from e
+        logging.info("checkpoint %d in %s: converted from an older relscreen's layout",
+                     step, workdir / "checkpoints")
+        return restored, step, manager
       manager.close()
       dest = _set_aside(workdir, step)
       logging.warning("checkpoint %d in %s could not be restored (%s); moved it to %s "

@@ -260,3 +260,63 @@ def test_training_minutes_and_the_first_block_over_a_threshold(tmp_path):
   assert [label for label, _ in runs] == ["x/s100", "y/s100"]
   md = compare_lib.threshold_table(dirs, runs, "accuracy", 0.9).splitlines()
   assert md[3] == "| y/s100 | 300 | 3.3 | 500 | 5.0 | 0.99 | 0.998 |"
+
+
+def _save_once(workdir, step, tree):
+  manager = rundir.checkpoint_manager(workdir)
+  rundir.save(manager, step, tree)
+  manager.wait_until_finished()
+  manager.close()
+
+
+def test_checkpoint_of_the_shifted_rsm_layout_is_converted(tmp_path):
+  """A memory saved in the layout before 2026-12-03 (S right-aligned, oldest
+  first, empty slots on the left; R apart) resumes as today's one bank, and
+  behaves as that memory: the newest state is the newest, the next store fills
+  S's empty slot, and once S is full the oldest state is screened."""
+  import jax.numpy as jnp
+  import numpy as np
+  from relscreen import rsm
+  b, nu, rho, h = 2, 3, 2, 1
+  s_time = np.array([[-1, 5, 6]] * b, np.int32)  # two states in S, the newest last
+  r_time = np.array([[2, -1]] * b, np.int32)
+  def held(time):  # each state's value is its time index; empty slots hold zeros
+    return np.maximum(time, 0)[..., None].astype(np.float32)
+
+  old = {"s_vals": held(s_time), "s_keys": np.zeros((b, nu, h), np.float32),
+         "s_score": np.array([[0.0, 0.5, 0.25]] * b, np.float32), "s_time": s_time,
+         "r_vals": held(r_time), "r_keys": np.zeros((b, rho, h), np.float32),
+         "r_score": np.array([[0.75, 0.0]] * b, np.float32), "r_time": r_time,
+         "seen": np.ones((b,), np.int32)}
+  _save_once(tmp_path, 7, {"memory": old, "step": np.int32(7)})
+  template = {"memory": rsm.init(b, h, nu, rho), "step": jnp.int32(0)}
+  restored, step, manager = rundir.restore_latest(tmp_path, template)
+  manager.close()
+  assert step == 7 and int(restored["step"]) == 7
+  mem = restored["memory"]
+  np.testing.assert_array_equal(mem.time, [[-1, 5, 6, 2, -1]] * b)
+  np.testing.assert_array_equal(mem.score, [[0.0, 0.5, 0.25, 0.75, 0.0]] * b)
+  np.testing.assert_array_equal(mem.vals[..., 0], [[0, 5, 6, 2, 0]] * b)
+  np.testing.assert_array_equal(rsm.newest(mem, nu)[:, 0], [6] * b)
+  do = jnp.ones((b,), bool)
+  mem, info = rsm.store(mem, jnp.full((b, h), 7.0), jnp.zeros((b, h)), 7, do, nu)
+  assert np.all(np.asarray(info.time) == -1)  # S had room: nothing screened
+  mem, info = rsm.store(mem, jnp.full((b, h), 8.0), jnp.zeros((b, h)), 8, do, nu)
+  np.testing.assert_array_equal(info.time, [5] * b)  # the oldest, score 0.5 > 0: R had room
+  np.testing.assert_array_equal(info.admitted, [True] * b)
+  np.testing.assert_array_equal(np.sort(np.asarray(mem.time[:, :nu]), 1), [[6, 7, 8]] * b)
+  np.testing.assert_array_equal(mem.time[:, nu:], [[2, 5]] * b)
+  assert checkpoint_steps(tmp_path) == [7]
+
+
+def test_checkpoint_of_another_structure_is_an_error_that_moves_nothing(tmp_path):
+  import jax.numpy as jnp
+  import numpy as np
+  _save_once(tmp_path, 3, {"w": np.zeros((2, 3), np.float32)})
+  with pytest.raises(rundir.WorkdirError, match=r"checkpoint 3 .*\['w'\] is float32\[2, 3\] in "
+                     r"the checkpoint, float32\[4\] here.*Nothing was moved"):
+    rundir.restore_latest(tmp_path, {"w": jnp.zeros((4,))})
+  with pytest.raises(rundir.WorkdirError, match=r"\['v'\] is not in the checkpoint"):
+    rundir.restore_latest(tmp_path, {"v": jnp.zeros((2, 3))})
+  assert checkpoint_steps(tmp_path) == [3]
+  assert not (tmp_path / "damaged_checkpoints").exists()
