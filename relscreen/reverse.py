@@ -77,9 +77,8 @@ def attentive_forward(params, config, x, s_init, c_init):
   [t, b, h], written in place into buffers, and (RSM) the R slot each step's
   screening wrote and the time of the state it replaced there ([t - 1, b] each;
   h_t sits in S's slot t mod nu, ``rsm``'s ring starting from an empty memory).
-  The input
-  projection happens inside the step, so neither it nor its cotangent is ever
-  stored for the whole sequence."""
+  The input projection happens inside the step, so neither it nor its cotangent
+  is ever stored for the whole sequence."""
   length = x.shape[0]
   params = core.loop_params(params, config)
   # A full memory's bank lives in ``hist``/``keys`` below; its state only holds h_0.
