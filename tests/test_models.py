@@ -90,11 +90,12 @@ def test_scan_equals_streaming(name, float64):
   chex.assert_trees_all_close(state, final, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["RNN", "RelRNN", "MemLSTM"])
-def test_donated_step_equals_step_and_consumes_the_old_state(name, float64):
+@pytest.mark.parametrize("name,layers", [("RNN", 1), ("RelRNN", 1), ("MemLSTM", 1),
+                                         ("RelLSTM", 2)])
+def test_donated_step_equals_step_and_consumes_the_old_state(name, layers, float64):
   """``rs.step(..., donate=True)``: the same states and outputs, with resets in
   some rows; the old state's buffers went to the new one."""
-  cfg, params, x = setup(name, diagnostics=name != "RNN")
+  cfg, params, x = setup(name, diagnostics=name != "RNN" and layers == 1, layers=layers)
   kept = rs.init_state(cfg, B, capacity=L, dtype=x.dtype)
   given = rs.init_state(cfg, B, capacity=L, dtype=x.dtype)
   reset = jnp.array([False, True, False])
