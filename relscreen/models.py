@@ -53,15 +53,16 @@ def gradient_path(config: ModelConfig) -> str:
   """How ``jax.grad`` differentiates a fresh forward pass of a single-layer config.
 
   ``custom``: the hand-built reverse pass (``relscreen.reverse``), O(t b h) memory:
-  attentive RNN and LSTM cells with ``custom_vjp`` on, ``k = 1``, no diagnostics,
-  any memory (full, relevance with any rules, window). ``autodiff``: JAX's
-  reverse of the scan (memories without attention, GRU and user cells, ``k > 1``,
+  attentive RNN, LSTM and GRU cells with ``custom_vjp`` on, ``k = 1``, no
+  diagnostics, any memory (full, relevance with any rules, window). ``autodiff``:
+  JAX's reverse of the scan (memories without attention, user cells, ``k > 1``,
   ``custom_vjp`` off, probes), whose memory grows with the memory's size per step
   unless ``remat_chunk`` is set. A forward from a given state or with probes
   always takes ``autodiff``.
   """
   custom = (config.custom_vjp and config.attentive and config.k == 1
-            and not config.diagnostics and config.cell in (CellType.RNN, CellType.LSTM))
+            and not config.diagnostics
+            and config.cell in (CellType.RNN, CellType.LSTM, CellType.GRU))
   return "custom" if custom else "autodiff"
 
 

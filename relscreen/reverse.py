@@ -1,4 +1,4 @@
-"""The hand-built reverse pass of attentive RNN and LSTM layers.
+"""The hand-built reverse pass of attentive RNN, LSTM and GRU layers.
 
 Autodiff through ``lax.scan`` saves what every step needs for its transpose and
 transposes each shift, screening write and select of the memory. But the memory
@@ -63,6 +63,16 @@ def _activation(config, p, pre, c_prev):
   if config.cell is CellType.RNN:
     return cells.apply_phi(config.phi, pre, p.get("mod_b")), jnp.zeros_like(pre)
   return cells.lstm_gating(pre, c_prev)
+
+
+def _gru_activation(p, xp, srec, s):
+  """``cells.gru_step`` from its input term ``xp`` and recurrent term ``srec = s V``
+  (both [b, 3h]) and ``s`` itself (the update gate mixes it in): h."""
+  xr, xz, xn = jnp.split(xp, 3, axis=-1)
+  hr, hz, hn = jnp.split(srec, 3, axis=-1)
+  r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+  n = jnp.tanh(xn + r * cells.add_bias(hn, p["bn"]))
+  return (1.0 - z) * n + z * s
 
 
 def _local_first(config, p, s_init, c_init, x_0):
@@ -155,7 +165,7 @@ def attentive_forward(params, config, x, s_init, c_init):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def attentive_scan(params, config, x, s_init, c_init):
-  """Hidden states h [t, b, h] of a fresh attentive RNN/LSTM layer over time-major
+  """Hidden states h [t, b, h] of a fresh attentive RNN/LSTM/GRU layer over time-major
   ``x`` [t, b, i], and its final state; differentiated by the pass below."""
   final, h, _, _, _ = attentive_forward(params, config, x, s_init, c_init)
   return h, final
@@ -352,7 +362,8 @@ class _FullReverse:
 
 def _attentive_scan_bwd(config, residuals, cotangents):
   """Reverse pass. Per step it runs the cell's reverse (``jax.vjp`` of
-  ``_activation``), the attention's (``attention.additive_attention_vjp``, by hand:
+  ``_activation``, or of ``_gru_activation``, whose ``z s_t`` term gives s_t a
+  cotangent besides the one through ``s_t V``), the attention's (``attention.additive_attention_vjp``, by hand:
   one tanh over the slots serves the weights and every derivative) and the matrix
   products in between by hand, against transposed copies of the matrices made once (XLA's CPU
   dot is several times slower on a transposed operand). The gradients of the
@@ -361,12 +372,12 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   params, x, s_init, c_init, h, s, c, admitted, memory = residuals
   g_h, _ = cotangents  # the final state's cotangent is zero: ``forward`` stops it
   params = dict(params)
-  lstm = config.cell is CellType.LSTM
+  lstm, gru = config.cell is CellType.LSTM, config.cell is CellType.GRU
   ua, va = params["Ua"], params["Va"]
   recurrent = params["W"][:config.hidden] if lstm else params["V"]
   input_kernel = params["W"][config.hidden:] if lstm else params["U"]
   ua_t, both_t = ua.T, jnp.concatenate([recurrent, va], axis=1).T
-  act = {k: params[k] for k in ("mod_b",) if k in params}  # gradients summed per step
+  act = {k: params[k] for k in ("mod_b", "bn") if k in params}  # gradients summed per step
   book: Bookkeeping = (_RelevanceReverse if config.screened else _FullReverse)(
       config, h, ua, memory)
 
@@ -375,12 +386,18 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     t, pre_t, q_t, g_t, h_prev, c_prev, adm, rows = inputs
     dv, dk = book.pop(mem, t, rows)
     dh = g_t + d_newest + dv + dk @ ua_t  # d_newest: h_t as step t + 1's newest state
-    c_prev = jnp.zeros_like(h_prev) if c_prev is None else c_prev
-    _, pullback = jax.vjp(lambda p, pre, cp: _activation(config, p, pre, cp), act, pre_t,
-                          c_prev)
-    d_act, dpre, dc_prev = pullback((dh, dc_next))
-    # s_t fed the cell (pre = xp + s_t rec) and step t + 1's query (s_t Va): one product.
-    ds = jnp.concatenate([dpre, dq_next], axis=-1) @ both_t
+    if gru:  # h_t from its input term, its recurrent term s_t V and s_t itself
+      _, pullback = jax.vjp(_gru_activation, act, *pre_t)
+      d_act, dxp, dpre, ds_direct = pullback(dh)
+      dc_prev = dc_next  # zeros: a GRU has no cell state
+    else:
+      c_prev = jnp.zeros_like(h_prev) if c_prev is None else c_prev
+      _, pullback = jax.vjp(lambda p, pre, cp: _activation(config, p, pre, cp), act, pre_t,
+                            c_prev)
+      d_act, dpre, dc_prev = pullback((dh, dc_next))
+      dxp, ds_direct = dpre, 0.0  # pre = xp + s_t rec: one cotangent for both terms
+    # s_t fed the cell (through s_t rec) and step t + 1's query (s_t Va): one product.
+    ds = jnp.concatenate([dpre, dq_next], axis=-1) @ both_t + ds_direct
     ((keys, vals),), (valid,), mem = book.attended(mem, t, adm, rows)
     _, pullback = jax.vjp(lambda n, ctx: core.mixed(config, n, ctx), h_prev, h_prev)
     d_newest, d_context = pullback(ds)  # s_t is linear in the newest state and the context
@@ -388,21 +405,24 @@ def _attentive_scan_bwd(config, residuals, cotangents):
                                                                  params["v"], d_context)
     mem, record = book.add(mem, d_keys, alpha, d_context, rows)
     d_small = jax.tree_util.tree_map(jnp.add, d_small, {"v": d_v, **d_act})
-    return (mem, d_newest, dq, dc_prev, d_small), (dq, dpre, dk, record)
+    return (mem, d_newest, dq, dc_prev, d_small), (dq, (dxp, dpre) if gru else dpre, dk,
+                                                   record)
 
   def block(book, carry, inputs):
     carry, sums = carry
     t, x_b, g_b, h_b, h_prev, s_prev, s_b, c_prev, adm = inputs
     # What the steps recompute without needing a cotangent, for the block at once.
-    pre = core.project_input(params, config, x_b) + s_b @ recurrent
-    carry, (dq, dxp, dk, records) = jax.lax.scan(
+    xp, srec = core.project_input(params, config, x_b), s_b @ recurrent
+    pre = (xp, srec, s_b) if gru else xp + srec
+    carry, (dq, dpre, dk, records) = jax.lax.scan(
         functools.partial(step, book), carry,
         (t, pre, s_prev @ va, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm)),
         reverse=True)
     carry = (book.end_block(carry[0], records),) + carry[1:]
+    dxp, drec = dpre if gru else (dpre, dpre)  # the input and recurrent terms' cotangents
     outer = lambda a, b: jnp.einsum("tbh,tbk->hk", a, b)
     sums = {"Va": sums["Va"] + outer(s_prev, dq), "Ua": sums["Ua"] + outer(h_b, dk),
-            "rec": sums["rec"] + outer(s_b, dxp), "in": sums["in"] + outer(x_b, dxp),
+            "rec": sums["rec"] + outer(s_b, drec), "in": sums["in"] + outer(x_b, dxp),
             "b": sums["b"] + jnp.sum(dxp, axis=(0, 1))}
     return (carry, sums), dxp @ input_kernel.T
 

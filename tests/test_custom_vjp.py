@@ -18,6 +18,7 @@ from relscreen import models, reverse
     ("RelRNN", "modrelu", 3, 1, 3), ("RelLSTM", "tanh", 2, 2, 3), ("MemRNN", "relu", 2, 3, 3),
     ("MemLSTM", "tanh", 2, 3, 64),  # one block of 10 steps
     ("RelRNN", "tanh", 1, 12, 64),  # R never fills: every slot screened in unconditionally
+    ("RelGRU", "tanh", 2, 2, 3), ("MemGRU", "tanh", 2, 3, 4), ("WinGRU", "tanh", 3, 2, 3),
 ])
 def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho, block, float64):
   kw = {"phi": phi} if "RNN" in name else {}
@@ -53,7 +54,7 @@ def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho, block, float64)
   assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[0])) > 0
 
 
-@pytest.mark.parametrize("name", ["RelRNN", "MemLSTM"])
+@pytest.mark.parametrize("name", ["RelRNN", "MemLSTM", "RelGRU"])
 def test_custom_vjp_forward_and_final_state_unchanged(name, float64):
   cfg = rs.model_config(name, 3, hidden=5, nu=2, rho=2)
   params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0),
