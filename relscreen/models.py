@@ -53,16 +53,16 @@ def gradient_path(config: ModelConfig) -> str:
   """How ``jax.grad`` differentiates a fresh forward pass of a single-layer config.
 
   ``custom``: the hand-built reverse pass (``relscreen.reverse``), O(t b h) memory:
-  attentive RNN, LSTM and GRU cells with ``custom_vjp`` on, ``k = 1``, no
-  diagnostics, any memory (full, relevance with any rules, window). ``autodiff``:
-  JAX's reverse of the scan (memories without attention, user cells, ``k > 1``,
+  attentive layers of any cell (RNN, LSTM, GRU, a user's) with ``custom_vjp`` on,
+  ``k = 1``, no diagnostics, any memory (full, relevance with any rules, window).
+  ``autodiff``: JAX's reverse of the scan (memories without attention, ``k > 1``,
   ``custom_vjp`` off, probes), whose memory grows with the memory's size per step
   unless ``remat_chunk`` is set. A forward from a given state or with probes
   always takes ``autodiff``.
   """
   custom = (config.custom_vjp and config.attentive and config.k == 1
             and not config.diagnostics
-            and config.cell in (CellType.RNN, CellType.LSTM, CellType.GRU))
+            and config.cell in (CellType.RNN, CellType.LSTM, CellType.GRU, CellType.USER))
   return "custom" if custom else "autodiff"
 
 
@@ -289,7 +289,11 @@ def _layer_forward(params, config, x, state, probes, h0, c0):
   if _uses_custom_vjp(config, fresh, probes) and length > 1:
     zeros = jnp.zeros((batch, config.hidden), x.dtype)
     s_init = zeros if h0 is None else jnp.asarray(h0, x.dtype)
-    c_init = zeros if (c0 is None or config.cell is CellType.RNN) else jnp.asarray(c0, x.dtype)
+    if config.cell is CellType.USER:  # the cell's own start, as init_state makes it
+      c_init = config.user_cell.init_extra(batch, config.hidden, x.dtype)
+    else:
+      c_init = zeros if (c0 is None or config.cell is CellType.RNN) else jnp.asarray(c0,
+                                                                                   x.dtype)
     h, final = reverse.attentive_scan(dict(params), config, jnp.swapaxes(x, 0, 1), s_init,
                                       c_init)
     if config.cell is CellType.RNN:

@@ -1,4 +1,4 @@
-"""The hand-built reverse pass of attentive RNN, LSTM and GRU layers.
+"""The hand-built reverse pass of attentive layers (RNN, LSTM, GRU and user cells).
 
 Autodiff through ``lax.scan`` saves what every step needs for its transpose and
 transposes each shift, screening write and select of the memory. But the memory
@@ -97,15 +97,16 @@ def attentive_forward(params, config, x, s_init, c_init):
   zero = jnp.zeros((), s_init.dtype)
   state, first = core.first_step(params, config, state,
                                  core.project_input(params, config, x[0]), zero)
-  lstm = config.cell is CellType.LSTM
-  shape = x.shape[:2] + (config.hidden,)
-  buffers = [jnp.zeros(shape, s_init.dtype).at[0].set(v)
-             for v in ((first["h"], state.s, state.c) if lstm else (first["h"], state.s))]
+  # The cell's own state (an LSTM's c, a user cell's extra: any pytree) is kept too.
+  keep_c = config.cell in (CellType.LSTM, CellType.USER)
+  kept = (first["h"], state.s, state.c) if keep_c else (first["h"], state.s)
+  buffers = jax.tree_util.tree_map(
+      lambda v: jnp.zeros((x.shape[0],) + v.shape, v.dtype).at[0].set(v), kept)
 
   def record(buffers, t, h, s, c):
     # An in-bounds update (``.at[t].set`` adds a bounds select to every write).
-    return [jax.lax.dynamic_update_index_in_dim(b, v, t, 0)
-            for b, v in zip(buffers, (h, s, c) if lstm else (h, s))]
+    return jax.tree_util.tree_map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, t, 0),
+                                  buffers, (h, s, c) if keep_c else (h, s))
 
   if not config.screened:  # the full memory: h_j in slot j, attended in stretches
     batch = x.shape[1]
@@ -159,13 +160,13 @@ def attentive_forward(params, config, x, s_init, c_init):
     (mem, s, c, _, buffers), admitted = jax.lax.scan(body, carry,
                                                      (jnp.arange(1, length), x[1:]))
     final = core.State(jnp.asarray(length, jnp.int32), s, c, mem)
-  h, s, c = buffers if lstm else (*buffers, None)
+  h, s, c = buffers if keep_c else (*buffers, None)
   return final, h, s, c, admitted
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def attentive_scan(params, config, x, s_init, c_init):
-  """Hidden states h [t, b, h] of a fresh attentive RNN/LSTM/GRU layer over time-major
+  """Hidden states h [t, b, h] of a fresh attentive layer over time-major
   ``x`` [t, b, i], and its final state; differentiated by the pass below."""
   final, h, _, _, _ = attentive_forward(params, config, x, s_init, c_init)
   return h, final
@@ -373,11 +374,16 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   g_h, _ = cotangents  # the final state's cotangent is zero: ``forward`` stops it
   params = dict(params)
   lstm, gru = config.cell is CellType.LSTM, config.cell is CellType.GRU
+  user = config.cell is CellType.USER
   ua, va = params["Ua"], params["Va"]
-  recurrent = params["W"][:config.hidden] if lstm else params["V"]
-  input_kernel = params["W"][config.hidden:] if lstm else params["U"]
-  ua_t, both_t = ua.T, jnp.concatenate([recurrent, va], axis=1).T
-  act = {k: params[k] for k in ("mod_b", "bn") if k in params}  # gradients summed per step
+  ua_t = ua.T
+  if user:  # no kernels of ours: the cell's own parameters are summed per step
+    both_t = va.T
+  else:
+    recurrent = params["W"][:config.hidden] if lstm else params["V"]
+    input_kernel = params["W"][config.hidden:] if lstm else params["U"]
+    both_t = jnp.concatenate([recurrent, va], axis=1).T
+  act = {k: params[k] for k in ("mod_b", "bn", "cell") if k in params}  # summed per step
   book: Bookkeeping = (_RelevanceReverse if config.screened else _FullReverse)(
       config, h, ua, memory)
 
@@ -386,7 +392,13 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     t, pre_t, q_t, g_t, h_prev, c_prev, adm, rows = inputs
     dv, dk = book.pop(mem, t, rows)
     dh = g_t + d_newest + dv + dk @ ua_t  # d_newest: h_t as step t + 1's newest state
-    if gru:  # h_t from its input term, its recurrent term s_t V and s_t itself
+    if user:  # the user's step on (s_t, its extra, x_t): pre_t is (x_t, s_t)
+      x_t, s_t = pre_t
+      _, pullback = jax.vjp(lambda a, s_, e, x_: config.user_cell.step(a["cell"], s_, e, x_),
+                            act, s_t, c_prev, x_t)
+      d_act, ds_direct, dc_prev, dxp = pullback((dh, dc_next))
+      dpre = dq_next[:, :0]  # no recurrent kernel of ours
+    elif gru:  # h_t from its input term, its recurrent term s_t V and s_t itself
       _, pullback = jax.vjp(_gru_activation, act, *pre_t)
       d_act, dxp, dpre, ds_direct = pullback(dh)
       dc_prev = dc_next  # zeros: a GRU has no cell state
@@ -405,36 +417,43 @@ def _attentive_scan_bwd(config, residuals, cotangents):
                                                                  params["v"], d_context)
     mem, record = book.add(mem, d_keys, alpha, d_context, rows)
     d_small = jax.tree_util.tree_map(jnp.add, d_small, {"v": d_v, **d_act})
-    return (mem, d_newest, dq, dc_prev, d_small), (dq, (dxp, dpre) if gru else dpre, dk,
-                                                   record)
+    return (mem, d_newest, dq, dc_prev, d_small), (dq, (dxp, dpre) if gru or user else dpre,
+                                                   dk, record)
 
   def block(book, carry, inputs):
     carry, sums = carry
     t, x_b, g_b, h_b, h_prev, s_prev, s_b, c_prev, adm = inputs
     # What the steps recompute without needing a cotangent, for the block at once.
-    xp, srec = core.project_input(params, config, x_b), s_b @ recurrent
-    pre = (xp, srec, s_b) if gru else xp + srec
+    if user:
+      pre = (x_b, s_b)
+    else:
+      xp, srec = core.project_input(params, config, x_b), s_b @ recurrent
+      pre = (xp, srec, s_b) if gru else xp + srec
     carry, (dq, dpre, dk, records) = jax.lax.scan(
         functools.partial(step, book), carry,
         (t, pre, s_prev @ va, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm)),
         reverse=True)
     carry = (book.end_block(carry[0], records),) + carry[1:]
-    dxp, drec = dpre if gru else (dpre, dpre)  # the input and recurrent terms' cotangents
+    dxp, drec = dpre if gru or user else (dpre, dpre)  # input and recurrent terms'
     outer = lambda a, b: jnp.einsum("tbh,tbk->hk", a, b)
-    sums = {"Va": sums["Va"] + outer(s_prev, dq), "Ua": sums["Ua"] + outer(h_b, dk),
-            "rec": sums["rec"] + outer(s_b, drec), "in": sums["in"] + outer(x_b, dxp),
-            "b": sums["b"] + jnp.sum(dxp, axis=(0, 1))}
+    sums = {**sums, "Va": sums["Va"] + outer(s_prev, dq), "Ua": sums["Ua"] + outer(h_b, dk)}
+    if user:  # dxp is the input's own cotangent
+      return (carry, sums), dxp
+    sums.update(rec=sums["rec"] + outer(s_b, drec), b=sums["b"] + jnp.sum(dxp, axis=(0, 1)),
+                **{"in": sums["in"] + outer(x_b, dxp)})
     return (carry, sums), dxp @ input_kernel.T
 
   length = h.shape[0]
   xs = (jnp.arange(1, length), x[1:], g_h[1:], h[1:], h[:-1], s[:-1], s[1:],
-        None if c is None else c[:-1], admitted)
+        jax.tree_util.tree_map(lambda a: a[:-1], c), admitted)
   zeros = jnp.zeros_like(h[0])
-  sums = {"Va": jnp.zeros_like(va), "Ua": jnp.zeros_like(ua),
-          "rec": jnp.zeros_like(recurrent), "in": jnp.zeros_like(input_kernel),
-          "b": jnp.zeros_like(params["b"])}
+  sums = {"Va": jnp.zeros_like(va), "Ua": jnp.zeros_like(ua)}
+  if not user:
+    sums.update(rec=jnp.zeros_like(recurrent), b=jnp.zeros_like(params["b"]),
+                **{"in": jnp.zeros_like(input_kernel)})
   small = {"v": jnp.zeros_like(params["v"]), **jax.tree_util.tree_map(jnp.zeros_like, act)}
-  carry = ((book.initial, zeros, zeros, zeros, small), sums)
+  dc = zeros if c is None else jax.tree_util.tree_map(lambda a: jnp.zeros_like(a[0]), c)
+  carry = ((book.initial, zeros, zeros, dc, small), sums)
   # Whole blocks cover the last steps, in stretches that attend to at most as many
   # slots as their last step does; the first ``rest`` steps form a short block.
   chunk = max(1, min(config.reverse_block, length - 1))
@@ -469,14 +488,15 @@ def _attentive_scan_bwd(config, residuals, cotangents):
                         params, s_init, c_init, x[0])
   dp, ds_init, dc_init, dx0 = pullback((g_h[0] + d_newest + dv + dk @ ua.T, ds_next,
                                         dc_next))
-  dp.update({k: dp[k] + d_small[k] for k in d_small})
+  dp.update({k: jax.tree_util.tree_map(jnp.add, dp[k], d_small[k]) for k in d_small})
   dp["Va"] = dp["Va"] + sums["Va"]
   dp["Ua"] = dp["Ua"] + sums["Ua"] + h[0].T @ dk
-  dp["b"] = dp["b"] + sums["b"]
-  if lstm:
-    dp["W"] = dp["W"] + jnp.concatenate([sums["rec"], sums["in"]])
-  else:
-    dp["V"], dp["U"] = dp["V"] + sums["rec"], dp["U"] + sums["in"]
+  if not user:  # a user cell's parameters came with ``d_small``
+    dp["b"] = dp["b"] + sums["b"]
+    if lstm:
+      dp["W"] = dp["W"] + jnp.concatenate([sums["rec"], sums["in"]])
+    else:
+      dp["V"], dp["U"] = dp["V"] + sums["rec"], dp["U"] + sums["in"]
   return dp, jnp.concatenate([dx0[None], dx_tail]), ds_init, dc_init
 
 

@@ -19,7 +19,7 @@ import optax
 import pytest
 
 import relscreen as rs
-from relscreen import models
+from relscreen import cells, models
 
 B, L, I, H = 2, 12, 3, 4
 
@@ -131,6 +131,13 @@ GRADIENT_CASES = {
     "WinRNN": dict(name="WinRNN", nu=3),
     "stack-WinRNN-RelRNN": dict(cell="rnn", memory=("window", "relevance"),
                                  reverse_block=3),
+    # User cells: their parameters' gradients are summed per step, their extra
+    # state (none, a Flax LSTM's tuple, the LRU's complex modes) is kept per step.
+    "RelTanh-user": dict(cell=tanh_cell(), memory="relevance", reverse_block=5),
+    "MemTanh-user": dict(cell=tanh_cell(), memory="full"),
+    "WinTanh-user": dict(cell=tanh_cell(), memory="window"),
+    "RelLSTM-flax": dict(cell=rs.from_flax(nn.LSTMCell(H)), memory="relevance"),
+    "RelLRU": dict(cell=cells.LRU, memory="relevance", reverse_block=4),
 }
 
 
