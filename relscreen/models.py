@@ -54,7 +54,8 @@ def gradient_path(config: ModelConfig) -> str:
 
   ``custom``: the hand-built reverse pass (``relscreen.reverse``), O(t b h) memory:
   attentive layers of any cell (RNN, LSTM, GRU, a user's) with ``custom_vjp`` on,
-  ``k = 1``, no diagnostics, any memory (full, relevance with any rules, window).
+  ``k = 1``, no diagnostics, any memory (full, relevance with any rules, window);
+  a user cell whose extra state holds only floating or complex arrays.
   ``autodiff``: JAX's reverse of the scan (memories without attention, ``k > 1``,
   ``custom_vjp`` off, probes), whose memory grows with the memory's size per step
   unless ``remat_chunk`` is set. A forward from a given state or with probes
@@ -62,8 +63,17 @@ def gradient_path(config: ModelConfig) -> str:
   """
   custom = (config.custom_vjp and config.attentive and config.k == 1
             and not config.diagnostics
-            and config.cell in (CellType.RNN, CellType.LSTM, CellType.GRU, CellType.USER))
+            and config.cell in (CellType.RNN, CellType.LSTM, CellType.GRU, CellType.USER)
+            and (config.cell is not CellType.USER or _extra_is_inexact(config)))
   return "custom" if custom else "autodiff"
+
+
+def _extra_is_inexact(config: ModelConfig) -> bool:
+  """Whether every array of a user cell's extra state is floating or complex: the
+  custom pass differentiates the cell's step with respect to all of it (an
+  integer counter in it sends the config to autodiff)."""
+  extra = jax.eval_shape(lambda: config.user_cell.init_extra(1, config.hidden, jnp.float32))
+  return all(jnp.issubdtype(a.dtype, jnp.inexact) for a in jax.tree_util.tree_leaves(extra))
 
 
 def _uses_custom_vjp(config: ModelConfig, fresh: bool, probes) -> bool:

@@ -283,3 +283,27 @@ def test_binaries_take_the_rules_and_old_configs_keep_the_papers():
                         text=True, timeout=120)
   assert done.returncode == 1 and "--relevances: unknown ['median']" in done.stderr, (
       done.stderr[-2000:])
+
+
+def test_user_cell_with_an_integer_extra_takes_autodiff(float64):
+  """The custom pass differentiates a user cell's step with respect to all of
+  its extra state; a cell that keeps an integer counter there is trained by
+  autodiff instead (``gradient_path``), and its gradients are computed."""
+  del float64
+
+  def init(key, input_size, hidden, dtype):
+    return {"W": jax.random.normal(key, (input_size + hidden, hidden), dtype) * 0.3}
+
+  def step(params, s, count, x):
+    h = jnp.tanh(jnp.concatenate([x, s], -1) @ params["W"])
+    return h, count + 1
+
+  cell = rs.Cell("Count", init, step, lambda b, h, dtype: jnp.zeros((b,), jnp.int32))
+  cfg, params, x, _ = build(cell=cell, memory="relevance")
+  assert rs.gradient_path(cfg) == "autodiff"
+  assert rs.gradient_path(rs.model_config(None, I, hidden=H, cell=tanh_cell(),
+                                          memory="relevance")) == "custom"
+  grads = jax.grad(lambda p: jnp.sum(rs.forward(p, cfg, x)[0]["h"] ** 2))(params)
+  leaves = jax.tree_util.tree_leaves(grads)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert max(float(jnp.abs(g).max()) for g in leaves) > 0
