@@ -138,6 +138,7 @@ GRADIENT_CASES = {
     "WinTanh-user": dict(cell=tanh_cell(), memory="window"),
     "RelLSTM-flax": dict(cell=rs.from_flax(nn.LSTMCell(H)), memory="relevance"),
     "RelLRU": dict(cell=cells.LRU, memory="relevance", reverse_block=4),
+    "stack-RelTanh-MemTanh": dict(cell=tanh_cell(), memory=("relevance", "full")),
 }
 
 
