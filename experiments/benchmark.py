@@ -24,8 +24,8 @@ and ``compile_s`` (XLA's compiler), with the ``XLA_FLAGS`` in force in ``meta``.
 Command (the issue-5 measurement, see docs/RESULTS.md):
   relscreen-benchmark --models=RNN,RelRNN,RelRNN@autodiff,LSTM,RelLSTM,RelLSTM@autodiff,MemRNN \
       --lengths=1020 --repeats=11 --streaming_batches=1,256 --workdir=runs/bench_L1020
-Expect RelRNN at 3-4x the RNN's step and RelLSTM at 1.3-1.7x the LSTM's on a
-2-core CPU. ``--streaming_batches`` also times the jitted streaming ``step``
+Expect RelRNN at about 2.8x the RNN's step and RelLSTM at 1.2-1.35x the LSTM's
+on a 2-core CPU (docs/RESULTS.md, 2026-12-02). ``--streaming_batches`` also times the jitted streaming ``step``
 (median latency per step, and stream-steps per second over the batch), with the
 state passed as it is and donated (``rs.step(..., donate=True)``).
 Writes benchmark.json and benchmark.png to --workdir.
