@@ -363,13 +363,16 @@ class _FullReverse:
 
 def _attentive_scan_bwd(config, residuals, cotangents):
   """Reverse pass. Per step it runs the cell's reverse (``jax.vjp`` of
-  ``_activation``, or of ``_gru_activation``, whose ``z s_t`` term gives s_t a
-  cotangent besides the one through ``s_t V``), the attention's (``attention.additive_attention_vjp``, by hand:
-  one tanh over the slots serves the weights and every derivative) and the matrix
-  products in between by hand, against transposed copies of the matrices made once (XLA's CPU
-  dot is several times slower on a transposed operand). The gradients of the
-  matrices (Va, Ua, U/W, b) are formed from the step cotangents once per block
-  of steps, as matrix products over the block, not as an outer product per step."""
+  ``_activation``; of ``_gru_activation``, whose ``z s_t`` term gives s_t a
+  cotangent besides the one through ``s_t V``; of a user cell's own step), the
+  attention's (``attention.additive_attention_vjp``, by hand: one tanh over the
+  slots serves the weights and every derivative) and the matrix products in
+  between by hand, against transposed copies of the matrices made once (XLA's
+  CPU dot is several times slower on a transposed operand). The gradients of
+  the matrices (Va, Ua, U/V/W, b) are formed from the step cotangents once per
+  block of steps, as matrix products over the block, not as an outer product
+  per step; a user cell's own parameters, which the pass cannot see into, get
+  theirs summed step by step."""
   params, x, s_init, c_init, h, s, c, admitted, memory = residuals
   g_h, _ = cotangents  # the final state's cotangent is zero: ``forward`` stops it
   params = dict(params)
@@ -439,8 +442,9 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     sums = {**sums, "Va": sums["Va"] + outer(s_prev, dq), "Ua": sums["Ua"] + outer(h_b, dk)}
     if user:  # dxp is the input's own cotangent
       return (carry, sums), dxp
-    sums.update(rec=sums["rec"] + outer(s_b, drec), b=sums["b"] + jnp.sum(dxp, axis=(0, 1)),
-                **{"in": sums["in"] + outer(x_b, dxp)})
+    sums["rec"] = sums["rec"] + outer(s_b, drec)
+    sums["in"] = sums["in"] + outer(x_b, dxp)
+    sums["b"] = sums["b"] + jnp.sum(dxp, axis=(0, 1))
     return (carry, sums), dxp @ input_kernel.T
 
   length = h.shape[0]
@@ -449,8 +453,8 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   zeros = jnp.zeros_like(h[0])
   sums = {"Va": jnp.zeros_like(va), "Ua": jnp.zeros_like(ua)}
   if not user:
-    sums.update(rec=jnp.zeros_like(recurrent), b=jnp.zeros_like(params["b"]),
-                **{"in": jnp.zeros_like(input_kernel)})
+    sums["rec"], sums["in"] = jnp.zeros_like(recurrent), jnp.zeros_like(input_kernel)
+    sums["b"] = jnp.zeros_like(params["b"])
   small = {"v": jnp.zeros_like(params["v"]), **jax.tree_util.tree_map(jnp.zeros_like, act)}
   dc = zeros if c is None else jax.tree_util.tree_map(lambda a: jnp.zeros_like(a[0]), c)
   carry = ((book.initial, zeros, zeros, dc, small), sums)
