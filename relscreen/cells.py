@@ -110,10 +110,16 @@ def gru_step(params: dict, xp: Array, s: Array) -> Array:
     r = sigmoid(xp_r + s V_r),  z = sigmoid(xp_z + s V_z)
     n = tanh(xp_n + r * (s V_n + bn)),  h = (1 - z) * n + z * s
   """
+  return gru_gating(xp, s @ params["V"], s, params["bn"])
+
+
+def gru_gating(xp: Array, srec: Array, s: Array, bn: Array) -> Array:
+  """The GRU update from its input term ``xp`` and recurrent term ``srec = s V``
+  (both [b, 3h], gates r, z, n) and ``s`` itself, which the update gate mixes in."""
   xr, xz, xn = jnp.split(xp, 3, axis=-1)
-  hr, hz, hn = jnp.split(s @ params["V"], 3, axis=-1)
+  hr, hz, hn = jnp.split(srec, 3, axis=-1)
   r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
-  n = jnp.tanh(xn + r * add_bias(hn, params["bn"]))
+  n = jnp.tanh(xn + r * add_bias(hn, bn))
   return (1.0 - z) * n + z * s
 
 

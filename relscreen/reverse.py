@@ -66,13 +66,9 @@ def _activation(config, p, pre, c_prev):
 
 
 def _gru_activation(p, xp, srec, s):
-  """``cells.gru_step`` from its input term ``xp`` and recurrent term ``srec = s V``
-  (both [b, 3h]) and ``s`` itself (the update gate mixes it in): h."""
-  xr, xz, xn = jnp.split(xp, 3, axis=-1)
-  hr, hz, hn = jnp.split(srec, 3, axis=-1)
-  r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
-  n = jnp.tanh(xn + r * cells.add_bias(hn, p["bn"]))
-  return (1.0 - z) * n + z * s
+  """The GRU cell from its input term, its recurrent term ``srec = s V`` and ``s``
+  (``cells.gru_gating``), with ``bn`` from the summed-per-step parameters: h."""
+  return cells.gru_gating(xp, srec, s, p["bn"])
 
 
 def _local_first(config, p, s_init, c_init, x_0):
