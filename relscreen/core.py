@@ -120,18 +120,12 @@ def mixed(config, newest, context):
 
 
 def first_step(params, config, state, xp, probe):
-  """Step 0 (ALGORITHM §2): no attention. RNN: s_0 = a_0; other cells: s_0 = h_init."""
-  h, a, c = _cell(params, config, xp, state.s, state.c)
-  h = h + probe
-  s = first_mixed(config, a, state.s)
-  time = memories.of(config).slot_time(state.memory)
-  memory, screened = _store(params, config, state.memory, h, state.t)
-  out = {"h": h}
-  if config.diagnostics:
-    nothing = attention.Attended(None, jnp.zeros(time.shape, h.dtype),
-                                 jnp.full(time.shape, -jnp.inf, h.dtype))
-    out.update(_diagnostics(time, nothing, screened))
-  return State(state.t + 1, s, c, memory), out
+  """Step 0 (ALGORITHM §2): nothing to attend to. RNN: s_0 = a_0; other cells: h_init.
+
+  ``later_step``'s rule for a first row: over the empty memory a fresh state
+  has, the attention gives weight 0 and context 0 (and -inf scores in the
+  diagnostics) and changes nothing."""
+  return later_step(params, config, state, xp, probe, first=True)
 
 
 def later_step(params, config, state, xp, probe, first=None):
