@@ -158,8 +158,6 @@ def streaming(name: str, batch: int, hidden: int, nu: int, rho: int, steps: int 
   params = train.init_params(core, jax.random.PRNGKey(1), x[:, None])
   capacity = steps * (repeats + 1) + 1 if cfg.memory is rs.MemoryType.FULL else None
   state = rs.init_state(cfg, batch, capacity=capacity)
-  if donate:  # a buffer of its own per leaf, whatever init_state shares
-    state = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), state)
   step = jax.jit(lambda s, xt: rs.step(params, cfg, s, xt), donate_argnums=0 if donate else ())
   state, _ = jax.block_until_ready(step(state, x))
   latencies = []
