@@ -20,7 +20,7 @@ itself; slot cotangents go to a dH buffer (``_FullReverse``). Memory O(t b h).
 
 Which models take it: ``models.gradient_path``. The bookkeeping of each memory
 kind is one class with a declared interface (``initial``, ``segments``,
-``prefix``, ``block_inputs``, ``pop``, ``attended``, ``add``); the block size is
+``prefix``, ``block_inputs``, ``pop``, ``attended``, ``reverse_attention``); the block size is
 ``ModelConfig.reverse_block``. The relevance and eviction rules never enter it:
 scores carry no gradient, and undoing a store needs only which R slot it wrote
 and which state that slot held (``rsm.Screened``'s ``slot`` and ``replaced``),
@@ -186,10 +186,12 @@ class Bookkeeping(Protocol):
   at once (``rows``, one per step). Per step, ``pop`` gives h_t's cotangent as a
   value and as a key, ``attended`` undoes step t's store and returns the bank
   step t attended to (a tuple of one ``(keys, values)`` pair), its mask
-  (likewise) and the carry, and ``add`` adds the bank's cotangents to the carry:
-  the keys' ``d_keys`` [b, m, h] and the values' as the factors of
-  ``alpha[..., None] * d_context[:, None]``; it may instead return a record per
-  step, which ``end_block`` gets for the whole block (stacked) once its steps ran.
+  (likewise) and the carry, and ``reverse_attention`` runs the attention's
+  reverse over that bank for the context's cotangent and adds the bank's
+  cotangents to the carry (the keys' [b, m, h]; the values' are
+  ``alpha[..., None] * d_context[:, None]``), returning the query's and v's
+  cotangents; it may return a record per step, which ``end_block`` gets for
+  the whole block (stacked) once its steps ran.
   """
 
   initial: Any
@@ -199,7 +201,8 @@ class Bookkeeping(Protocol):
   def block_inputs(self, t, admitted) -> Any: ...
   def pop(self, carry, t, rows) -> tuple[Any, Any]: ...
   def attended(self, carry, t, admitted, rows) -> tuple[Any, Any, Any]: ...
-  def add(self, carry, d_keys, alpha, d_context, rows) -> tuple[Any, Any]: ...
+  def reverse_attention(self, carry, query, banks, valid, v, d_context,
+                        rows) -> tuple[Any, Any, Any, Any]: ...
   def end_block(self, carry, records) -> Any: ...
 
 
@@ -267,11 +270,14 @@ class _RelevanceReverse:
     d_keys = rsm.select_slots(d_keys, j, r_col, moved[1], 0.0)
     return ((keys, vals),), (time >= 0,), (vals, keys, time, d_vals, d_keys)
 
-  def add(self, carry, d_keys, alpha, d_context, rows):
+  def reverse_attention(self, carry, query, banks, valid, v, d_context, rows):
     del rows
+    ((keys, values),), (ok,) = banks, valid
+    dq, d_keys, _, d_v, alpha = attention.additive_attention_vjp(query, keys, values, ok, v,
+                                                                 d_context)
     vals, keys, time, d_vals, dk = carry
     d_vals = d_vals + alpha[..., None] * d_context[:, None, :]
-    return (vals, keys, time, d_vals, dk + d_keys), None
+    return dq, d_v, (vals, keys, time, d_vals, dk + d_keys), None
 
   def end_block(self, carry, records):
     del records
@@ -290,7 +296,12 @@ class _FullReverse:
   so dH gets a block's at once, as one batched matrix product at the block's end,
   not a pass over the bank per step. The block's own slots are popped during
   the block, so their share from the block's later steps is kept apart, in
-  ``own`` [b, block, h] (slot ``t0 + i`` in row i, ``t0`` the block's first step)."""
+  ``own`` [b, block, h] (slot ``t0 + i`` in row i, ``t0`` the block's first step).
+
+  The keys' cotangents of a block's steps sum into ``recent`` (emptied into dK
+  at the block's end), from whose sums over the slots each step reads its
+  query's cotangent (``attention.additive_attention_vjp_into``); a slot's key
+  cotangent is dK's entry plus recent's."""
 
   def __init__(self, config, h, ua, memory):
     del memory
@@ -298,7 +309,8 @@ class _FullReverse:
     self.hist = jnp.swapaxes(h, 0, 1)  # [b, t, h]
     self.keys = self.hist @ ua  # every key once, as the forward pass cached them
     own = jnp.zeros((h.shape[1], max(1, config.reverse_block), h.shape[2]), h.dtype)
-    self.initial = (jnp.zeros_like(self.hist), jnp.zeros_like(self.hist), own)
+    zeros = jnp.zeros_like(self.hist)
+    self.initial = (zeros, zeros, zeros, jnp.zeros_like(h[0]), own)
     self.bank = (self.keys, self.hist)  # the slots attended to; ``prefix`` narrows it
 
   def prefix(self, last: int, carry) -> tuple["_FullReverse", Any]:
@@ -317,23 +329,23 @@ class _FullReverse:
     with 8 stretches, 78 MB with this (73 MB with dH and dK narrowed as well).
     (Were that entry not finite, the gradient would not be either, with or
     without this.)"""
-    dh, dk, own = carry
+    dh, dk, recent, recent_sum, own = carry
     size = last + 1
     zero = 0.0 * dk[0, 0, 0]
     view = copy.copy(self)
     view.bank = (self.keys[:, :size] + zero, self.hist[:, :size] + zero)
-    return view, (dh[:, :size], dk[:, :size], own)
+    return view, (dh[:, :size], dk[:, :size], recent[:, :size], recent_sum, own)
 
   def block_inputs(self, t, admitted):
     del admitted
     return jnp.full_like(t, t[0])  # the block's first step, for each of its steps
 
   def pop(self, carry, t, t0):
-    d_hist, d_keys, own = carry
+    d_hist, d_keys, recent, _, own = carry
     batch = d_hist.shape[0]
-    dv, dk = (rsm.rows_at(a, jnp.full((batch,), t)) for a in (d_hist, d_keys))
+    dv, dk, dk_recent = (rsm.rows_at(a, jnp.full((batch,), t)) for a in (d_hist, d_keys, recent))
     dv_own = rsm.rows_at(own, jnp.full((batch,), t - t0))
-    return dv + dv_own, dk
+    return dv + dv_own, dk + dk_recent
 
   def attended(self, carry, t, admitted, rows):
     del admitted, rows
@@ -341,20 +353,25 @@ class _FullReverse:
     valid = jnp.broadcast_to(jnp.arange(n)[None, :] < t, (batch, n))
     return (self.bank,), (valid,), carry
 
-  def add(self, carry, d_keys, alpha, d_context, rows):
-    dh, dk, own = carry  # as many slots as the bank (``prefix``)
+  def reverse_attention(self, carry, query, banks, valid, v, d_context, rows):
+    dh, dk, recent, recent_sum, own = carry  # as many slots as the bank (``prefix``)
+    ((keys, values),), (ok,) = banks, valid
+    dq, recent, recent_sum, d_v, alpha = attention.additive_attention_vjp_into(
+        query, keys, values, ok, v, d_context, recent, recent_sum)
     # The block's own slots t0 .. t0 + block - 1 (past the bank: weight 0).
     cols = rows + jnp.arange(own.shape[1])
     alpha_own = jnp.take(alpha, cols, axis=1, mode="fill", fill_value=0)
     own = own + alpha_own[..., None] * d_context[:, None, :]
-    return (dh, dk + d_keys, own), (alpha, d_context)
+    return dq, d_v, (dh, dk, recent, recent_sum, own), (alpha, d_context)
 
   def end_block(self, carry, records):
-    """dH for the block's steps at once (its own slots' entries are not read again)."""
-    dh, dk, own = carry
+    """dH for the block's steps at once (its own slots' entries are not read
+    again); the block's key cotangents moved into dK."""
+    dh, dk, recent, recent_sum, own = carry
     alpha, d_context = records  # [steps, b, n], [steps, b, h]; n: dH's slots
     dh = dh + jnp.einsum("tbm,tbh->bmh", alpha, d_context)
-    return dh, dk, jnp.zeros_like(own)
+    return (dh, dk + recent, jnp.zeros_like(recent), jnp.zeros_like(recent_sum),
+            jnp.zeros_like(own))
 
 
 def _attentive_scan_bwd(config, residuals, cotangents):
@@ -412,9 +429,8 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     ((keys, vals),), (valid,), mem = book.attended(mem, t, adm, rows)
     _, pullback = jax.vjp(lambda n, ctx: core.mixed(config, n, ctx), h_prev, h_prev)
     d_newest, d_context = pullback(ds)  # s_t is linear in the newest state and the context
-    dq, d_keys, _, d_v, alpha = attention.additive_attention_vjp(q_t, keys, vals, valid,
-                                                                 params["v"], d_context)
-    mem, record = book.add(mem, d_keys, alpha, d_context, rows)
+    dq, d_v, mem, record = book.reverse_attention(mem, q_t, ((keys, vals),), (valid,),
+                                                  params["v"], d_context, rows)
     d_small = jax.tree_util.tree_map(jnp.add, d_small, {"v": d_v, **d_act})
     return (mem, d_newest, dq, dc_prev, d_small), (dq, (dxp, dpre) if gru or user else dpre,
                                                    dk, record)

@@ -219,6 +219,17 @@ def test_hand_written_attention_reverse_equals_autodiff(float64):
   np.testing.assert_allclose(jnp.einsum("bm,bmh->bh", alpha, values), attended, rtol=1e-13)
   assert not np.any(np.asarray(d_keys)[~np.asarray(valid)])
   assert not np.any(np.asarray(d_values)[~np.asarray(valid)])
+  # The accumulating form (the full memory's reverse pass): the keys' cotangent
+  # lands in the accumulator, the query's is read back from its sums.
+  acc = jax.random.normal(k[0], (3, 6, 4), jnp.float64)
+  acc_sum = jnp.sum(acc, axis=1)
+  dq2, acc2, acc2_sum, d_v2, alpha2 = rs.attention.additive_attention_vjp_into(
+      q, keys, values, valid, v, d_ctx, acc, acc_sum)
+  np.testing.assert_allclose(dq2, expected[0], rtol=1e-11, atol=1e-13)
+  np.testing.assert_allclose(acc2 - acc, expected[1], rtol=1e-11, atol=1e-13)
+  np.testing.assert_allclose(acc2_sum, np.sum(np.asarray(acc2), axis=1), rtol=1e-13)
+  np.testing.assert_allclose(d_v2, expected[3], rtol=1e-12, atol=1e-14)
+  np.testing.assert_array_equal(alpha2, alpha)
 
 
 def test_flax_rnn_wrapper_matches_forward(float64):
