@@ -20,11 +20,11 @@ itself; slot cotangents go to a dH buffer (``_FullReverse``). Memory O(t b h).
 
 Which models take it: ``models.gradient_path``. The bookkeeping of each memory
 kind is one class with a declared interface (``initial``, ``segments``,
-``prefix``, ``block_inputs``, ``pop``, ``attended``, ``reverse_attention``); the block size is
-``ModelConfig.reverse_block``. The relevance and eviction rules never enter it:
-scores carry no gradient, and undoing a store needs only which R slot it wrote
-and which state that slot held (``rsm.Screened``'s ``slot`` and ``replaced``),
-whatever rule chose them.
+``prefix``, ``block_inputs``, ``pop``, ``attended``, ``reverse_attention``,
+``end_block``); the block size is ``ModelConfig.reverse_block``. The relevance
+and eviction rules never enter it: scores carry no gradient, and undoing a
+store needs only which R slot it wrote and which state that slot held
+(``rsm.Screened``'s ``slot`` and ``replaced``), whatever rule chose them.
 """
 
 import copy
@@ -343,7 +343,8 @@ class _FullReverse:
   def pop(self, carry, t, t0):
     d_hist, d_keys, recent, _, own = carry
     batch = d_hist.shape[0]
-    dv, dk, dk_recent = (rsm.rows_at(a, jnp.full((batch,), t)) for a in (d_hist, d_keys, recent))
+    slot = jnp.full((batch,), t)
+    dv, dk, dk_recent = (rsm.rows_at(a, slot) for a in (d_hist, d_keys, recent))
     dv_own = rsm.rows_at(own, jnp.full((batch,), t - t0))
     return dv + dv_own, dk + dk_recent
 
@@ -426,11 +427,11 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       dxp, ds_direct = dpre, 0.0  # pre = xp + s_t rec: one cotangent for both terms
     # s_t fed the cell (through s_t rec) and step t + 1's query (s_t Va): one product.
     ds = jnp.concatenate([dpre, dq_next], axis=-1) @ both_t + ds_direct
-    ((keys, vals),), (valid,), mem = book.attended(mem, t, adm, rows)
+    banks, valid, mem = book.attended(mem, t, adm, rows)
     _, pullback = jax.vjp(lambda n, ctx: core.mixed(config, n, ctx), h_prev, h_prev)
     d_newest, d_context = pullback(ds)  # s_t is linear in the newest state and the context
-    dq, d_v, mem, record = book.reverse_attention(mem, q_t, ((keys, vals),), (valid,),
-                                                  params["v"], d_context, rows)
+    dq, d_v, mem, record = book.reverse_attention(mem, q_t, banks, valid, params["v"],
+                                                  d_context, rows)
     d_small = jax.tree_util.tree_map(jnp.add, d_small, {"v": d_v, **d_act})
     return (mem, d_newest, dq, dc_prev, d_small), (dq, (dxp, dpre) if gru or user else dpre,
                                                    dk, record)

@@ -17,6 +17,7 @@ from relscreen import models, reverse
     # Blocks of 3 reverse steps: 10 steps = a short block of 1, then 3 whole ones.
     ("RelRNN", "modrelu", 3, 1, 3), ("RelLSTM", "tanh", 2, 2, 3), ("MemRNN", "relu", 2, 3, 3),
     ("MemLSTM", "tanh", 2, 3, 64),  # one block of 10 steps
+    ("MemRNN", "tanh", 2, 3, 1),  # the keys' running sums emptied after every step
     ("RelRNN", "tanh", 1, 12, 64),  # R never fills: every slot screened in unconditionally
     ("RelGRU", "tanh", 2, 2, 3), ("MemGRU", "tanh", 2, 3, 4), ("WinGRU", "tanh", 3, 2, 3),
 ])
