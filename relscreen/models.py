@@ -58,8 +58,9 @@ def gradient_path(config: ModelConfig) -> str:
   a user cell whose extra state holds only floating or complex arrays.
   ``autodiff``: JAX's reverse of the scan (memories without attention, ``k > 1``,
   ``custom_vjp`` off, probes), whose memory grows with the memory's size per step
-  unless ``remat_chunk`` is set. A forward from a given state or with probes
-  always takes ``autodiff``.
+  unless ``remat_chunk`` is set. A forward with probes always takes ``autodiff``;
+  one from a given state takes ``custom`` with a relevance-screened or window
+  memory (``reverse.attentive_scan_from``), ``autodiff`` with a full one.
   """
   custom = (config.custom_vjp and config.attentive and config.k == 1
             and not config.diagnostics
@@ -77,7 +78,11 @@ def _extra_is_inexact(config: ModelConfig) -> bool:
 
 
 def _uses_custom_vjp(config: ModelConfig, fresh: bool, probes) -> bool:
-  return gradient_path(config) == "custom" and fresh and probes is None
+  """The custom pass runs from a fresh state, or from a given one for the
+  relevance-screened and window memories (a full memory's given state holds
+  states the pass could not put back)."""
+  return (gradient_path(config) == "custom" and probes is None
+          and (fresh or config.screened))
 
 
 def param_shapes(config: ModelConfig) -> dict:
@@ -255,6 +260,8 @@ def forward(params: dict, config: ModelConfig, x: Array, state=None,
     x: inputs, batch-major [b, t, i].
     state: state to continue from. Default: a fresh state (full memories get room
       for every stored state of ``x``), starting from ``h0`` / ``c0`` if given.
+      Gradients reach a given state; on the custom reverse pass
+      (``gradient_path``) the returned final state carries none.
     probes: optional [b, t, h] added to each ``h_t`` (single layer); pass zeros and
       differentiate with respect to them to get ``dL/dh_t`` (ALGORITHM §7).
 
@@ -296,6 +303,9 @@ def _forward_jit(params, config, x, state, probes, h0, c0):
 def _layer_forward(params, config, x, state, probes, h0, c0):
   batch, length = x.shape[:2]
   fresh = state is None
+  if _uses_custom_vjp(config, fresh, probes) and length > 1 and not fresh:
+    h, final = reverse.attentive_scan_from(dict(params), config, jnp.swapaxes(x, 0, 1), state)
+    return {"h": jnp.swapaxes(h, 0, 1)}, jax.lax.stop_gradient(final)
   if _uses_custom_vjp(config, fresh, probes) and length > 1:
     zeros = jnp.zeros((batch, config.hidden), x.dtype)
     s_init = zeros if h0 is None else jnp.asarray(h0, x.dtype)

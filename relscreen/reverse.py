@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from relscreen import attention, cells, core, full_memory, memories, rsm
 from relscreen.config import CellType
@@ -77,21 +78,30 @@ def _local_first(config, p, s_init, c_init, x_0):
   return h, s, (jnp.zeros_like(h) if c is None else c)
 
 
-def attentive_forward(params, config, x, s_init, c_init):
+def attentive_forward(params, config, x, s_init, c_init, start=None):
   """The plain forward scan over time-major inputs ``x`` [t, b, i]; also returns
   what the custom reverse pass needs: h, s and (LSTM) c of every step
   [t, b, h], written in place into buffers, and (RSM) the R slot each step's
   screening wrote and the time of the state it replaced there ([t - 1, b] each;
-  h_t sits in S's slot t mod nu, ``rsm``'s ring starting from an empty memory).
-  The input projection happens inside the step, so neither it nor its cotangent
-  is ever stored for the whole sequence."""
+  from a fresh state h_t sits in S's slot t mod nu, ``rsm``'s ring starting
+  from an empty memory). The input projection happens inside the step, so
+  neither it nor its cotangent is ever stored for the whole sequence.
+
+  ``start``: a given state to continue from (RSM memories only; ``s_init`` and
+  ``c_init`` are then unused). Its step 0 is ``core.any_step``'s, and the
+  records also hold, per step, the S slot the store wrote and the time of the
+  state that left it (S's order is then its slots' times, not t mod nu)."""
   length = x.shape[0]
   params = core.loop_params(params, config)
-  # A full memory's bank lives in ``hist``/``keys`` below; its state only holds h_0.
-  state = core.init_state(config, x.shape[1], s_init, c_init, capacity=1,
-                          dtype=s_init.dtype)
-  zero = jnp.zeros((), s_init.dtype)
-  state, first = core.first_step(params, config, state,
+  zero = jnp.zeros((), x.dtype)
+  if start is None:
+    # A full memory's bank lives in ``hist``/``keys`` below; its state only holds h_0.
+    state = core.init_state(config, x.shape[1], s_init, c_init, capacity=1,
+                            dtype=s_init.dtype)
+    state, first = core.first_step(params, config, state,
+                                   core.project_input(params, config, x[0]), zero)
+  else:
+    state, first = core.any_step(params, config, start,
                                  core.project_input(params, config, x[0]), zero)
   # The cell's own state (an LSTM's c, a user cell's extra: any pytree) is kept too.
   keep_c = config.cell in (CellType.LSTM, CellType.USER)
@@ -139,6 +149,7 @@ def attentive_forward(params, config, x, s_init, c_init):
     admitted = None
   else:
     nu, rules = config.nu, memories.rules_of(config)
+    t0 = jnp.zeros((), jnp.int32) if start is None else start.t  # h_0's time
 
     def body(carry, inputs):
       mem, s, c, newest, buffers = carry
@@ -148,14 +159,18 @@ def attentive_forward(params, config, x, s_init, c_init):
       mem = rsm.accumulate(mem, attended.alpha, nu, rules)
       s = core.mixed(config, newest, attended.context)
       h, _, c = core._cell(params, config, core.project_input(params, config, x_t), s, c)  # pylint: disable=protected-access
-      mem, screened = rsm.store(mem, h, h @ params["Ua"], t, jnp.ones(h.shape[:1], bool), nu,
-                                rules)
-      return (mem, s, c, h, record(buffers, t, h, s, c)), (screened.slot, screened.replaced)
+      s_slot = rsm.oldest_slot(mem, nu)  # the S slot the store writes
+      mem, screened = rsm.store(mem, h, h @ params["Ua"], t0 + t, jnp.ones(h.shape[:1], bool),
+                                nu, rules)
+      kept = (screened.slot, screened.replaced)
+      if start is not None:  # S's order is its slots' times: which slot, and who left it
+        kept += (s_slot, screened.time)
+      return (mem, s, c, h, record(buffers, t, h, s, c)), kept
 
     carry = (state.memory, state.s, state.c, first["h"], buffers)
     (mem, s, c, _, buffers), admitted = jax.lax.scan(body, carry,
                                                      (jnp.arange(1, length), x[1:]))
-    final = core.State(jnp.asarray(length, jnp.int32), s, c, mem)
+    final = core.State(t0 + length, s, c, mem)
   h, s, c = buffers if keep_c else (*buffers, None)
   return final, h, s, c, admitted
 
@@ -171,7 +186,23 @@ def attentive_scan(params, config, x, s_init, c_init):
 def _attentive_scan_fwd(params, config, x, s_init, c_init):
   final, h, s, c, admitted = attentive_forward(params, config, x, s_init, c_init)
   memory = final.memory if config.screened else None
-  return (h, final), (params, x, s_init, c_init, h, s, c, admitted, memory)
+  return (h, final), (params, x, (s_init, c_init), h, s, c, admitted, memory)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def attentive_scan_from(params, config, x, start):
+  """``attentive_scan`` from a given state ``start`` (a relevance-screened or
+  window memory, one layer): hidden states h [t, b, h] and the final state.
+  Its gradient reaches the parameters, ``x`` and ``start`` (s, c and the stored
+  states and keys; the scores, times and counters get none, as under autodiff,
+  where they only steer which state is kept)."""
+  final, h, _, _, _ = attentive_forward(params, config, x, None, None, start)
+  return h, final
+
+
+def _attentive_scan_from_fwd(params, config, x, start):
+  final, h, s, c, admitted = attentive_forward(params, config, x, None, None, start)
+  return (h, final), (params, x, start, h, s, c, admitted, final.memory)
 
 
 class Bookkeeping(Protocol):
@@ -200,6 +231,7 @@ class Bookkeeping(Protocol):
   def prefix(self, last: int, carry) -> tuple["Bookkeeping", Any]: ...
   def block_inputs(self, t, admitted) -> Any: ...
   def pop(self, carry, t, rows) -> tuple[Any, Any]: ...
+  def pop_first(self, carry) -> tuple[Any, Any]: ...
   def attended(self, carry, t, admitted, rows) -> tuple[Any, Any, Any]: ...
   def reverse_attention(self, carry, query, banks, valid, v, d_context,
                         rows) -> tuple[Any, Any, Any, Any]: ...
@@ -215,12 +247,20 @@ class _RelevanceReverse:
   and S as a ring (h_t in slot t mod nu): undoing a store rewrites one S slot
   and, where screening wrote one, one R slot; nothing shifts or concatenates.
   The newest state enters the step on its own (``newest``), so its cotangent
-  needs no slot either."""
+  needs no slot either.
+
+  From a given state (``start``: its memory and its t, which is h_0's time
+  t0), S's slots are not in ring order and the records say which S slot each
+  store wrote and the time of the state that left it; a state that undoing
+  puts back is h_{time - t0} or, for a time before t0, the state the given
+  memory holds with that time (its stored key too). Such a state's cotangent
+  stays in the carry, which ends as the slot cotangents of the memory after
+  step 0 (the caller runs step 0's reverse)."""
 
   segments = 1
 
-  def __init__(self, config, h, ua, memory):
-    self.nu, self.h, self.ua = config.nu, h, ua
+  def __init__(self, config, h, ua, memory, start=None):
+    self.nu, self.h, self.ua, self.start = config.nu, h, ua, start
     self.initial = (memory.vals, memory.keys, memory.time, jnp.zeros_like(memory.vals),
                     jnp.zeros_like(memory.keys))
 
@@ -231,31 +271,59 @@ class _RelevanceReverse:
   def block_inputs(self, t, admitted):
     """For a block of steps ``t`` [n]: the states (values and keys, [n, b, h] each)
     that undoing their stores puts back, the one that had left S and the one R
-    had evicted; gathered and multiplied by Ua once per block, not per step."""
-    _, evicted = admitted
-    back = self.h[jnp.maximum(t - self.nu, 0)]  # left S: the same time in every row (k = 1)
-    put_back = self.h[jnp.maximum(evicted, 0), jnp.arange(evicted.shape[1])[None, :]]
-    back_key, put_back_key = jnp.split(jnp.concatenate([back, put_back]) @ self.ua, 2)
-    return back, back_key, put_back, put_back_key
+    had evicted, gathered and multiplied by Ua once per block, not per step;
+    then the S slot each store wrote and the time of the state that left it
+    ([n] from a fresh state, the same in every row; [n, b] from a given one)."""
+    if self.start is None:
+      _, evicted = admitted
+      left, j = t - self.nu, t % self.nu
+      back = self.h[jnp.maximum(left, 0)]  # left S: the same time in every row (k = 1)
+      put_back = self.h[jnp.maximum(evicted, 0), jnp.arange(evicted.shape[1])[None, :]]
+      back_key, put_back_key = jnp.split(jnp.concatenate([back, put_back]) @ self.ua, 2)
+      return back, back_key, put_back, put_back_key, j, left
+    _, evicted, j, left = admitted
+    (back, put_back), (back_key, put_back_key) = self._states_at(jnp.stack([left, evicted]))
+    return back, back_key, put_back, put_back_key, j, left
+
+  def _states_at(self, times):
+    """The states with these times [..., b] (values and keys, [..., b, h]):
+    h_{time - t0}, or the start memory's state of that time before t0."""
+    start, t0 = self.start
+    rel = times - t0
+    rows = jnp.arange(times.shape[-1])
+    vals = self.h[jnp.clip(rel, 0, self.h.shape[0] - 1), rows]
+    keys = vals @ self.ua
+    # Before t0: the start memory's slot holding that time (one per row at most).
+    held = start.time.reshape((1,) * (times.ndim - 1) + start.time.shape)  # [..., b, m]
+    match = ((held == times[..., None]) & (times >= 0)[..., None]).astype(vals.dtype)
+    earlier = (rel < 0)[..., None]
+    vals = jnp.where(earlier, jnp.einsum("...bm,bmh->...bh", match, start.vals), vals)
+    keys = jnp.where(earlier, jnp.einsum("...bm,bmh->...bh", match, start.keys), keys)
+    return vals, keys
 
   def pop(self, carry, t, rows):
     """The cotangents of h_t as a value and as a key, summed over its uses as a
-    slot: after step t's store, h_t is in S's slot t mod nu."""
-    del rows
+    slot: after step t's store, h_t is in the S slot that store wrote (t mod nu
+    from a fresh state)."""
+    del t
     _, _, _, d_vals, d_keys = carry
-    j = jnp.full(d_vals.shape[:1], t % self.nu)
+    j = jnp.broadcast_to(rows[4], d_vals.shape[:1])
     return rsm.rows_at(d_vals, j), rsm.rows_at(d_keys, j)
 
+  def pop_first(self, carry):
+    """``pop`` for h_0 of a fresh state, in S's slot 0."""
+    return self.pop(carry, 0, (None,) * 4 + (0,))
+
   def attended(self, carry, t, admitted, rows):
-    """Undoes step t's store: S's slot t mod nu gets back the state that left S,
+    """Undoes step t's store: the S slot it wrote gets back the state that left S,
     and the R slot that screening wrote gets back the state it had evicted. The
     written slot's cotangent belongs to the state that left S and moves with it;
     the evicted state's so far is zero. Returns the bank step t attended to (one
     ``(keys, values)`` pair), its mask and the carry."""
+    del t
     vals, keys, time, d_vals, d_keys = carry
-    back, back_key, put_back, put_back_key = rows
-    slot, evicted = admitted
-    j = t % self.nu
+    back, back_key, put_back, put_back_key, j, left = rows
+    slot, evicted = admitted[:2]
     r_col = jnp.where(slot >= 0, self.nu + slot, -1)  # the R slot written, -1: none
     # The written R slot's cotangent, one row per batch row.
     moved = [jnp.where(slot[:, None] >= 0, rsm.rows_at(d, jnp.maximum(r_col, 0)), 0.0)
@@ -265,7 +333,7 @@ class _RelevanceReverse:
     # into the attention's tanh as well as into the carried bank, and copies the
     # bank every step to keep both.
     keys = rsm.write_slots(keys, j, r_col, back_key, put_back_key)
-    time = rsm.select_slots(time, j, r_col, jnp.asarray(t - self.nu, time.dtype), evicted)
+    time = rsm.select_slots(time, j, r_col, left.astype(time.dtype), evicted)
     d_vals = rsm.select_slots(d_vals, j, r_col, moved[0], 0.0)
     d_keys = rsm.select_slots(d_keys, j, r_col, moved[1], 0.0)
     return ((keys, vals),), (time >= 0,), (vals, keys, time, d_vals, d_keys)
@@ -348,6 +416,10 @@ class _FullReverse:
     dv_own = rsm.rows_at(own, jnp.full((batch,), t - t0))
     return dv + dv_own, dk + dk_recent
 
+  def pop_first(self, carry):
+    """``pop`` for h_0 (no block's own slot: 0 - 0)."""
+    return self.pop(carry, 0, jnp.zeros((), jnp.int32))
+
   def attended(self, carry, t, admitted, rows):
     del admitted, rows
     batch, n = self.bank[1].shape[:2]
@@ -387,7 +459,8 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   block of steps, as matrix products over the block, not as an outer product
   per step; a user cell's own parameters, which the pass cannot see into, get
   theirs summed step by step."""
-  params, x, s_init, c_init, h, s, c, admitted, memory = residuals
+  params, x, origin, h, s, c, admitted, memory = residuals
+  given = isinstance(origin, core.State)  # else (s_init, c_init) of a fresh state
   g_h, _ = cotangents  # the final state's cotangent is zero: ``forward`` stops it
   params = dict(params)
   lstm, gru = config.cell is CellType.LSTM, config.cell is CellType.GRU
@@ -401,8 +474,10 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     input_kernel = params["W"][config.hidden:] if lstm else params["U"]
     both_t = jnp.concatenate([recurrent, va], axis=1).T
   act = {k: params[k] for k in ("mod_b", "bn", "cell") if k in params}  # summed per step
-  book: Bookkeeping = (_RelevanceReverse if config.screened else _FullReverse)(
-      config, h, ua, memory)
+  if given:
+    book: Bookkeeping = _RelevanceReverse(config, h, ua, memory, (origin.memory, origin.t))
+  else:
+    book = (_RelevanceReverse if config.screened else _FullReverse)(config, h, ua, memory)
 
   def step(book, carry, inputs):
     mem, d_newest, dq_next, dc_next, d_small = carry
@@ -500,21 +575,59 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   dx_tail = jnp.concatenate(dx)
   (mem, d_newest, dq_next, dc_next, d_small), sums = carry
   ds_next = dq_next @ va.T
-  dv, dk = book.pop(mem, 0, jnp.zeros((), jnp.int32))  # no block's own slot: 0 - 0
-  _, pullback = jax.vjp(lambda p, si, ci, xt: _local_first(config, p, si, ci, xt),
-                        params, s_init, c_init, x[0])
-  dp, ds_init, dc_init, dx0 = pullback((g_h[0] + d_newest + dv + dk @ ua.T, ds_next,
-                                        dc_next))
+  if given:
+    # Step 0 by autodiff, from the given state to the memory the reverse pass
+    # has undone its way back to (the carry holds that memory's slot cotangents).
+    dp, dx0, d_start = _first_step_vjp(config, params, origin, x[0], mem[3:],
+                                       (ds_next, dc_next, g_h[0] + d_newest))
+  else:
+    dv, dk = book.pop_first(mem)
+    s_init, c_init = origin
+    _, pullback = jax.vjp(lambda p, si, ci, xt: _local_first(config, p, si, ci, xt),
+                          params, s_init, c_init, x[0])
+    dp, ds_init, dc_init, dx0 = pullback((g_h[0] + d_newest + dv + dk @ ua.T, ds_next,
+                                          dc_next))
+    d_start = (ds_init, dc_init)
+    sums["Ua"] = sums["Ua"] + h[0].T @ dk
   dp.update({k: jax.tree_util.tree_map(jnp.add, dp[k], d_small[k]) for k in d_small})
   dp["Va"] = dp["Va"] + sums["Va"]
-  dp["Ua"] = dp["Ua"] + sums["Ua"] + h[0].T @ dk
+  dp["Ua"] = dp["Ua"] + sums["Ua"]
   if not user:  # a user cell's parameters came with ``d_small``
     dp["b"] = dp["b"] + sums["b"]
     if lstm:
       dp["W"] = dp["W"] + jnp.concatenate([sums["rec"], sums["in"]])
     else:
       dp["V"], dp["U"] = dp["V"] + sums["rec"], dp["U"] + sums["in"]
-  return dp, jnp.concatenate([dx0[None], dx_tail]), ds_init, dc_init
+  return dp, jnp.concatenate([dx0[None], dx_tail]), *d_start
+
+
+def _first_step_vjp(config, params, start, x_0, d_slots, d_out):
+  """Step 0 from a given state by ``jax.vjp`` of ``core.any_step``: the
+  cotangents of the parameters, x_0 and the state (float0 for its integers),
+  from those of the step's s_0, c_0, memory values and keys (``d_slots``) and
+  h_0 (``d_out``: (s_0, c_0, h_0))."""
+  zero = jnp.zeros((), x_0.dtype)
+
+  def first(p, s, c, vals, keys, x_t):
+    state = start._replace(s=s, c=c, memory=start.memory._replace(vals=vals, keys=keys))
+    p = core.loop_params(p, config)
+    state, out = core.any_step(p, config, state, core.project_input(p, config, x_t), zero)
+    return state.s, state.c, state.memory.vals, state.memory.keys, out["h"]
+
+  mem = start.memory
+  _, pullback = jax.vjp(first, params, start.s, start.c, mem.vals, mem.keys, x_0)
+  ds, dc, dh = d_out
+  dp, ds0, dc0, d_vals, d_keys, dx0 = pullback(
+      (ds, None if start.c is None else dc, *d_slots, dh))
+
+  def none(a):  # no gradient: zeros, float0 for integer arrays (JAX's convention)
+    if jnp.issubdtype(a.dtype, jnp.inexact):
+      return jnp.zeros_like(a)
+    return np.zeros(a.shape, jax.dtypes.float0)
+
+  d_mem = jax.tree_util.tree_map(none, mem)._replace(vals=d_vals, keys=d_keys)
+  return dp, dx0, (core.State(none(start.t), ds0, dc0, d_mem),)
 
 
 attentive_scan.defvjp(_attentive_scan_fwd, _attentive_scan_bwd)
+attentive_scan_from.defvjp(_attentive_scan_from_fwd, _attentive_scan_bwd)

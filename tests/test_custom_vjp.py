@@ -55,6 +55,81 @@ def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho, block, float64)
   assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(grads[0])) > 0
 
 
+
+def _given_state_grads(cfg, params, x, state, weights):
+  """Loss, final state and gradients (parameters, x, state) from ``state``,
+  through the custom pass and through autodiff."""
+  plain = dataclasses.replace(cfg, custom_vjp=False)
+
+  def loss(p, x, st, config):
+    out, final = models.forward(p, config, x, state=st)
+    return jnp.sum(jnp.sin(out["h"]) * weights), final
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True, allow_int=True),
+                 static_argnums=3)
+  return grad(params, x, state, cfg), grad(params, x, state, plain)
+
+
+def _inexact(tree):
+  return [a for a in jax.tree_util.tree_leaves(tree) if a.dtype != jax.dtypes.float0]
+
+
+@pytest.mark.parametrize("name, options", [
+    ("RelRNN", {"phi": "modrelu"}), ("RelLSTM", {}), ("RelGRU", {}), ("WinRNN", {}),
+    ("RelRNN", {"relevance": "mean", "eviction": "fifo", "reverse_block": 4}),
+])
+def test_custom_vjp_from_a_given_state_equals_autodiff(name, options, float64):
+  """Continuing from the state 7 earlier steps left (S and R full): the custom
+  pass (``reverse.attentive_scan_from``) gives autodiff's gradients for the
+  parameters, the inputs and the given state's s, c, stored states and keys,
+  and the same final state. Its reverse pass puts back states stored before
+  the given state, from S and from R."""
+  kw = {"nu": 2, "rho": 2, "reverse_block": 3} if name.startswith("Rel") else {"nu": 2}
+  cfg = rs.model_config(name, 3, hidden=6, **{**kw, **options})
+  assert models.gradient_path(cfg) == "custom"
+  params = float64(dict(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0),
+                                                    jnp.zeros((2, 4, 3)))["params"]))
+  params["v"] = 6.0 * params["v"]
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  x_before, x, weights = float64([jax.random.normal(k, shape, jnp.float32) for k, shape in
+                                  zip(keys, [(2, 7, 3), (2, 11, 3), (2, 11, 6)])])
+  _, state = models.forward(params, cfg, x_before)
+  assert int(state.t) == 7 and bool(jnp.all(state.memory.time >= 0))
+  (value, final), grads = _given_state_grads(cfg, params, x, state, weights)[0]
+  (value_ref, final_ref), grads_ref = _given_state_grads(cfg, params, x, state, weights)[1]
+  np.testing.assert_allclose(value, value_ref, rtol=1e-10)
+  chex.assert_trees_all_close(_inexact(grads), _inexact(grads_ref), rtol=1e-9, atol=1e-12)
+  chex.assert_trees_all_close(final, final_ref, rtol=1e-12, atol=1e-13)
+  d_state = grads[2]
+  assert float(jnp.abs(d_state.memory.vals).max()) > 0 and float(jnp.abs(d_state.s).max()) > 0
+  # The reverse pass put back states from before the given state (times < 7).
+  _, _, _, _, records = jax.jit(reverse.attentive_forward, static_argnums=1)(
+      params, cfg, jnp.swapaxes(x, 0, 1), None, None, state)
+  slot, evicted, _, left = records
+  assert bool(jnp.any((left >= 0) & (left < 7)))
+  if name.startswith("Rel"):
+    assert bool(jnp.any((slot >= 0) & (evicted >= 0) & (evicted < 7)))
+
+
+def test_custom_vjp_from_a_fresh_state_given_explicitly(float64):
+  """A state at t = 0 passed in takes step 0's rule (s_0 = the RNN cell's
+  pre-activation) on the custom pass too; a full memory's given state takes
+  autodiff (its stored states are not in the pass's reach)."""
+  cfg = rs.model_config("RelRNN", 3, hidden=6, nu=2, rho=2, reverse_block=3)
+  params = float64(dict(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0),
+                                                    jnp.zeros((2, 4, 3)))["params"]))
+  x, weights = float64([jax.random.normal(k, shape, jnp.float32) for k, shape in
+                        zip(jax.random.split(jax.random.PRNGKey(2)), [(2, 9, 3), (2, 9, 6)])])
+  state = rs.init_state(cfg, 2, dtype=jnp.float64)
+  (custom, _), (plain, _) = _given_state_grads(cfg, params, x, state, weights)
+  chex.assert_trees_all_close(_inexact(custom), _inexact(plain), rtol=1e-9, atol=1e-12)
+  out, _ = models.forward(params, cfg, x, state=state)
+  np.testing.assert_allclose(out["h"], models.forward(params, cfg, x)[0]["h"], rtol=1e-13)
+  assert models._uses_custom_vjp(cfg, False, None)  # pylint: disable=protected-access
+  mem_cfg = rs.model_config("MemRNN", 3, hidden=6)
+  assert not models._uses_custom_vjp(mem_cfg, False, None)  # pylint: disable=protected-access
+
+
 @pytest.mark.parametrize("name", ["RelRNN", "MemLSTM", "RelGRU"])
 def test_custom_vjp_forward_and_final_state_unchanged(name, float64):
   cfg = rs.model_config(name, 3, hidden=5, nu=2, rho=2)
