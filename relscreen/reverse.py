@@ -21,7 +21,7 @@ itself; slot cotangents go to a dH buffer (``_FullReverse``). Memory O(t b h).
 Which models take it: ``models.gradient_path``. The bookkeeping of each memory
 kind is one class with a declared interface (``initial``, ``segments``,
 ``prefix``, ``block_inputs``, ``pop``, ``attended``, ``reverse_attention``,
-``end_block``); the block size is ``ModelConfig.reverse_block``. The relevance
+``end_block``, ``pop_first``); the block size is ``ModelConfig.reverse_block``. The relevance
 and eviction rules never enter it: scores carry no gradient, and undoing a
 store needs only which R slot it wrote and which state that slot held
 (``rsm.Screened``'s ``slot`` and ``replaced``), whatever rule chose them.
@@ -222,7 +222,8 @@ class Bookkeeping(Protocol):
   cotangents to the carry (the keys' [b, m, h]; the values' are
   ``alpha[..., None] * d_context[:, None]``), returning the query's and v's
   cotangents; it may return a record per step, which ``end_block`` gets for
-  the whole block (stacked) once its steps ran.
+  the whole block (stacked) once its steps ran. After the last block,
+  ``pop_first`` gives h_0's cotangents (from a fresh state).
   """
 
   initial: Any
