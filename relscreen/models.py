@@ -79,8 +79,8 @@ def _extra_is_inexact(config: ModelConfig) -> bool:
 
 def _uses_custom_vjp(config: ModelConfig, fresh: bool, probes) -> bool:
   """The custom pass runs from a fresh state, or from a given one for the
-  relevance-screened and window memories (a full memory's given state holds
-  states the pass could not put back)."""
+  relevance-screened and window memories (a full memory's reverse pass attends
+  to the sequence's own h, not to states stored before it)."""
   return (gradient_path(config) == "custom" and probes is None
           and (fresh or config.screened))
 
