@@ -80,10 +80,23 @@ class ActorCritic(nn.Module):
   def __call__(self, state, obs, reset):
     x = self.encode(obs)
     state, out = self.memory.step(state, x, reset=reset)
-    h = out["h"]
+    return (state, *self._heads(out["h"]))
+
+  def _heads(self, h):
     logits = self.actor[1](jnp.tanh(self.actor[0](h)))
-    value = self.critic[1](jnp.tanh(self.critic[0](h)))[:, 0]
-    return state, logits, value
+    value = self.critic[1](jnp.tanh(self.critic[0](h)))[..., 0]
+    return logits, value
+
+  def window(self, state, obs, reset):
+    """A window of steps at once, time-major: ``obs`` [r, b, ...], ``reset`` [r, b]
+    -> (logits [r, b, A], value [r, b]); the same as ``__call__`` step by step.
+    A relscreen core runs ``forward`` over the window with the resets inside it
+    (the custom reverse pass for relevance-screened and window memories); a
+    memax core has no such pass: ``replay`` steps it instead."""
+    r, b = reset.shape
+    x = self.encode(obs.reshape((r * b,) + obs.shape[2:])).reshape(r, b, -1)
+    out, _ = self.memory(jnp.swapaxes(x, 0, 1), state, reset=jnp.swapaxes(reset, 0, 1))
+    return self._heads(jnp.swapaxes(out["h"], 0, 1))
 
 
 def core_config(model: str, obs_shape, encoder: str, hidden: int, nu: int,

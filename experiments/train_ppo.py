@@ -213,7 +213,12 @@ def replay(setup: Setup, params, cores, steps: Step, t0, env):
   seq = jax.tree_util.tree_map(lambda a: _take(a, t0, env, r), steps)
   core = rl_agent.stored_core(cores, t0 // half, env)
 
-  def body(core, inputs):
+  if isinstance(setup.agent.core, models.ModelConfig):  # the whole window at once
+    logits, values = setup.agent.apply({"params": params}, core, seq.obs, seq.reset,
+                                       method="window")
+    return logits, values, seq
+
+  def body(core, inputs):  # a memax core: step by step
     obs, reset = inputs
     core, logits, value = setup.agent.apply({"params": params}, core, obs, reset)
     return core, (logits, value)

@@ -59,8 +59,9 @@ def gradient_path(config: ModelConfig) -> str:
   ``autodiff``: JAX's reverse of the scan (memories without attention, ``k > 1``,
   ``custom_vjp`` off, probes), whose memory grows with the memory's size per step
   unless ``remat_chunk`` is set. A forward with probes always takes ``autodiff``;
-  one from a given state takes ``custom`` with a relevance-screened or window
-  memory (``reverse.attentive_scan_from``), ``autodiff`` with a full one.
+  one from a given state, or with rows restarting inside it (``reset``), takes
+  ``custom`` with a relevance-screened or window memory
+  (``reverse.attentive_scan_from``), ``autodiff`` with a full one.
   """
   custom = (config.custom_vjp and config.attentive and config.k == 1
             and not config.diagnostics
@@ -251,7 +252,7 @@ _step_jit_donated = jax.jit(_step_program, static_argnums=1, donate_argnums=2)
 
 def forward(params: dict, config: ModelConfig, x: Array, state=None,
             probes: Array | None = None, h0: Array | None = None,
-            c0: Array | None = None):
+            c0: Array | None = None, reset: Array | None = None):
   """Runs the model over a sequence ``x`` [b, t, i] with ``lax.scan``.
 
   Args:
@@ -264,6 +265,9 @@ def forward(params: dict, config: ModelConfig, x: Array, state=None,
       (``gradient_path``) the returned final state carries none.
     probes: optional [b, t, h] added to each ``h_t`` (single layer); pass zeros and
       differentiate with respect to them to get ``dL/dh_t`` (ALGORITHM §7).
+    reset: optional [b, t] bool: rows that restart from a fresh zero state
+      before step t, as ``step(..., reset=...)`` does (an episode starting
+      inside the sequence, as in RL training windows).
 
   Returns:
     ``(outputs, final_state)``; ``outputs["h"]`` is [b, t, h] (the top layer's)
@@ -280,31 +284,45 @@ def forward(params: dict, config: ModelConfig, x: Array, state=None,
   if probes is not None and probes.shape != (batch, length, config.hidden):
     raise ValueError(f"probes must have shape {(batch, length, config.hidden)}, "
                      f"got {tuple(probes.shape)}")
-  return _forward_jit(params, config, x, state, probes, h0, c0)
+  if reset is not None:
+    reset = jnp.asarray(reset)
+    if reset.shape != (batch, length) or reset.dtype != jnp.bool_:
+      raise ValueError(f"reset must be a bool array of shape {(batch, length)}, got "
+                       f"{reset.dtype}{list(reset.shape)}")
+    reset = jnp.swapaxes(reset, 0, 1)  # time-major, as the scan reads it
+  return _forward_jit(params, config, x, state, probes, h0, c0, reset)
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _forward_jit(params, config, x, state, probes, h0, c0):
+def _forward_jit(params, config, x, state, probes, h0, c0, reset=None):
   """``forward`` after its checks, as one compiled program (see ``_step_jit``).
   A stacked model runs its layers one after the other over the whole sequence:
   layer l + 1 at step t needs only layer l's h_t, so this equals stepping them
   together."""
   if config.layers == 1:
-    return _layer_forward(params, config, x, state, probes, h0, c0)
+    return _layer_forward(params, config, x, state, probes, h0, c0, reset)
   finals = []
   for i in range(config.layers):
     out, final = _layer_forward(params[f"layers_{i}"], config.layer(i), x,
-                                None if state is None else state[i], None, None, None)
+                                None if state is None else state[i], None, None, None, reset)
     finals.append(final)
     x = out["h"]
   return out, tuple(finals)
 
 
-def _layer_forward(params, config, x, state, probes, h0, c0):
+def _layer_forward(params, config, x, state, probes, h0, c0, reset=None):
+  """One layer over the sequence; ``reset`` is time-major [t, b] or None."""
   batch, length = x.shape[:2]
+  if reset is not None:
+    if config.attentive and config.k != 1:
+      raise ValueError(f"per-row resets need k=1 ({config.name} has k={config.k})")
+    if state is None:  # a fresh state, started explicitly (the rows' restarts need one)
+      state = core.init_state(config, batch, h0, c0, capacity=math.ceil(length / config.k),
+                              dtype=x.dtype)
   fresh = state is None
   if _uses_custom_vjp(config, fresh, probes) and length > 1 and not fresh:
-    h, final = reverse.attentive_scan_from(dict(params), config, jnp.swapaxes(x, 0, 1), state)
+    h, final = reverse.attentive_scan_from(dict(params), config, jnp.swapaxes(x, 0, 1), state,
+                                           reset)
     return {"h": jnp.swapaxes(h, 0, 1)}, jax.lax.stop_gradient(final)
   if _uses_custom_vjp(config, fresh, probes) and length > 1:
     zeros = jnp.zeros((batch, config.hidden), x.dtype)
@@ -332,6 +350,9 @@ def _layer_forward(params, config, x, state, probes, h0, c0):
     body = lambda carry, inputs: core.later_step(params, config, carry, *inputs)
     state, outs = scan_lib.scan(body, state, (xp[1:], pr[1:]), config.remat_chunk)
     outs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, outs)
+  elif reset is not None:
+    body = lambda carry, inputs: core.step_with_reset(params, config, carry, *inputs)
+    state, outs = scan_lib.scan(body, state, (xp, pr, reset), config.remat_chunk)
   else:
     body = lambda carry, inputs: core.any_step(params, config, carry, *inputs)
     state, outs = scan_lib.scan(body, state, (xp, pr), config.remat_chunk)

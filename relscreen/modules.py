@@ -66,8 +66,8 @@ class RecurrentCore(nn.Module):
       return {f"layers_{i}": layer._params for i, layer in enumerate(self.stack)}  # pylint: disable=protected-access
     return self.params_dict
 
-  def __call__(self, x, state=None, probes=None, h0=None, c0=None):
-    return models.forward(self._params, self.config, x, state, probes, h0, c0)
+  def __call__(self, x, state=None, probes=None, h0=None, c0=None, reset=None):
+    return models.forward(self._params, self.config, x, state, probes, h0, c0, reset)
 
   def step(self, state, x_t, probe=None, reset=None):
     return models.step(self._params, self.config, state, x_t, probe, reset)

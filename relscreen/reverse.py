@@ -78,7 +78,7 @@ def _local_first(config, p, s_init, c_init, x_0):
   return h, s, (jnp.zeros_like(h) if c is None else c)
 
 
-def attentive_forward(params, config, x, s_init, c_init, start=None):
+def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None):
   """The plain forward scan over time-major inputs ``x`` [t, b, i]; also returns
   what the custom reverse pass needs: h, s and (LSTM) c of every step
   [t, b, h], written in place into buffers, and (RSM) the R slot each step's
@@ -90,7 +90,10 @@ def attentive_forward(params, config, x, s_init, c_init, start=None):
   ``start``: a given state to continue from (RSM memories only; ``s_init`` and
   ``c_init`` are then unused). Its step 0 is ``core.any_step``'s, and the
   records also hold, per step, the S slot the store wrote and the time of the
-  state that left it (S's order is then its slots' times, not t mod nu)."""
+  state that left it (S's order is then its slots' times, not t mod nu).
+  ``resets`` [t, b] (with ``start`` only): rows that restart from a fresh state
+  before the step (``core.step_with_reset``); the records then also hold the
+  memory's slot times just before each step's reset ([t - 1, b, slots])."""
   length = x.shape[0]
   params = core.loop_params(params, config)
   zero = jnp.zeros((), x.dtype)
@@ -100,9 +103,13 @@ def attentive_forward(params, config, x, s_init, c_init, start=None):
                             dtype=s_init.dtype)
     state, first = core.first_step(params, config, state,
                                    core.project_input(params, config, x[0]), zero)
-  else:
+  elif resets is None:
     state, first = core.any_step(params, config, start,
                                  core.project_input(params, config, x[0]), zero)
+  else:
+    state, first = core.step_with_reset(params, config, start,
+                                        core.project_input(params, config, x[0]), zero,
+                                        resets[0])
   # The cell's own state (an LSTM's c, a user cell's extra: any pytree) is kept too.
   keep_c = config.cell in (CellType.LSTM, CellType.USER)
   kept = (first["h"], state.s, state.c) if keep_c else (first["h"], state.s)
@@ -150,26 +157,42 @@ def attentive_forward(params, config, x, s_init, c_init, start=None):
   else:
     nu, rules = config.nu, memories.rules_of(config)
     t0 = jnp.zeros((), jnp.int32) if start is None else start.t  # h_0's time
+    fresh_c = core.init_state(config, x.shape[1], capacity=1, dtype=x.dtype).c
 
     def body(carry, inputs):
       mem, s, c, newest, buffers = carry
-      t, x_t = inputs
+      t, x_t, reset = inputs
+      before = mem.time
+      if reset is not None:  # rows that start afresh: zero s and c, an empty memory
+        s = jnp.where(reset[:, None], 0.0, s)
+        c = jax.tree_util.tree_map(
+            lambda a, f: jnp.where(reset.reshape(reset.shape + (1,) * (a.ndim - 1)), f, a),
+            c, fresh_c)
+        # rsm.init's contents (zeros, time -1), by row scatters that XLA does in place
+        mem = rsm.RSMState(*(_put_rows(a, reset, v) for a, v in zip(mem, (0, 0, 0, -1, 0))))
       attended = attention.additive_attention_banks(
           s @ params["Va"], ((mem.keys, mem.vals, mem.time >= 0),), params["v"])
       mem = rsm.accumulate(mem, attended.alpha, nu, rules)
-      s = core.mixed(config, newest, attended.context)
-      h, _, c = core._cell(params, config, core.project_input(params, config, x_t), s, c)  # pylint: disable=protected-access
+      s_mixed = core.mixed(config, newest, attended.context)
+      # A restarted row takes step 0's rule: the cell runs on its zero s, and s
+      # becomes the RNN cell's pre-activation (zero for other cells).
+      s = s_mixed if reset is None else jnp.where(reset[:, None], s, s_mixed)
+      h, a, c = core._cell(params, config, core.project_input(params, config, x_t), s, c)  # pylint: disable=protected-access
+      if reset is not None:
+        s = jnp.where(reset[:, None], core.first_mixed(config, a, s), s_mixed)
       s_slot = rsm.oldest_slot(mem, nu)  # the S slot the store writes
       mem, screened = rsm.store(mem, h, h @ params["Ua"], t0 + t, jnp.ones(h.shape[:1], bool),
                                 nu, rules)
       kept = (screened.slot, screened.replaced)
       if start is not None:  # S's order is its slots' times: which slot, and who left it
         kept += (s_slot, screened.time)
+      if reset is not None:
+        kept += (before,)
       return (mem, s, c, h, record(buffers, t, h, s, c)), kept
 
     carry = (state.memory, state.s, state.c, first["h"], buffers)
-    (mem, s, c, _, buffers), admitted = jax.lax.scan(body, carry,
-                                                     (jnp.arange(1, length), x[1:]))
+    (mem, s, c, _, buffers), admitted = jax.lax.scan(
+        body, carry, (jnp.arange(1, length), x[1:], None if resets is None else resets[1:]))
     final = core.State(t0 + length, s, c, mem)
   h, s, c = buffers if keep_c else (*buffers, None)
   return final, h, s, c, admitted
@@ -190,19 +213,20 @@ def _attentive_scan_fwd(params, config, x, s_init, c_init):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def attentive_scan_from(params, config, x, start):
+def attentive_scan_from(params, config, x, start, resets=None):
   """``attentive_scan`` from a given state ``start`` (a relevance-screened or
   window memory, one layer): hidden states h [t, b, h] and the final state.
   Its gradient reaches the parameters, ``x`` and ``start`` (s, c and the stored
   states and keys; the scores, times and counters get none, as under autodiff,
-  where they only steer which state is kept)."""
-  final, h, _, _, _ = attentive_forward(params, config, x, None, None, start)
+  where they only steer which state is kept). ``resets`` [t, b] (optional):
+  rows that restart from a fresh state before a step, as ``core.step_with_reset``."""
+  final, h, _, _, _ = attentive_forward(params, config, x, None, None, start, resets)
   return h, final
 
 
-def _attentive_scan_from_fwd(params, config, x, start):
-  final, h, s, c, admitted = attentive_forward(params, config, x, None, None, start)
-  return (h, final), (params, x, start, h, s, c, admitted, final.memory)
+def _attentive_scan_from_fwd(params, config, x, start, resets=None):
+  final, h, s, c, admitted = attentive_forward(params, config, x, None, None, start, resets)
+  return (h, final), (params, x, (start, resets), h, s, c, admitted, final.memory)
 
 
 class Bookkeeping(Protocol):
@@ -262,6 +286,8 @@ class _RelevanceReverse:
 
   def __init__(self, config, h, ua, memory, start=None):
     self.nu, self.h, self.ua, self.start = config.nu, h, ua, start
+    # From a given state, states are looked up by time: every h_t's key once.
+    self.h_keys = None if start is None else h @ ua
     self.initial = (memory.vals, memory.keys, memory.time, jnp.zeros_like(memory.vals),
                     jnp.zeros_like(memory.keys))
 
@@ -282,7 +308,7 @@ class _RelevanceReverse:
       put_back = self.h[jnp.maximum(evicted, 0), jnp.arange(evicted.shape[1])[None, :]]
       back_key, put_back_key = jnp.split(jnp.concatenate([back, put_back]) @ self.ua, 2)
       return back, back_key, put_back, put_back_key, j, left
-    _, evicted, j, left = admitted
+    _, evicted, j, left = admitted[:4]
     (back, put_back), (back_key, put_back_key) = self._states_at(jnp.stack([left, evicted]))
     return back, back_key, put_back, put_back_key, j, left
 
@@ -292,15 +318,15 @@ class _RelevanceReverse:
     start, t0 = self.start
     rel = times - t0
     rows = jnp.arange(times.shape[-1])
-    vals = self.h[jnp.clip(rel, 0, self.h.shape[0] - 1), rows]
-    keys = vals @ self.ua
+    index = (jnp.clip(rel, 0, self.h.shape[0] - 1), rows)
+    vals, keys = self.h[index], self.h_keys[index]
     # Before t0: the start memory's slot holding that time (one per row at most).
     held = start.time.reshape((1,) * (times.ndim - 1) + start.time.shape)  # [..., b, m]
-    match = ((held == times[..., None]) & (times >= 0)[..., None]).astype(vals.dtype)
-    earlier = (rel < 0)[..., None]
-    vals = jnp.where(earlier, jnp.einsum("...bm,bmh->...bh", match, start.vals), vals)
-    keys = jnp.where(earlier, jnp.einsum("...bm,bmh->...bh", match, start.keys), keys)
-    return vals, keys
+    match = (held == times[..., None]) & (times >= 0)[..., None]
+    slot = (rows, jnp.argmax(match, axis=-1))
+    earlier = ((rel < 0) & jnp.any(match, axis=-1))[..., None]
+    return (jnp.where(earlier, start.vals[slot], vals),
+            jnp.where(earlier, start.keys[slot], keys))
 
   def pop(self, carry, t, rows):
     """The cotangents of h_t as a value and as a key, summed over its uses as a
@@ -314,6 +340,14 @@ class _RelevanceReverse:
   def pop_first(self, carry):
     """``pop`` for h_0 of a fresh state, in S's slot 0."""
     return self.pop(carry, 0, (None,) * 4 + (0,))
+
+  def restore(self, carry, reset, before):
+    """Rows that restarted at this step get back the memory they had just
+    before (its slots' times ``before`` [b, slots]), with zero cotangents:
+    nothing after the restart read it."""
+    old_vals, old_keys = (jnp.swapaxes(a, 0, 1) for a in self._states_at(before.T))
+    return tuple(_put_rows(a, reset, new) for a, new in
+                 zip(carry, (old_vals, old_keys, before, 0.0, 0.0)))
 
   def attended(self, carry, t, admitted, rows):
     """Undoes step t's store: the S slot it wrote gets back the state that left S,
@@ -461,7 +495,8 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   per step; a user cell's own parameters, which the pass cannot see into, get
   theirs summed step by step."""
   params, x, origin, h, s, c, admitted, memory = residuals
-  given = isinstance(origin, core.State)  # else (s_init, c_init) of a fresh state
+  given = isinstance(origin[0], core.State)  # else (s_init, c_init) of a fresh state
+  from_state, resets = origin if given else (None, None)
   g_h, _ = cotangents  # the final state's cotangent is zero: ``forward`` stops it
   params = dict(params)
   lstm, gru = config.cell is CellType.LSTM, config.cell is CellType.GRU
@@ -476,13 +511,14 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     both_t = jnp.concatenate([recurrent, va], axis=1).T
   act = {k: params[k] for k in ("mod_b", "bn", "cell") if k in params}  # summed per step
   if given:
-    book: Bookkeeping = _RelevanceReverse(config, h, ua, memory, (origin.memory, origin.t))
+    book: Bookkeeping = _RelevanceReverse(config, h, ua, memory,
+                                          (from_state.memory, from_state.t))
   else:
     book = (_RelevanceReverse if config.screened else _FullReverse)(config, h, ua, memory)
 
   def step(book, carry, inputs):
     mem, d_newest, dq_next, dc_next, d_small = carry
-    t, pre_t, q_t, g_t, h_prev, c_prev, adm, rows = inputs
+    t, pre_t, q_t, g_t, h_prev, c_prev, adm, rows, reset = inputs
     dv, dk = book.pop(mem, t, rows)
     dh = g_t + d_newest + dv + dk @ ua_t  # d_newest: h_t as step t + 1's newest state
     if user:  # the user's step on (s_t, its extra, x_t): pre_t is (x_t, s_t)
@@ -503,18 +539,35 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       dxp, ds_direct = dpre, 0.0  # pre = xp + s_t rec: one cotangent for both terms
     # s_t fed the cell (through s_t rec) and step t + 1's query (s_t Va): one product.
     ds = jnp.concatenate([dpre, dq_next], axis=-1) @ both_t + ds_direct
+    if reset is not None:
+      # A restarted row: the cell ran on a zero s and a fresh c, and s_t is not
+      # mixed but the RNN cell's pre-activation (zero for other cells), read
+      # only by step t + 1's query, which attends to h_t alone: its cotangent
+      # is exactly zero there (one slot, weight 1 whatever the query).
+      row = reset[:, None]
+      dc_prev = jax.tree_util.tree_map(lambda d: jnp.where(row, 0.0, d), dc_prev)
+      ds = jnp.where(row, 0.0, ds)
     banks, valid, mem = book.attended(mem, t, adm, rows)
     _, pullback = jax.vjp(lambda n, ctx: core.mixed(config, n, ctx), h_prev, h_prev)
     d_newest, d_context = pullback(ds)  # s_t is linear in the newest state and the context
     dq, d_v, mem, record = book.reverse_attention(mem, q_t, banks, valid, params["v"],
                                                   d_context, rows)
+    if reset is not None:  # before the restart: the memory the row had
+      mem = book.restore(mem, reset, adm[4])
+      dq = jnp.where(reset[:, None], 0.0, dq)  # its query was a zero s
     d_small = jax.tree_util.tree_map(jnp.add, d_small, {"v": d_v, **d_act})
     return (mem, d_newest, dq, dc_prev, d_small), (dq, (dxp, dpre) if gru or user else dpre,
                                                    dk, record)
 
   def block(book, carry, inputs):
     carry, sums = carry
-    t, x_b, g_b, h_b, h_prev, s_prev, s_b, c_prev, adm = inputs
+    t, x_b, g_b, h_b, h_prev, s_prev, s_b, c_prev, adm, reset = inputs
+    if reset is not None:  # restarted rows: the query, the cell's s and c were fresh
+      row = reset[..., None]
+      s_prev, s_b = jnp.where(row, 0.0, s_prev), jnp.where(row, 0.0, s_b)
+      c_prev = jax.tree_util.tree_map(
+          lambda a, f: jnp.where(reset.reshape(reset.shape + (1,) * (a.ndim - 2)), f, a),
+          c_prev, fresh_c)
     # What the steps recompute without needing a cotangent, for the block at once.
     if user:
       pre = (x_b, s_b)
@@ -523,7 +576,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       pre = (xp, srec, s_b) if gru else xp + srec
     carry, (dq, dpre, dk, records) = jax.lax.scan(
         functools.partial(step, book), carry,
-        (t, pre, s_prev @ va, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm)),
+        (t, pre, s_prev @ va, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm), reset),
         reverse=True)
     carry = (book.end_block(carry[0], records),) + carry[1:]
     dxp, drec = dpre if gru or user else (dpre, dpre)  # input and recurrent terms'
@@ -538,7 +591,11 @@ def _attentive_scan_bwd(config, residuals, cotangents):
 
   length = h.shape[0]
   xs = (jnp.arange(1, length), x[1:], g_h[1:], h[1:], h[:-1], s[:-1], s[1:],
-        jax.tree_util.tree_map(lambda a: a[:-1], c), admitted)
+        jax.tree_util.tree_map(lambda a: a[:-1], c), admitted,
+        None if resets is None else resets[1:])
+  # A restarted row's c (an LSTM's zeros, a user cell's initial extra state).
+  fresh_c = (None if resets is None
+             else core.init_state(config, h.shape[1], capacity=1, dtype=h.dtype).c)
   zeros = jnp.zeros_like(h[0])
   sums = {"Va": jnp.zeros_like(va), "Ua": jnp.zeros_like(ua)}
   if not user:
@@ -579,7 +636,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   if given:
     # Step 0 by autodiff, from the given state to the memory the reverse pass
     # has undone its way back to (the carry holds that memory's slot cotangents).
-    dp, dx0, d_start = _first_step_vjp(config, params, origin, x[0], mem[3:],
+    dp, dx0, d_start = _first_step_vjp(config, params, from_state, resets, x[0], mem[3:],
                                        (ds_next, dc_next, g_h[0] + d_newest))
   else:
     dv, dk = book.pop_first(mem)
@@ -602,17 +659,32 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   return dp, jnp.concatenate([dx0[None], dx_tail]), *d_start
 
 
-def _first_step_vjp(config, params, start, x_0, d_slots, d_out):
-  """Step 0 from a given state by ``jax.vjp`` of ``core.any_step``: the
-  cotangents of the parameters, x_0 and the state (float0 for its integers),
-  from those of the step's s_0, c_0, memory values and keys (``d_slots``) and
-  h_0 (``d_out``: (s_0, c_0, h_0))."""
+def _put_rows(a, rows, new):
+  """``a`` [b, ...] with the rows where ``rows`` [b] replaced by ``new`` (the
+  same shape, or a scalar), as a scatter that XLA does in place (a select over
+  the whole array next to the step's other writes made it copy the bank)."""
+  b = a.shape[0]
+  index = jnp.where(rows, jnp.arange(b), b)  # b: out of range, dropped
+  new = jnp.broadcast_to(jnp.asarray(new, a.dtype), a.shape)
+  return a.at[index].set(new, mode="drop", unique_indices=True)
+
+
+def _first_step_vjp(config, params, start, resets, x_0, d_slots, d_out):
+  """Step 0 from a given state by ``jax.vjp`` of ``core.any_step`` (or
+  ``core.step_with_reset`` with ``resets``): the cotangents of the parameters,
+  x_0 and the state (float0 for its integers; then None for ``resets``), from
+  those of the step's s_0, c_0, memory values and keys (``d_slots``) and h_0
+  (``d_out``: (s_0, c_0, h_0))."""
   zero = jnp.zeros((), x_0.dtype)
 
   def first(p, s, c, vals, keys, x_t):
     state = start._replace(s=s, c=c, memory=start.memory._replace(vals=vals, keys=keys))
     p = core.loop_params(p, config)
-    state, out = core.any_step(p, config, state, core.project_input(p, config, x_t), zero)
+    xp = core.project_input(p, config, x_t)
+    if resets is None:
+      state, out = core.any_step(p, config, state, xp, zero)
+    else:
+      state, out = core.step_with_reset(p, config, state, xp, zero, resets[0])
     return state.s, state.c, state.memory.vals, state.memory.keys, out["h"]
 
   mem = start.memory
@@ -627,7 +699,8 @@ def _first_step_vjp(config, params, start, x_0, d_slots, d_out):
     return np.zeros(a.shape, jax.dtypes.float0)
 
   d_mem = jax.tree_util.tree_map(none, mem)._replace(vals=d_vals, keys=d_keys)
-  return dp, dx0, (core.State(none(start.t), ds0, dc0, d_mem),)
+  d_resets = None if resets is None else none(resets)
+  return dp, dx0, (core.State(none(start.t), ds0, dc0, d_mem), d_resets)
 
 
 attentive_scan.defvjp(_attentive_scan_fwd, _attentive_scan_bwd)

@@ -157,22 +157,29 @@ def test_custom_pass_equals_autodiff_for_other_memories(case, float64):
 
 @pytest.mark.parametrize("case", ["RelTanh-user", "RelLSTM-flax", "stack-WinRNN-RelRNN"])
 def test_custom_pass_from_a_given_state_equals_autodiff(case, float64):
-  """Continuing from the state the first 6 steps left: user cells (their extra
-  state included) and stacks (a state per layer) take the custom pass from it,
-  with autodiff's gradients for the parameters and the given state."""
+  """Continuing from the state the first 6 steps left, with and without a row
+  restarting: user cells (their extra state included) and stacks (a state per
+  layer) take the custom pass from it, with autodiff's gradients for the
+  parameters and the given state."""
   del float64
   cfg, params, x, _ = build(**GRADIENT_CASES[case])
   _, state = rs.forward(params, cfg, x[:, :6])
   plain = dataclasses.replace(cfg, custom_vjp=False)
   weights = jnp.sin(jnp.arange(B * (L - 6) * H, dtype=x.dtype)).reshape(B, L - 6, H)
 
-  def loss(p, st, c):
-    return jnp.sum(jnp.tanh(rs.forward(p, c, x[:, 6:], state=st)[0]["h"]) * weights)
+  # Row 0 also restarts at step 2 of the continuation (a user cell's extra state
+  # restarts from its init_extra).
+  reset = jnp.zeros((B, L - 6), bool).at[0, 2].set(True)
+
+  def loss(p, st, c, reset):
+    out, _ = rs.forward(p, c, x[:, 6:], state=st, reset=reset)
+    return jnp.sum(jnp.tanh(out["h"]) * weights)
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1), allow_int=True), static_argnums=2)
   inexact = lambda t: [a for a in jax.tree_util.tree_leaves(t) if a.dtype != jax.dtypes.float0]
-  got, want = grad(params, state, cfg), grad(params, state, plain)
-  chex.assert_trees_all_close(inexact(got), inexact(want), rtol=1e-9, atol=1e-12)
+  for r in (None, reset):
+    got, want = grad(params, state, cfg, r), grad(params, state, plain, r)
+    chex.assert_trees_all_close(inexact(got), inexact(want), rtol=1e-9, atol=1e-12)
 
 
 def test_gru_equals_flax_gru_cell(float64):

@@ -111,6 +111,43 @@ def test_custom_vjp_from_a_given_state_equals_autodiff(name, options, float64):
     assert bool(jnp.any((slot >= 0) & (evicted >= 0) & (evicted < 7)))
 
 
+RESETS = [(0, 4), (0, 5), (1, 0), (1, 8), (2, 9)]  # (row, step): restarts inside the window
+
+
+@pytest.mark.parametrize("name", ["RelRNN", "RelLSTM", "RelGRU", "WinLSTM"])
+def test_custom_vjp_with_resets_equals_autodiff(name, float64):
+  """Rows restarting inside the sequence (``forward(..., reset=...)``, as RL
+  training windows do): the outputs equal ``step`` with the same resets, step by
+  step, and the custom pass's gradients (parameters, inputs, the given state)
+  equal autodiff's: the reverse pass gives a restarted row back the memory it
+  had just before, and its restarted step sends nothing to the steps before."""
+  kw = {"nu": 2, "rho": 2, "reverse_block": 3} if name.startswith("Rel") else {"nu": 2}
+  cfg = rs.model_config(name, 3, hidden=6, **kw)
+  params = float64(dict(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0),
+                                                    jnp.zeros((3, 4, 3)))["params"]))
+  params["v"] = 6.0 * params["v"]
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  x_before, x, weights = float64([jax.random.normal(k, shape, jnp.float32) for k, shape in
+                                  zip(keys, [(3, 7, 3), (3, 11, 3), (3, 11, 6)])])
+  reset = jnp.zeros((3, 11), bool).at[tuple(zip(*RESETS))].set(True)
+  _, state = models.forward(params, cfg, x_before)
+  out, final = models.forward(params, cfg, x, state=state, reset=reset)
+  stepped = state
+  for t in range(11):
+    stepped, o = rs.step(params, cfg, stepped, x[:, t], reset=reset[:, t])
+    np.testing.assert_allclose(out["h"][:, t], o["h"], rtol=1e-12, atol=1e-13)
+  chex.assert_trees_all_close(final, stepped, rtol=1e-12, atol=1e-13)
+  plain = dataclasses.replace(cfg, custom_vjp=False)
+
+  def loss(p, x, st, config):
+    return jnp.sum(jnp.sin(models.forward(p, config, x, state=st, reset=reset)[0]["h"])
+                   * weights)
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2), allow_int=True), static_argnums=3)
+  got, want = grad(params, x, state, cfg), grad(params, x, state, plain)
+  chex.assert_trees_all_close(_inexact(got), _inexact(want), rtol=1e-9, atol=1e-12)
+
+
 def test_custom_vjp_from_a_fresh_state_given_explicitly(float64):
   """A state at t = 0 passed in takes step 0's rule (s_0 = the RNN cell's
   pre-activation) on the custom pass too; a full memory's given state takes

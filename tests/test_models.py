@@ -246,6 +246,27 @@ def test_bad_options_name_the_argument(field, value):
     rs.model_config("RelRNN", I, **{field: value})
 
 
+@pytest.mark.parametrize("name", ["MemRNN", "LSTM", "RelRNN"])
+def test_forward_with_resets_equals_stepping(name, float64):
+  """``forward(..., reset=...)`` from a fresh state: each row's outputs equal
+  ``step`` with the same resets, and a row restarted at step 3 gives from there
+  on what a fresh run over its own steps 3.. gives (full memory and plain cell
+  through the autodiff path, RelRNN through the custom one)."""
+  del float64
+  cfg, params, x = setup(name)
+  reset = jnp.zeros(x.shape[:2], bool).at[0, 3].set(True)
+  out, final = rs.forward(params, cfg, x, reset=reset)
+  state = rs.init_state(cfg, B, capacity=x.shape[1], dtype=x.dtype)
+  for t in range(x.shape[1]):
+    state, o = rs.step(params, cfg, state, x[:, t], reset=reset[:, t])
+    np.testing.assert_allclose(out["h"][:, t], o["h"], rtol=1e-12, atol=1e-13)
+  again, _ = rs.forward(params, cfg, x[:1, 3:])
+  np.testing.assert_allclose(out["h"][:1, 3:], again["h"], rtol=1e-12, atol=1e-13)
+  assert int(final.t) == x.shape[1]
+  with pytest.raises(ValueError, match="reset must be a bool array"):
+    rs.forward(params, cfg, x, reset=reset[:, :-1])
+
+
 def test_bad_shapes_and_names_are_clear():
   cfg, params, x = setup("RelRNN")
   with pytest.raises(ValueError, match="x must have shape"):
