@@ -672,7 +672,7 @@ def _put_rows(a, rows, new):
 def _first_step_vjp(config, params, start, resets, x_0, d_slots, d_out):
   """Step 0 from a given state by ``jax.vjp`` of ``core.any_step`` (or
   ``core.step_with_reset`` with ``resets``): the cotangents of the parameters,
-  x_0 and the state (float0 for its integers; then None for ``resets``), from
+  x_0 and the state (float0 for its integers), and float0 for ``resets``, from
   those of the step's s_0, c_0, memory values and keys (``d_slots``) and h_0
   (``d_out``: (s_0, c_0, h_0))."""
   zero = jnp.zeros((), x_0.dtype)
