@@ -70,6 +70,22 @@ def _given_state_grads(cfg, params, x, state, weights):
   return grad(params, x, state, cfg), grad(params, x, state, plain)
 
 
+def _continuation(name, options, float64, batch):
+  """A float64 config (peaked attention), its params, the state 7 steps left
+  (S and R full), the 11 steps that continue from it and a loss's weights."""
+  kw = {"nu": 2, "rho": 2, "reverse_block": 3} if name.startswith("Rel") else {"nu": 2}
+  cfg = rs.model_config(name, 3, hidden=6, **{**kw, **options})
+  params = float64(dict(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0),
+                                                    jnp.zeros((batch, 4, 3)))["params"]))
+  params["v"] = 6.0 * params["v"]
+  keys = jax.random.split(jax.random.PRNGKey(1), 3)
+  x_before, x, weights = float64([
+      jax.random.normal(k, (batch,) + shape, jnp.float32)
+      for k, shape in zip(keys, [(7, 3), (11, 3), (11, 6)])])
+  _, state = models.forward(params, cfg, x_before)
+  return cfg, params, state, x, weights
+
+
 def _inexact(tree):
   return [a for a in jax.tree_util.tree_leaves(tree) if a.dtype != jax.dtypes.float0]
 
@@ -84,16 +100,8 @@ def test_custom_vjp_from_a_given_state_equals_autodiff(name, options, float64):
   parameters, the inputs and the given state's s, c, stored states and keys,
   and the same final state. Its reverse pass puts back states stored before
   the given state, from S and from R."""
-  kw = {"nu": 2, "rho": 2, "reverse_block": 3} if name.startswith("Rel") else {"nu": 2}
-  cfg = rs.model_config(name, 3, hidden=6, **{**kw, **options})
+  cfg, params, state, x, weights = _continuation(name, options, float64, batch=2)
   assert models.gradient_path(cfg) == "custom"
-  params = float64(dict(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0),
-                                                    jnp.zeros((2, 4, 3)))["params"]))
-  params["v"] = 6.0 * params["v"]
-  keys = jax.random.split(jax.random.PRNGKey(1), 3)
-  x_before, x, weights = float64([jax.random.normal(k, shape, jnp.float32) for k, shape in
-                                  zip(keys, [(2, 7, 3), (2, 11, 3), (2, 11, 6)])])
-  _, state = models.forward(params, cfg, x_before)
   assert int(state.t) == 7 and bool(jnp.all(state.memory.time >= 0))
   (value, final), grads = _given_state_grads(cfg, params, x, state, weights)[0]
   (value_ref, final_ref), grads_ref = _given_state_grads(cfg, params, x, state, weights)[1]
@@ -121,16 +129,8 @@ def test_custom_vjp_with_resets_equals_autodiff(name, float64):
   step, and the custom pass's gradients (parameters, inputs, the given state)
   equal autodiff's: the reverse pass gives a restarted row back the memory it
   had just before, and its restarted step sends nothing to the steps before."""
-  kw = {"nu": 2, "rho": 2, "reverse_block": 3} if name.startswith("Rel") else {"nu": 2}
-  cfg = rs.model_config(name, 3, hidden=6, **kw)
-  params = float64(dict(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0),
-                                                    jnp.zeros((3, 4, 3)))["params"]))
-  params["v"] = 6.0 * params["v"]
-  keys = jax.random.split(jax.random.PRNGKey(1), 3)
-  x_before, x, weights = float64([jax.random.normal(k, shape, jnp.float32) for k, shape in
-                                  zip(keys, [(3, 7, 3), (3, 11, 3), (3, 11, 6)])])
+  cfg, params, state, x, weights = _continuation(name, {}, float64, batch=3)
   reset = jnp.zeros((3, 11), bool).at[tuple(zip(*RESETS))].set(True)
-  _, state = models.forward(params, cfg, x_before)
   out, final = models.forward(params, cfg, x, state=state, reset=reset)
   stepped = state
   for t in range(11):
