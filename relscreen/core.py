@@ -167,6 +167,16 @@ def any_step(params, config, state, xp, probe):
   return later_step(params, config, state, xp, probe, first=state.t == 0)
 
 
+def pick_rows(rows: Array, new, old):
+  """``new`` where ``rows`` (bool, a leading part of the arrays' shape: [b], or
+  [t, b] for time-major stacks) and ``old`` elsewhere, leaf by leaf of two
+  pytrees of the same structure."""
+  def pick(n, o):
+    return jnp.where(rows.reshape(rows.shape + (1,) * (o.ndim - rows.ndim)), n, o)
+
+  return jax.tree_util.tree_map(pick, new, old)
+
+
 def reset_rows(config: ModelConfig, state: State, reset: Array) -> State:
   """Rows where ``reset`` [b] get a fresh zero state (empty memory); others are kept.
 
@@ -175,11 +185,7 @@ def reset_rows(config: ModelConfig, state: State, reset: Array) -> State:
   full = isinstance(state.memory, full_memory.FullMemory)
   capacity = state.memory.time.shape[1] if full else None
   fresh = init_state(config, state.s.shape[0], capacity=capacity, dtype=state.s.dtype)
-
-  def pick(new, old):
-    return jnp.where(reset.reshape(reset.shape + (1,) * (old.ndim - 1)), new, old)
-
-  rows = jax.tree_util.tree_map(pick, fresh._replace(t=None), state._replace(t=None))
+  rows = pick_rows(reset, fresh._replace(t=None), state._replace(t=None))
   return rows._replace(t=state.t)
 
 

@@ -157,19 +157,16 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
   else:
     nu, rules = config.nu, memories.rules_of(config)
     t0 = jnp.zeros((), jnp.int32) if start is None else start.t  # h_0's time
-    fresh_c = core.init_state(config, x.shape[1], capacity=1, dtype=x.dtype).c
+    fresh = core.init_state(config, x.shape[1], dtype=x.dtype)  # what a restarted row gets
 
     def body(carry, inputs):
       mem, s, c, newest, buffers = carry
       t, x_t, reset = inputs
-      before = mem.time
       if reset is not None:  # rows that start afresh: zero s and c, an empty memory
-        s = jnp.where(reset[:, None], 0.0, s)
-        c = jax.tree_util.tree_map(
-            lambda a, f: jnp.where(reset.reshape(reset.shape + (1,) * (a.ndim - 1)), f, a),
-            c, fresh_c)
-        # rsm.init's contents (zeros, time -1), by row scatters that XLA does in place
-        mem = rsm.RSMState(*(_put_rows(a, reset, v) for a, v in zip(mem, (0, 0, 0, -1, 0))))
+        before = mem.time
+        s, c = core.pick_rows(reset, (fresh.s, fresh.c), (s, c))
+        # The memory by row scatters, which XLA does in place (a select copies it).
+        mem = rsm.RSMState(*(_put_rows(a, reset, f) for a, f in zip(mem, fresh.memory)))
       attended = attention.additive_attention_banks(
           s @ params["Va"], ((mem.keys, mem.vals, mem.time >= 0),), params["v"])
       mem = rsm.accumulate(mem, attended.alpha, nu, rules)
@@ -554,7 +551,6 @@ def _attentive_scan_bwd(config, residuals, cotangents):
                                                   d_context, rows)
     if reset is not None:  # before the restart: the memory the row had
       mem = book.restore(mem, reset, adm[4])
-      dq = jnp.where(reset[:, None], 0.0, dq)  # its query was a zero s
     d_small = jax.tree_util.tree_map(jnp.add, d_small, {"v": d_v, **d_act})
     return (mem, d_newest, dq, dc_prev, d_small), (dq, (dxp, dpre) if gru or user else dpre,
                                                    dk, record)
@@ -562,12 +558,10 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   def block(book, carry, inputs):
     carry, sums = carry
     t, x_b, g_b, h_b, h_prev, s_prev, s_b, c_prev, adm, reset = inputs
-    if reset is not None:  # restarted rows: the query, the cell's s and c were fresh
-      row = reset[..., None]
-      s_prev, s_b = jnp.where(row, 0.0, s_prev), jnp.where(row, 0.0, s_b)
-      c_prev = jax.tree_util.tree_map(
-          lambda a, f: jnp.where(reset.reshape(reset.shape + (1,) * (a.ndim - 2)), f, a),
-          c_prev, fresh_c)
+    if reset is not None:  # restarted rows: the cell ran on a zero s and a fresh c
+      # (Their query was a zero s too, but over the empty memory a restarted row
+      # attends to, the weights are 0 whatever the query, and so is its cotangent.)
+      s_b, c_prev = core.pick_rows(reset, fresh, (s_b, c_prev))
     # What the steps recompute without needing a cotangent, for the block at once.
     if user:
       pre = (x_b, s_b)
@@ -593,9 +587,10 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   xs = (jnp.arange(1, length), x[1:], g_h[1:], h[1:], h[:-1], s[:-1], s[1:],
         jax.tree_util.tree_map(lambda a: a[:-1], c), admitted,
         None if resets is None else resets[1:])
-  # A restarted row's c (an LSTM's zeros, a user cell's initial extra state).
-  fresh_c = (None if resets is None
-             else core.init_state(config, h.shape[1], capacity=1, dtype=h.dtype).c)
+  # What a restarted row's step ran on: zero s (query and cell), its cell's fresh c.
+  if resets is not None:
+    fresh_state = core.init_state(config, h.shape[1], dtype=h.dtype)
+    fresh = (jnp.zeros_like(h[0]), fresh_state.c)
   zeros = jnp.zeros_like(h[0])
   sums = {"Va": jnp.zeros_like(va), "Ua": jnp.zeros_like(ua)}
   if not user:
