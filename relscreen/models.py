@@ -313,37 +313,30 @@ def _forward_jit(params, config, x, state, probes, h0, c0, reset=None):
 def _layer_forward(params, config, x, state, probes, h0, c0, reset=None):
   """One layer over the sequence; ``reset`` is time-major [t, b] or None."""
   batch, length = x.shape[:2]
-  if reset is not None:
-    if config.attentive and config.k != 1:
-      raise ValueError(f"per-row resets need k=1 ({config.name} has k={config.k})")
-    if state is None:  # a fresh state, started explicitly (the rows' restarts need one)
-      state = core.init_state(config, batch, h0, c0, capacity=math.ceil(length / config.k),
-                              dtype=x.dtype)
+
+  def fresh_state(capacity):
+    return core.init_state(config, batch, h0, c0, capacity=capacity, dtype=x.dtype)
+
+  if reset is not None and state is None:  # restarting rows need a state to restart from
+    state = fresh_state(math.ceil(length / config.k))
   fresh = state is None
-  if _uses_custom_vjp(config, fresh, probes) and length > 1 and not fresh:
-    h, final = reverse.attentive_scan_from(dict(params), config, jnp.swapaxes(x, 0, 1), state,
-                                           reset)
-    return {"h": jnp.swapaxes(h, 0, 1)}, jax.lax.stop_gradient(final)
   if _uses_custom_vjp(config, fresh, probes) and length > 1:
-    zeros = jnp.zeros((batch, config.hidden), x.dtype)
-    s_init = zeros if h0 is None else jnp.asarray(h0, x.dtype)
-    if config.cell is CellType.USER:  # the cell's own start, as init_state makes it
-      c_init = config.user_cell.init_extra(batch, config.hidden, x.dtype)
+    x_tm = jnp.swapaxes(x, 0, 1)
+    if fresh:
+      start = fresh_state(1)  # its s and c (a full memory's bank lives in the pass)
+      c_init = jnp.zeros_like(start.s) if start.c is None else start.c
+      h, final = reverse.attentive_scan(dict(params), config, x_tm, start.s, c_init)
+      if config.cell is CellType.RNN:
+        final = final._replace(c=None)
     else:
-      c_init = zeros if (c0 is None or config.cell is CellType.RNN) else jnp.asarray(c0,
-                                                                                   x.dtype)
-    h, final = reverse.attentive_scan(dict(params), config, jnp.swapaxes(x, 0, 1), s_init,
-                                      c_init)
-    if config.cell is CellType.RNN:
-      final = final._replace(c=None)
+      h, final = reverse.attentive_scan_from(dict(params), config, x_tm, state, reset)
     return {"h": jnp.swapaxes(h, 0, 1)}, jax.lax.stop_gradient(final)
   params = core.loop_params(params, config)
   xp = core.project_input(params, config, jnp.swapaxes(x, 0, 1))  # [t, b, gates]
   pr = (jnp.zeros((length, 1, 1), x.dtype) if probes is None
         else jnp.swapaxes(probes, 0, 1))  # [t, b, h]
   if fresh:
-    state = core.init_state(config, batch, h0, c0, capacity=math.ceil(length / config.k),
-                            dtype=x.dtype)
+    state = fresh_state(math.ceil(length / config.k))
   if fresh and config.attentive:
     # A fresh state is known to be at t = 0: peel step 0 off instead of a per-step cond.
     state, first = core.first_step(params, config, state, xp[0], pr[0])
