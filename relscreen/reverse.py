@@ -177,12 +177,11 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
       h, a, c = core._cell(params, config, core.project_input(params, config, x_t), s, c)  # pylint: disable=protected-access
       if reset is not None:
         s = jnp.where(reset[:, None], core.first_mixed(config, a, s), s_mixed)
-      s_slot = rsm.oldest_slot(mem, nu)  # the S slot the store writes
       mem, screened = rsm.store(mem, h, h @ params["Ua"], t0 + t, jnp.ones(h.shape[:1], bool),
                                 nu, rules)
       kept = (screened.slot, screened.replaced)
       if start is not None:  # S's order is its slots' times: which slot, and who left it
-        kept += (s_slot, screened.time)
+        kept += (screened.stored, screened.time)
       if reset is not None:
         kept += (before,)
       return (mem, s, c, h, record(buffers, t, h, s, c)), kept

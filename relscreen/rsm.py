@@ -51,13 +51,15 @@ PAPER = Rules()
 
 
 class Screened(NamedTuple):
-  """What screening did with the candidate (the state leaving S), per row."""
+  """What screening did with the candidate (the state leaving S), per row, and
+  which S slot the stored state took."""
 
   time: Array  # [b] int32 time index of the candidate, -1 when none
   score: Array  # [b] its final relevance score (NaN when none)
   admitted: Array  # [b] bool: it entered R
   slot: Array  # [b] int32 the R slot (0 .. rho - 1) it took, -1 when not admitted
   replaced: Array  # [b] int32 time of the state it replaced there, -1 when none
+  stored: Array  # [b] int32 the S slot the new state took, -1 where nothing was stored
 
 
 def init(batch: int, hidden: int, nu: int, rho: int, dtype=jnp.float32) -> RSMState:
@@ -234,5 +236,5 @@ def store(mem: RSMState, value: Array, key: Array, t: Array, do: Array, nu: int,
       select_slots(mem.time, s_col, r_col, jnp.asarray(t, jnp.int32), cand_time),
       mem.seen + counted.astype(jnp.int32))
   info = Screened(jnp.where(eligible, cand_time, -1),
-                  jnp.where(eligible, cand_score, jnp.nan), admitted, slot, replaced)
+                  jnp.where(eligible, cand_score, jnp.nan), admitted, slot, replaced, s_col)
   return new, info

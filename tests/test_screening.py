@@ -89,6 +89,12 @@ def run_both(batch, nu, rho, steps, weights, store_mask, rules=rsm.PAPER, r_weig
         assert int(info.replaced[b]) == (before[slot][0] if slot < len(before) else -1)
       else:
         assert int(info.replaced[b]) == -1
+      # The S slot the new state took: the one now holding time t (none if not stored).
+      stored = int(info.stored[b])
+      if store_mask[t, b]:
+        assert 0 <= stored < nu and time[b, stored] == t, (t, b)
+      else:
+        assert stored == -1, (t, b)
     for b in range(batch):
       ref = refs[b]
       r_time = time[b, nu:]
