@@ -209,7 +209,8 @@ def step(params: dict, config: ModelConfig, state, x_t: Array,
 
 def _unshared(state):
   """``state`` with every array a buffer of its own (XLA cannot take one buffer
-  twice; ``init_state`` may hand out the same zeros as h0 and c0)."""
+  twice; ``init_state`` makes each leaf anew, but a state a user assembles may
+  hold one array in two leaves, say the same zeros as s and c)."""
   seen = set()
 
   def own(a):
