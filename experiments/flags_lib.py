@@ -14,6 +14,8 @@ from absl import flags
 from absl import logging
 import ml_collections
 
+import relscreen
+
 _OUR_DIRS = tuple(str(pathlib.Path(__file__).resolve().parents[1] / d)
                   for d in ("experiments", "relscreen"))
 
@@ -154,8 +156,10 @@ def enable_compilation_cache(environ=None, home: pathlib.Path | None = None) -> 
 
 
 def run_app(main):
-  """``absl.app.run(main)``, with ``--help`` listing the binary's own flags and
-  the persistent compilation cache on (``enable_compilation_cache``).
+  """``absl.app.run(main)``, with ``--help`` listing the binary's own flags,
+  the persistent compilation cache on (``enable_compilation_cache``) and, on a
+  CPU with AVX-512, XLA emitting 512-bit vectors (``relscreen.prefer_wide_vectors``;
+  it must come before JAX's first backend starts, so here, before ``main``).
 
   absl's ``--help`` lists the flags of the module named by ``sys.argv[0]``. A
   console script's ``argv[0]`` is its launcher, and the flags that
@@ -174,5 +178,6 @@ def run_app(main):
       if flag.name not in shown:
         flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
         shown.add(flag.name)
+  relscreen.prefer_wide_vectors()
   enable_compilation_cache()
   app.run(main)
