@@ -106,9 +106,29 @@ def _score_cotangents(query, keys, values, valid, v, d_context):
   """``tanh(q + k_j)`` [b, m, h], the weights and the scores' cotangents [b, m]."""
   t = jnp.tanh(query[:, None, :] + keys)
   alpha = masked_softmax(_scores(t, v), valid)
+  return t, alpha, _softmax_cotangent(alpha, values, d_context)
+
+
+def _softmax_cotangent(alpha, values, d_context):
+  """The scores' cotangents [b, m] from the weights and the context's cotangent."""
   d_alpha = jnp.einsum("bmh,bh->bm", values, d_context)
-  d_scores = alpha * (d_alpha - jnp.sum(alpha * d_alpha, axis=-1, keepdims=True))
-  return t, alpha, d_scores
+  return alpha * (d_alpha - jnp.sum(alpha * d_alpha, axis=-1, keepdims=True))
+
+
+def additive_attention_vjp_weighted(query: Array, keys: Array, values: Array, alpha: Array,
+                                    v: Array, d_context: Array):
+  """``additive_attention_vjp`` given the weights ``alpha`` [b, m] the forward pass
+  computed (and kept: [b, m] per step, a sliver of the [b, m, h] slots): the
+  scores, their softmax and its pass over the slots are not recomputed, only
+  ``tanh(q + k_j)``, which the derivatives need. Empty slots have weight 0,
+  so their cotangents are 0 with no mask. Returns as ``additive_attention_vjp``
+  (the weights given)."""
+  t = jnp.tanh(query[:, None, :] + keys)
+  d_scores = _softmax_cotangent(alpha, values, d_context)
+  d_keys = d_scores[..., None] * (v[None, None, :] * (1.0 - t * t))
+  d_query = jnp.einsum("bm,bmh->bh", jnp.ones_like(d_scores), d_keys)
+  d_v = jnp.sum(jnp.einsum("bm,bmh->bh", d_scores, t), axis=0)
+  return d_query, d_keys, alpha[..., None] * d_context[:, None, :], d_v, alpha
 
 
 def additive_attention_vjp_into(query: Array, keys: Array, values: Array, valid: Array,

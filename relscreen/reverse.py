@@ -84,7 +84,9 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
   [t, b, h], written in place into buffers, and (RSM) the R slot each step's
   screening wrote and the time of the state it replaced there ([t - 1, b] each;
   from a fresh state h_t sits in S's slot t mod nu, ``rsm``'s ring starting
-  from an empty memory). The input projection happens inside the step, so
+  from an empty memory) and, last, the weights each step gave the bank's slots
+  ([t - 1, b, nu + rho]: the reverse pass then recomputes only the tanh, not
+  the scores and their softmax). The input projection happens inside the step, so
   neither it nor its cotangent is ever stored for the whole sequence.
 
   ``start``: a given state to continue from (RSM memories only; ``s_init`` and
@@ -184,6 +186,7 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
         kept += (screened.stored, screened.time)
       if reset is not None:
         kept += (before,)
+      kept += (jax.lax.stop_gradient(attended.alpha),)  # the reverse pass's weights
       return (mem, s, c, h, record(buffers, t, h, s, c)), kept
 
     carry = (state.memory, state.s, state.c, first["h"], buffers)
@@ -236,8 +239,9 @@ class Bookkeeping(Protocol):
   Per block of steps ``t`` [n], ``block_inputs`` gathers what the steps' undos need
   at once (``rows``, one per step). Per step, ``pop`` gives h_t's cotangent as a
   value and as a key, ``attended`` undoes step t's store and returns the bank
-  step t attended to (a tuple of one ``(keys, values)`` pair), its mask
-  (likewise) and the carry, and ``reverse_attention`` runs the attention's
+  step t attended to (a tuple of one ``(keys, values)`` pair), its mask or,
+  where the forward pass kept them, the weights step t gave its slots
+  (likewise), and the carry, and ``reverse_attention`` runs the attention's
   reverse over that bank for the context's cotangent and adds the bank's
   cotangents to the carry (the keys' [b, m, h]; the values' are
   ``alpha[..., None] * d_context[:, None]``), returning the query's and v's
@@ -254,7 +258,7 @@ class Bookkeeping(Protocol):
   def pop(self, carry, t, rows) -> tuple[Any, Any]: ...
   def pop_first(self, carry) -> tuple[Any, Any]: ...
   def attended(self, carry, t, admitted, rows) -> tuple[Any, Any, Any]: ...
-  def reverse_attention(self, carry, query, banks, valid, v, d_context,
+  def reverse_attention(self, carry, query, banks, weights, v, d_context,
                         rows) -> tuple[Any, Any, Any, Any]: ...
   def end_block(self, carry, records) -> Any: ...
 
@@ -284,7 +288,8 @@ class _RelevanceReverse:
     self.nu, self.h, self.ua, self.start = config.nu, h, ua, start
     # From a given state, states are looked up by time: every h_t's key once.
     self.h_keys = None if start is None else h @ ua
-    self.initial = (memory.vals, memory.keys, memory.time, jnp.zeros_like(memory.vals),
+    # The slots' times are not carried: the weights the forward kept mask the bank.
+    self.initial = (memory.vals, memory.keys, jnp.zeros_like(memory.vals),
                     jnp.zeros_like(memory.keys))
 
   def prefix(self, last: int, carry) -> tuple["_RelevanceReverse", Any]:
@@ -298,7 +303,7 @@ class _RelevanceReverse:
     then the S slot each store wrote and the time of the state that left it
     ([n] from a fresh state, the same in every row; [n, b] from a given one)."""
     if self.start is None:
-      _, evicted = admitted
+      evicted = admitted[1]
       left, j = t - self.nu, t % self.nu
       back = self.h[jnp.maximum(left, 0)]  # left S: the same time in every row (k = 1)
       put_back = self.h[jnp.maximum(evicted, 0), jnp.arange(evicted.shape[1])[None, :]]
@@ -329,7 +334,7 @@ class _RelevanceReverse:
     slot: after step t's store, h_t is in the S slot that store wrote (t mod nu
     from a fresh state)."""
     del t
-    _, _, _, d_vals, d_keys = carry
+    _, _, d_vals, d_keys = carry
     j = jnp.broadcast_to(rows[4], d_vals.shape[:1])
     return rsm.rows_at(d_vals, j), rsm.rows_at(d_keys, j)
 
@@ -343,16 +348,17 @@ class _RelevanceReverse:
     nothing after the restart read it."""
     old_vals, old_keys = (jnp.swapaxes(a, 0, 1) for a in self._states_at(before.T))
     return tuple(_put_rows(a, reset, new) for a, new in
-                 zip(carry, (old_vals, old_keys, before, 0.0, 0.0)))
+                 zip(carry, (old_vals, old_keys, 0.0, 0.0)))
 
   def attended(self, carry, t, admitted, rows):
     """Undoes step t's store: the S slot it wrote gets back the state that left S,
     and the R slot that screening wrote gets back the state it had evicted. The
     written slot's cotangent belongs to the state that left S and moves with it;
     the evicted state's so far is zero. Returns the bank step t attended to (one
-    ``(keys, values)`` pair), its mask and the carry."""
+    ``(keys, values)`` pair), the weights step t gave its slots (kept by the
+    forward pass; 0 on empty slots) and the carry."""
     del t
-    vals, keys, time, d_vals, d_keys = carry
+    vals, keys, d_vals, d_keys = carry
     back, back_key, put_back, put_back_key, j, left = rows
     slot, evicted = admitted[:2]
     r_col = jnp.where(slot >= 0, self.nu + slot, -1)  # the R slot written, -1: none
@@ -364,19 +370,18 @@ class _RelevanceReverse:
     # into the attention's tanh as well as into the carried bank, and copies the
     # bank every step to keep both.
     keys = rsm.write_slots(keys, j, r_col, back_key, put_back_key)
-    time = rsm.select_slots(time, j, r_col, left.astype(time.dtype), evicted)
     d_vals = rsm.select_slots(d_vals, j, r_col, moved[0], 0.0)
     d_keys = rsm.select_slots(d_keys, j, r_col, moved[1], 0.0)
-    return ((keys, vals),), (time >= 0,), (vals, keys, time, d_vals, d_keys)
+    return ((keys, vals),), (admitted[-1],), (vals, keys, d_vals, d_keys)
 
-  def reverse_attention(self, carry, query, banks, valid, v, d_context, rows):
+  def reverse_attention(self, carry, query, banks, weights, v, d_context, rows):
     del rows
-    ((keys, values),), (ok,) = banks, valid
-    dq, d_keys, _, d_v, alpha = attention.additive_attention_vjp(query, keys, values, ok, v,
-                                                                 d_context)
-    vals, keys, time, d_vals, dk = carry
+    ((keys, values),), (alpha,) = banks, weights
+    dq, d_keys, _, d_v, _ = attention.additive_attention_vjp_weighted(query, keys, values, alpha,
+                                                                      v, d_context)
+    vals, keys, d_vals, dk = carry
     d_vals = d_vals + alpha[..., None] * d_context[:, None, :]
-    return dq, d_v, (vals, keys, time, d_vals, dk + d_keys), None
+    return dq, d_v, (vals, keys, d_vals, dk + d_keys), None
 
   def end_block(self, carry, records):
     del records
@@ -457,9 +462,9 @@ class _FullReverse:
     valid = jnp.broadcast_to(jnp.arange(n)[None, :] < t, (batch, n))
     return (self.bank,), (valid,), carry
 
-  def reverse_attention(self, carry, query, banks, valid, v, d_context, rows):
+  def reverse_attention(self, carry, query, banks, weights, v, d_context, rows):
     dh, dk, recent, recent_sum, own = carry  # as many slots as the bank (``prefix``)
-    ((keys, values),), (ok,) = banks, valid
+    ((keys, values),), (ok,) = banks, weights  # the bank's mask
     dq, recent, recent_sum, d_v, alpha = attention.additive_attention_vjp_into(
         query, keys, values, ok, v, d_context, recent, recent_sum)
     # The block's own slots t0 .. t0 + block - 1 (past the bank: weight 0).
@@ -543,10 +548,10 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       row = reset[:, None]
       dc_prev = jax.tree_util.tree_map(lambda d: jnp.where(row, 0.0, d), dc_prev)
       ds = jnp.where(row, 0.0, ds)
-    banks, valid, mem = book.attended(mem, t, adm, rows)
+    banks, weights, mem = book.attended(mem, t, adm, rows)
     _, pullback = jax.vjp(lambda n, ctx: core.mixed(config, n, ctx), h_prev, h_prev)
     d_newest, d_context = pullback(ds)  # s_t is linear in the newest state and the context
-    dq, d_v, mem, record = book.reverse_attention(mem, q_t, banks, valid, params["v"],
+    dq, d_v, mem, record = book.reverse_attention(mem, q_t, banks, weights, params["v"],
                                                   d_context, rows)
     if reset is not None:  # before the restart: the memory the row had
       mem = book.restore(mem, reset, adm[4])
@@ -630,7 +635,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   if given:
     # Step 0 by autodiff, from the given state to the memory the reverse pass
     # has undone its way back to (the carry holds that memory's slot cotangents).
-    dp, dx0, d_start = _first_step_vjp(config, params, from_state, resets, x[0], mem[3:],
+    dp, dx0, d_start = _first_step_vjp(config, params, from_state, resets, x[0], mem[2:],
                                        (ds_next, dc_next, g_h[0] + d_newest))
   else:
     dv, dk = book.pop_first(mem)

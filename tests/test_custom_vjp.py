@@ -41,9 +41,13 @@ def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho, block, float64)
   if cfg.memory is rs.MemoryType.RELEVANCE and rho < 12:
     # The reverse pass must undo screening writes that evicted a state from R.
     # (jitted: run op by op, it would compile some 80 small programs)
-    _, _, _, _, (slot, evicted) = jax.jit(reverse.attentive_forward, static_argnums=1)(
+    _, _, _, _, (slot, evicted, alpha) = jax.jit(reverse.attentive_forward, static_argnums=1)(
         params, cfg, jnp.swapaxes(x, 0, 1), h0, c0)
     assert bool(jnp.any((slot >= 0) & (evicted >= 0)))
+    # The weights it keeps for the reverse pass are the step's own, slot for slot.
+    shown, _ = models.forward(params, dataclasses.replace(plain, diagnostics=True), x, h0=h0,
+                              c0=c0)
+    np.testing.assert_allclose(jnp.swapaxes(alpha, 0, 1), shown["alpha"][:, 1:], atol=1e-14)
   grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)), static_argnums=4)
   (value, grads), (value_ref, grads_ref) = (grad(params, x, h0, c0, cfg),
                                             grad(params, x, h0, c0, plain))
@@ -113,7 +117,7 @@ def test_custom_vjp_from_a_given_state_equals_autodiff(name, options, float64):
   # The reverse pass put back states from before the given state (times < 7).
   _, _, _, _, records = jax.jit(reverse.attentive_forward, static_argnums=1)(
       params, cfg, jnp.swapaxes(x, 0, 1), None, None, state)
-  slot, evicted, _, left = records
+  slot, evicted, _, left, _ = records
   assert bool(jnp.any((left >= 0) & (left < 7)))
   if name.startswith("Rel"):
     assert bool(jnp.any((slot >= 0) & (evicted >= 0) & (evicted < 7)))

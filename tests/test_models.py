@@ -230,6 +230,12 @@ def test_hand_written_attention_reverse_equals_autodiff(float64):
   np.testing.assert_allclose(acc2_sum, np.sum(np.asarray(acc2), axis=1), rtol=1e-13)
   np.testing.assert_allclose(d_v2, expected[3], rtol=1e-12, atol=1e-14)
   np.testing.assert_array_equal(alpha2, alpha)
+  # Given the forward's weights (the relevance-screened reverse pass): no mask;
+  # the empty slots' zero weights give them zero cotangents.
+  got = rs.attention.additive_attention_vjp_weighted(q, keys, values, alpha, v, d_ctx)
+  for got_one, want in zip(got[:4], expected):
+    np.testing.assert_allclose(got_one, want, rtol=1e-12, atol=1e-14)
+  assert not np.any(np.asarray(got[1])[~np.asarray(valid)])
 
 
 def test_flax_rnn_wrapper_matches_forward(float64):
