@@ -43,12 +43,13 @@ def attention_floor(length: int, batch: int, hidden: int, slots: int, dtype=jnp.
   else: ``length`` steps of additive attention over a fixed bank of ``slots``
   states, each step's query the previous step's context (so the steps run in
   sequence, as in the model), and the reverse pass the custom path runs for it
-  (``attention.additive_attention_vjp`` per step, tanh recomputed; the slots'
-  cotangents summed). No cell, no query or key products, no screening, no slot
-  bookkeeping: the model's step can cost no less than its cell's plus this.
+  (``attention.additive_attention_vjp_weighted`` per step, given the weights the
+  forward kept, tanh recomputed; the slots' cotangents summed). No cell, no
+  query or key products, no screening, no slot bookkeeping: the model's step
+  can cost no less than its cell's plus this.
 
   Returns ``(forward, train, args)``: ``forward(*args)`` the last context and the
-  queries [length, b, h]; ``train(*args)`` the gradients of the last context's sum
+  queries and weights of every step ([length, b, h], [length, b, slots]); ``train(*args)`` the gradients of the last context's sum
   with respect to the first query, the keys and the values."""
   k = jax.random.split(jax.random.PRNGKey(0), 4)
   q0 = jax.random.normal(k[0], (batch, hidden), dtype)
@@ -58,21 +59,23 @@ def attention_floor(length: int, batch: int, hidden: int, slots: int, dtype=jnp.
 
   def forward(q0, keys, values):
     def body(q, _):
-      return rs.additive_attention(q, keys, values, valid, v).context, q
+      attended = rs.additive_attention(q, keys, values, valid, v)
+      return attended.context, (q, attended.alpha)
     return jax.lax.scan(body, q0, None, length=length)
 
   def train(q0, keys, values):
-    last, queries = forward(q0, keys, values)
+    last, kept = forward(q0, keys, values)
 
-    def body(carry, q):
+    def body(carry, kept_t):
       d_context, d_keys, d_values = carry
-      dq, dk, dv, _, _ = rs.attention.additive_attention_vjp(q, keys, values, valid, v,
-                                                             d_context)
+      q, alpha = kept_t
+      dq, dk, dv, _, _ = rs.attention.additive_attention_vjp_weighted(q, keys, values, alpha,
+                                                                      v, d_context)
       return (dq, d_keys + dk, d_values + dv), None
 
     zeros = jnp.zeros_like(keys)
     (dq0, d_keys, d_values), _ = jax.lax.scan(body, (jnp.ones_like(last), zeros, zeros),
-                                              queries, reverse=True)
+                                              kept, reverse=True)
     return dq0, d_keys, d_values
 
   return forward, train, (q0, keys, values)

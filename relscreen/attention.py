@@ -92,7 +92,11 @@ def additive_attention_vjp(query: Array, keys: Array, values: Array, valid: Arra
   Returns:
     ``(d_query [b, h], d_keys [b, m, h], d_values [b, m, h], d_v [h], alpha [b, m])``.
   """
-  t, alpha, d_scores = _score_cotangents(query, keys, values, valid, v, d_context)
+  return _cotangents(*_score_cotangents(query, keys, values, valid, v, d_context), v, d_context)
+
+
+def _cotangents(t, alpha, d_scores, v, d_context):
+  """The reverse's outputs from tanh(q + k_j), the weights and the scores' cotangents."""
   d_keys = d_scores[..., None] * (v[None, None, :] * (1.0 - t * t))  # d(q + k_j), also d q
   # The two sums over the slots as batched matrix-vector products: XLA's CPU
   # reduction over the middle axis, and its one dot contracting batch and slots
@@ -124,11 +128,7 @@ def additive_attention_vjp_weighted(query: Array, keys: Array, values: Array, al
   so their cotangents are 0 with no mask. Returns as ``additive_attention_vjp``
   (the weights given)."""
   t = jnp.tanh(query[:, None, :] + keys)
-  d_scores = _softmax_cotangent(alpha, values, d_context)
-  d_keys = d_scores[..., None] * (v[None, None, :] * (1.0 - t * t))
-  d_query = jnp.einsum("bm,bmh->bh", jnp.ones_like(d_scores), d_keys)
-  d_v = jnp.sum(jnp.einsum("bm,bmh->bh", d_scores, t), axis=0)
-  return d_query, d_keys, alpha[..., None] * d_context[:, None, :], d_v, alpha
+  return _cotangents(t, alpha, _softmax_cotangent(alpha, values, d_context), v, d_context)
 
 
 def additive_attention_vjp_into(query: Array, keys: Array, values: Array, valid: Array,
