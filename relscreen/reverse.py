@@ -588,9 +588,19 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     return (carry, sums), dxp @ input_kernel.T
 
   length = h.shape[0]
-  xs = (jnp.arange(1, length), x[1:], g_h[1:], h[1:], h[:-1], s[:-1], s[1:],
-        jax.tree_util.tree_map(lambda a: a[:-1], c), admitted,
-        None if resets is None else resets[1:])
+
+  def inputs_at(first, n):
+    """Steps ``first`` .. ``first + n - 1``'s inputs to ``block``, sliced from the
+    whole-sequence arrays inside the loop over blocks: slices taken before it
+    (h[1:], s[:-1], ...) are copies of [L, B, H] arrays, about a sixth of
+    RelRNN's step at batch 10 (docs/RESULTS.md)."""
+    def seq(a, offset):  # a[first + offset : first + offset + n], for a pytree
+      return jax.tree_util.tree_map(
+          lambda v: jax.lax.dynamic_slice_in_dim(v, first + offset, n), a)
+    # ``admitted`` starts at step 1, the others at step 0.
+    return (first + jnp.arange(n), seq(x, 0), seq(g_h, 0), seq(h, 0), seq(h, -1),
+            seq(s, -1), seq(s, 0), seq(c, -1), seq(admitted, -1), seq(resets, 0))
+
   # What a restarted row's step ran on: zero s (query and cell), its cell's fresh c.
   if resets is not None:
     fresh_state = core.init_state(config, h.shape[1], dtype=h.dtype)
@@ -608,7 +618,6 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   chunk = max(1, min(config.reverse_block, length - 1))
   rest = (length - 1) % chunk
   blocks = (length - 1) // chunk
-  tail = jax.tree_util.tree_map(lambda a: a[rest:].reshape((-1, chunk) + a.shape[1:]), xs)
   ends = sorted({round(blocks * (k + 1) / book.segments) for k in range(book.segments)} - {0})
 
   def enter(last, carry):
@@ -619,15 +628,14 @@ def _attentive_scan_bwd(config, residuals, cotangents):
 
   dx = []
   for start, end in reversed(list(zip([0] + ends[:-1], ends))):
-    stretch = jax.tree_util.tree_map(lambda a, i=start, j=end: a[i:j], tail)
     view, carry = enter(rest + end * chunk, carry)
-    carry, dx_part = jax.lax.scan(functools.partial(block, view), carry, stretch,
-                                  reverse=True)
+    carry, dx_part = jax.lax.scan(
+        lambda carry, first, view=view: block(view, carry, inputs_at(first, chunk)), carry,
+        1 + rest + chunk * jnp.arange(start, end), reverse=True)
     dx.insert(0, dx_part.reshape((-1,) + dx_part.shape[2:]))
   if rest:
-    head = jax.tree_util.tree_map(lambda a: a[:rest], xs)
     view, carry = enter(rest, carry)
-    carry, dx_head = block(view, carry, head)
+    carry, dx_head = block(view, carry, inputs_at(1, rest))
     dx.insert(0, dx_head)
   dx_tail = jnp.concatenate(dx)
   (mem, d_newest, dq_next, dc_next, d_small), sums = carry
