@@ -592,7 +592,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   def inputs_at(first, n):
     """Steps ``first`` .. ``first + n - 1``'s inputs to ``block``, sliced from the
     whole-sequence arrays inside the loop over blocks: slices taken before it
-    (h[1:], s[:-1], ...) are copies of [L, B, H] arrays, about a sixth of
+    (h[1:], s[:-1], ...) are copies of [L, B, H] arrays, about a tenth of
     RelRNN's step at batch 10 (docs/RESULTS.md)."""
     def seq(a, offset):  # a[first + offset : first + offset + n], for a pytree
       return jax.tree_util.tree_map(
