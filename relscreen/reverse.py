@@ -175,10 +175,10 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
       s_mixed = core.mixed(config, newest, attended.context)
       # A restarted row takes step 0's rule: the cell runs on its zero s, and s
       # becomes the RNN cell's pre-activation (zero for other cells).
-      s = s_mixed if reset is None else jnp.where(reset[:, None], s, s_mixed)
+      s = s_mixed if reset is None else core.pick_rows(reset, s, s_mixed)
       h, a, c = core._cell(params, config, core.project_input(params, config, x_t), s, c)  # pylint: disable=protected-access
       if reset is not None:
-        s = jnp.where(reset[:, None], core.first_mixed(config, a, s), s_mixed)
+        s = core.pick_rows(reset, core.first_mixed(config, a, s), s_mixed)
       mem, screened = rsm.store(mem, h, h @ params["Ua"], t0 + t, jnp.ones(h.shape[:1], bool),
                                 nu, rules)
       kept = (screened.slot, screened.replaced)
@@ -300,18 +300,18 @@ class _RelevanceReverse:
     """For a block of steps ``t`` [n]: the states (values and keys, [n, b, h] each)
     that undoing their stores puts back, the one that had left S and the one R
     had evicted, gathered and multiplied by Ua once per block, not per step;
-    then the S slot each store wrote and the time of the state that left it
-    ([n] from a fresh state, the same in every row; [n, b] from a given one)."""
+    then the S slot each store wrote ([n] from a fresh state, the same in every
+    row; [n, b] from a given one)."""
     if self.start is None:
       evicted = admitted[1]
       left, j = t - self.nu, t % self.nu
       back = self.h[jnp.maximum(left, 0)]  # left S: the same time in every row (k = 1)
       put_back = self.h[jnp.maximum(evicted, 0), jnp.arange(evicted.shape[1])[None, :]]
       back_key, put_back_key = jnp.split(jnp.concatenate([back, put_back]) @ self.ua, 2)
-      return back, back_key, put_back, put_back_key, j, left
+      return back, back_key, put_back, put_back_key, j
     _, evicted, j, left = admitted[:4]
     (back, put_back), (back_key, put_back_key) = self._states_at(jnp.stack([left, evicted]))
-    return back, back_key, put_back, put_back_key, j, left
+    return back, back_key, put_back, put_back_key, j
 
   def _states_at(self, times):
     """The states with these times [..., b] (values and keys, [..., b, h]):
@@ -359,7 +359,7 @@ class _RelevanceReverse:
     forward pass; 0 on empty slots) and the carry."""
     del t
     vals, keys, d_vals, d_keys = carry
-    back, back_key, put_back, put_back_key, j, left = rows
+    back, back_key, put_back, put_back_key, j = rows
     slot, evicted = admitted[:2]
     r_col = jnp.where(slot >= 0, self.nu + slot, -1)  # the R slot written, -1: none
     # The written R slot's cotangent, one row per batch row.
@@ -377,11 +377,10 @@ class _RelevanceReverse:
   def reverse_attention(self, carry, query, banks, weights, v, d_context, rows):
     del rows
     ((keys, values),), (alpha,) = banks, weights
-    dq, d_keys, _, d_v, _ = attention.additive_attention_vjp_weighted(query, keys, values, alpha,
-                                                                      v, d_context)
+    dq, d_keys, d_values, d_v, _ = attention.additive_attention_vjp_weighted(
+        query, keys, values, alpha, v, d_context)
     vals, keys, d_vals, dk = carry
-    d_vals = d_vals + alpha[..., None] * d_context[:, None, :]
-    return dq, d_v, (vals, keys, d_vals, dk + d_keys), None
+    return dq, d_v, (vals, keys, d_vals + d_values, dk + d_keys), None
 
   def end_block(self, carry, records):
     del records
@@ -545,9 +544,8 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       # mixed but the RNN cell's pre-activation (zero for other cells), read
       # only by step t + 1's query, which attends to h_t alone: its cotangent
       # is exactly zero there (one slot, weight 1 whatever the query).
-      row = reset[:, None]
-      dc_prev = jax.tree_util.tree_map(lambda d: jnp.where(row, 0.0, d), dc_prev)
-      ds = jnp.where(row, 0.0, ds)
+      ds, dc_prev = core.pick_rows(reset, jax.tree_util.tree_map(jnp.zeros_like, (ds, dc_prev)),
+                                   (ds, dc_prev))
     banks, weights, mem = book.attended(mem, t, adm, rows)
     _, pullback = jax.vjp(lambda n, ctx: core.mixed(config, n, ctx), h_prev, h_prev)
     d_newest, d_context = pullback(ds)  # s_t is linear in the newest state and the context
