@@ -49,8 +49,9 @@ def attention_floor(length: int, batch: int, hidden: int, slots: int, dtype=jnp.
   can cost no less than its cell's plus this.
 
   Returns ``(forward, train, args)``: ``forward(*args)`` the last context and the
-  queries and weights of every step ([length, b, h], [length, b, slots]); ``train(*args)`` the gradients of the last context's sum
-  with respect to the first query, the keys and the values."""
+  queries and weights of every step ([length, b, h], [length, b, slots]);
+  ``train(*args)`` the gradients of the last context's sum with respect to the
+  first query, the keys and the values."""
   k = jax.random.split(jax.random.PRNGKey(0), 4)
   q0 = jax.random.normal(k[0], (batch, hidden), dtype)
   keys, values = (jax.random.normal(kk, (batch, slots, hidden), dtype) for kk in k[1:3])

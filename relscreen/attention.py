@@ -97,13 +97,27 @@ def additive_attention_vjp(query: Array, keys: Array, values: Array, valid: Arra
 
 def _cotangents(t, alpha, d_scores, v, d_context):
   """The reverse's outputs from tanh(q + k_j), the weights and the scores' cotangents."""
-  d_keys = d_scores[..., None] * (v[None, None, :] * (1.0 - t * t))  # d(q + k_j), also d q
-  # The two sums over the slots as batched matrix-vector products: XLA's CPU
-  # reduction over the middle axis, and its one dot contracting batch and slots
-  # together, each took about twice as long on a large bank (RESULTS).
-  d_query = jnp.einsum("bm,bmh->bh", jnp.ones_like(d_scores), d_keys)
-  d_v = jnp.sum(jnp.einsum("bm,bmh->bh", d_scores, t), axis=0)
-  return d_query, d_keys, alpha[..., None] * d_context[:, None, :], d_v, alpha
+  d_keys = _keys_cotangent(t, d_scores, v)
+  d_query = _slot_sum(d_keys)
+  return d_query, d_keys, alpha[..., None] * d_context[:, None, :], _v_cotangent(t, d_scores), alpha
+
+
+def _keys_cotangent(t, d_scores, v):
+  """d(q + k_j) [b, m, h], which is also each slot's share of d q."""
+  return d_scores[..., None] * (v[None, None, :] * (1.0 - t * t))
+
+
+# The sums over the slots as batched matrix-vector products: XLA's CPU
+# reduction over the middle axis, and its one dot contracting batch and slots
+# together, each took about twice as long on a large bank (RESULTS).
+def _slot_sum(a):
+  """``a`` [b, m, h] summed over the slots: [b, h]."""
+  return jnp.einsum("bm,bmh->bh", jnp.ones(a.shape[:2], a.dtype), a)
+
+
+def _v_cotangent(t, d_scores):
+  """d v [h]: the scores' cotangents times tanh(q + k_j), over rows and slots."""
+  return jnp.sum(jnp.einsum("bm,bmh->bh", d_scores, t), axis=0)
 
 
 def _score_cotangents(query, keys, values, valid, v, d_context):
@@ -149,7 +163,6 @@ def additive_attention_vjp_into(query: Array, keys: Array, values: Array, valid:
     ``(d_query [b, h], acc + d_keys, its sum over the slots [b, h], d_v [h], alpha [b, m])``.
   """
   t, alpha, d_scores = _score_cotangents(query, keys, values, valid, v, d_context)
-  acc = acc + d_scores[..., None] * (v[None, None, :] * (1.0 - t * t))
-  acc_sum_new = jnp.einsum("bm,bmh->bh", jnp.ones_like(d_scores), acc)
-  d_v = jnp.sum(jnp.einsum("bm,bmh->bh", d_scores, t), axis=0)
-  return acc_sum_new - acc_sum, acc, acc_sum_new, d_v, alpha
+  acc = acc + _keys_cotangent(t, d_scores, v)
+  acc_sum_new = _slot_sum(acc)
+  return acc_sum_new - acc_sum, acc, acc_sum_new, _v_cotangent(t, d_scores), alpha
