@@ -576,7 +576,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
         reverse=True)
     carry = (book.end_block(carry[0], records),) + carry[1:]
     dxp, drec = dpre if gru or user else (dpre, dpre)  # input and recurrent terms'
-    outer = lambda a, b: jnp.einsum("tbh,tbk->hk", a, b)
+    outer = lambda a, b: _rows(a).T @ _rows(b)
     sums = {**sums, "Va": sums["Va"] + outer(s_prev, dq), "Ua": sums["Ua"] + outer(h_b, dk)}
     if user:  # dxp is the input's own cotangent
       return (carry, sums), dxp
@@ -662,6 +662,13 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     else:
       dp["V"], dp["U"] = dp["V"] + sums["rec"], dp["U"] + sums["in"]
   return dp, jnp.concatenate([dx0[None], dx_tail]), *d_start
+
+
+def _rows(a):
+  """[t, b, h] -> [t b, h]. The parameters' block sums are products over these
+  rows: given "tbh,tbk->hk" instead, XLA contracts b before t and transposes
+  both operands in 3-D, three copies per product (docs/RESULTS.md)."""
+  return a.reshape(-1, a.shape[-1])
 
 
 def _put_rows(a, rows, new):
