@@ -40,6 +40,7 @@ import sys
 from absl import flags
 from absl import logging
 import jax
+import relscreen
 
 from relscreen_experiments import rundir
 from relscreen_experiments import flags_lib
@@ -148,6 +149,8 @@ def main(argv):
   meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,
           "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value,
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "reuse_freed_memory": relscreen.allocator.applied,
+          "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
           "compilation_cache": jax.config.jax_compilation_cache_dir}
 
   def save():  # after every length: a later failure loses nothing measured

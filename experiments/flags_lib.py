@@ -158,8 +158,9 @@ def enable_compilation_cache(environ=None, home: pathlib.Path | None = None) -> 
 def run_app(main):
   """``absl.app.run(main)``, with ``--help`` listing the binary's own flags,
   the persistent compilation cache on (``enable_compilation_cache``) and, on a
-  CPU with AVX-512, XLA emitting 512-bit vectors (``relscreen.prefer_wide_vectors``;
-  it must come before JAX's first backend starts, so here, before ``main``).
+  CPU with AVX-512, XLA emitting 512-bit vectors (``relscreen.prefer_wide_vectors``)
+  and, with glibc, freed memory kept for reuse (``relscreen.reuse_freed_memory``):
+  both must come before JAX's first backend starts, so here, before ``main``.
 
   absl's ``--help`` lists the flags of the module named by ``sys.argv[0]``. A
   console script's ``argv[0]`` is its launcher, and the flags that
@@ -179,5 +180,6 @@ def run_app(main):
         flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
         shown.add(flag.name)
   relscreen.prefer_wide_vectors()
+  relscreen.reuse_freed_memory()
   enable_compilation_cache()
   app.run(main)

@@ -7,6 +7,7 @@ recurrence and self-attention in neural networks" (NeurIPS 2020).
 from relscreen.attention import additive_attention, masked_softmax
 from relscreen.cells import (Cell, Phi, apply_phi, from_flax, gru_step, lstm_halves, lstm_step,
                              modrelu, rnn_step)
+from relscreen.allocator import reuse_freed_memory
 from relscreen.compiler import prefer_wide_vectors
 from relscreen.config import PAPER_MODELS, Eviction, Relevance
 from relscreen.diagnostics import GradientFlow, gradient_flow
@@ -32,6 +33,6 @@ __all__ = [
     "RSMState", "RecurrentCore", "RecurrentInit", "RelevanceCell", "ResidualSequenceModel",
     "Screened",
     "SequenceModel", "State", "additive_attention", "apply_phi", "forward", "init_state",
-    "lstm_halves", "lstm_step", "make_optimizer", "prefer_wide_vectors", "masked_softmax", "model_config", "modrelu",
+    "lstm_halves", "lstm_step", "make_optimizer", "prefer_wide_vectors", "reuse_freed_memory", "masked_softmax", "model_config", "modrelu",
     "recall_accuracy", "rnn_step", "sequence_loss", "step", "torch_rmsprop",
 ]

@@ -1,13 +1,16 @@
 """relscreen.compiler: 512-bit vectors for XLA on CPUs with AVX-512."""
 
 import json
+import os
 import pathlib
+import platform
 import subprocess
 import sys
 
 import jax
 import pytest
 
+from relscreen import allocator
 from relscreen import compiler
 
 BIN = pathlib.Path(sys.executable).parent
@@ -66,10 +69,13 @@ def test_a_fresh_process_gets_the_flag_before_its_backend_starts(tmp_path, flags
 def test_the_benchmark_binary_records_the_width_it_compiled_with(tmp_path):
   """The binaries call ``prefer_wide_vectors`` before their first computation:
   benchmark.json's ``xla_flags`` carries the flag exactly where this CPU has
-  AVX-512 (the suite's own XLA_FLAGS, inherited, set no width)."""
+  AVX-512 (the suite's own XLA_FLAGS, inherited, set no width). They also call
+  ``reuse_freed_memory``: on with glibc, unless the environment tunes malloc."""
   done = subprocess.run([str(BIN / "relscreen-benchmark"), "--models=RNN", "--lengths=21",
                          "--repeats=1", f"--workdir={tmp_path / 'w'}"],
                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
   assert done.returncode == 0, done.stderr[-2000:]
   meta = json.loads((tmp_path / "w" / "benchmark.json").read_text())["meta"]
   assert (WIDE in meta["xla_flags"]) == ("avx512f" in compiler.cpu_feature_flags())
+  glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+  assert meta["reuse_freed_memory"] == (glibc and allocator.tuned_by_environment(os.environ) is None)

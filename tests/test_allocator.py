@@ -1,0 +1,56 @@
+"""relscreen.allocator: glibc's malloc keeps the memory XLA frees for reuse."""
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from relscreen import allocator
+
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def test_an_environment_that_tunes_malloc_is_left_alone():
+  assert allocator.tuned_by_environment({}) is None
+  assert allocator.tuned_by_environment({"GLIBC_TUNABLES": "glibc.rtld.nns=2",
+                                         "MALLOC": "x", "XLA_FLAGS": ""}) is None
+  assert allocator.tuned_by_environment(
+      {"GLIBC_TUNABLES": "glibc.rtld.nns=2:glibc.malloc.arena_max=8"}) == "GLIBC_TUNABLES"
+  assert allocator.tuned_by_environment({"MALLOC_ARENA_MAX": "2"}) is None  # not glibc's
+  assert allocator.tuned_by_environment({"MALLOC_ARENA_MAX_": "2"}) == "MALLOC_ARENA_MAX_"
+  assert not allocator.reuse_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
+
+
+# A computation whose scratch (the product, 64 MB) is over glibc's largest mmap
+# threshold (32 MB): by default every run maps fresh pages and faults each one in.
+_FAULTS = """
+import json, resource, sys, relscreen as rs
+applied = rs.reuse_freed_memory() if sys.argv[1] == "reuse" else False
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x, w: jnp.sort(x @ w, axis=0)[0])
+x, w = jnp.ones((131072, 128)), jnp.ones((128, 128))
+for _ in range(3):
+  jax.block_until_ready(f(x, w))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+  jax.block_until_ready(f(x, w))
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+print(json.dumps([applied, faults]))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_a_runs_scratch_is_reused_instead_of_faulted_in_afresh(tmp_path):
+  pages = 131072 * 128 * 4 // 4096  # the product's 4 KB pages
+  seen = {}
+  for mode in ("default", "reuse"):
+    done = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen[mode] = json.loads(done.stdout.splitlines()[-1])
+  assert seen["default"][0] is False and seen["reuse"][0] is True
+  assert seen["default"][1] > 0.9 * pages  # every page of the scratch, every run
+  assert seen["reuse"][1] < 0.05 * pages
