@@ -16,6 +16,12 @@ import ml_collections
 
 import relscreen
 
+_REUSE_MEMORY = flags.DEFINE_bool(
+    "reuse_memory", True,
+    "keep the memory XLA frees for its next call (relscreen.reuse_freed_memory; "
+    "glibc only): faster, steadier steps, but the process holds its peak memory "
+    "until it exits; --noreuse_memory for the smallest peak (e.g. L = 100,000)")
+
 _OUR_DIRS = tuple(str(pathlib.Path(__file__).resolve().parents[1] / d)
                   for d in ("experiments", "relscreen"))
 
@@ -159,8 +165,9 @@ def run_app(main):
   """``absl.app.run(main)``, with ``--help`` listing the binary's own flags,
   the persistent compilation cache on (``enable_compilation_cache``) and, on a
   CPU with AVX-512, XLA emitting 512-bit vectors (``relscreen.prefer_wide_vectors``)
-  and, with glibc, freed memory kept for reuse (``relscreen.reuse_freed_memory``):
-  both must come before JAX's first backend starts, so here, before ``main``.
+  and, with glibc and unless ``--noreuse_memory``, freed memory kept for reuse
+  (``relscreen.reuse_freed_memory``): both must come before JAX's first backend
+  starts, so after the flags are parsed and before ``main``.
 
   absl's ``--help`` lists the flags of the module named by ``sys.argv[0]``. A
   console script's ``argv[0]`` is its launcher, and the flags that
@@ -179,7 +186,12 @@ def run_app(main):
       if flag.name not in shown:
         flags.FLAGS.register_flag_by_module(sys.argv[0], flag)
         shown.add(flag.name)
-  relscreen.prefer_wide_vectors()
-  relscreen.reuse_freed_memory()
-  enable_compilation_cache()
-  app.run(main)
+
+  def start(argv):
+    relscreen.prefer_wide_vectors()
+    if _REUSE_MEMORY.value:
+      relscreen.reuse_freed_memory()
+    enable_compilation_cache()
+    return main(argv)
+
+  app.run(start)
