@@ -24,8 +24,9 @@ and ``compile_s`` (XLA's compiler), with the ``XLA_FLAGS`` in force in ``meta``.
 Command (the issue-5 measurement, see docs/RESULTS.md):
   relscreen-benchmark --models=RNN,RelRNN,RelRNN@autodiff,LSTM,RelLSTM,RelLSTM@autodiff,MemRNN \
       --lengths=1020 --repeats=11 --streaming_batches=1,256 --workdir=runs/bench_L1020
-Expect RelRNN at about 2.8x the RNN's step and RelLSTM at 1.2-1.35x the LSTM's
-on a 2-core CPU (docs/RESULTS.md, 2026-12-02). ``--streaming_batches`` also times the jitted streaming ``step``
+Expect, at batch 10 on a 2-core AVX-512 CPU, RelRNN at 1.6-1.8x the RNN's step
+(2.2-2.4x with ``--reuse_memory``, which spares the RNN's autodiff step its page
+faults) and RelLSTM at 0.9-1.0x the LSTM's (docs/RESULTS.md, 2026-12-03). ``--streaming_batches`` also times the jitted streaming ``step``
 (median latency per step, and stream-steps per second over the batch), with the
 state passed as it is and donated (``rs.step(..., donate=True)``).
 Writes benchmark.json and benchmark.png to --workdir.

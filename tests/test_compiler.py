@@ -70,10 +70,10 @@ def test_the_benchmark_binary_records_the_width_it_compiled_with(tmp_path):
   """The binaries call ``prefer_wide_vectors`` before their first computation:
   benchmark.json's ``xla_flags`` carries the flag exactly where this CPU has
   AVX-512 (the suite's own XLA_FLAGS, inherited, set no width). They also call
-  ``reuse_freed_memory``: on with glibc, unless the environment tunes malloc
-  or ``--noreuse_memory`` says no."""
+  ``reuse_freed_memory`` when ``--reuse_memory`` asks: on with glibc, unless
+  the environment tunes malloc."""
   metas = []
-  for extra in ([], ["--noreuse_memory"]):
+  for extra in ([], ["--reuse_memory"]):
     done = subprocess.run([str(BIN / "relscreen-benchmark"), "--models=RNN", "--lengths=21",
                            "--repeats=1", f"--workdir={tmp_path / str(len(metas))}", *extra],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -82,4 +82,4 @@ def test_the_benchmark_binary_records_the_width_it_compiled_with(tmp_path):
   assert (WIDE in metas[0]["xla_flags"]) == ("avx512f" in compiler.cpu_feature_flags())
   glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
   reuse = glibc and allocator.tuned_by_environment(os.environ) is None
-  assert [m["reuse_freed_memory"] for m in metas] == [reuse, False]
+  assert [m["reuse_freed_memory"] for m in metas] == [False, reuse]
