@@ -4,10 +4,10 @@ A JAX/Flax implementation of Kerg et al., "Untangling tradeoffs between
 recurrence and self-attention in neural networks" (NeurIPS 2020).
 """
 
+from relscreen.allocator import reuse_freed_memory
 from relscreen.attention import additive_attention, masked_softmax
 from relscreen.cells import (Cell, Phi, apply_phi, from_flax, gru_step, lstm_halves, lstm_step,
                              modrelu, rnn_step)
-from relscreen.allocator import reuse_freed_memory
 from relscreen.compiler import prefer_wide_vectors
 from relscreen.config import PAPER_MODELS, Eviction, Relevance
 from relscreen.diagnostics import GradientFlow, gradient_flow
