@@ -20,7 +20,7 @@ _REUSE_MEMORY = flags.DEFINE_bool(
     "reuse_memory", False,
     "keep the memory XLA frees for its next call (relscreen.reuse_freed_memory; "
     "glibc only): training steps with large scratch (autodiff LSTM/RNN/GRU, long "
-    "sequences, large batches) run 15-35% faster, but small calls (the streaming "
+    "sequences, large batches) run 15-40% faster, but small calls (the streaming "
     "step) slower, and the process holds its peak memory until it exits")
 
 _OUR_DIRS = tuple(str(pathlib.Path(__file__).resolve().parents[1] / d)
