@@ -667,7 +667,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
 def _rows(a):
   """[t, b, h] -> [t b, h]. The parameters' block sums are products over these
   rows: given "tbh,tbk->hk" instead, XLA contracts b before t and transposes
-  both operands in 3-D, three copies per product (docs/RESULTS.md)."""
+  both operands in 3-D: a copy of each per product (docs/RESULTS.md)."""
   return a.reshape(-1, a.shape[-1])
 
 
