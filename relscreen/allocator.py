@@ -39,6 +39,11 @@ SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
 applied = False  # whether this process's malloc was set by ``reuse_freed_memory``
 
 
+def is_glibc() -> bool:
+  """Whether this process runs on Linux with glibc, the only malloc this module tunes."""
+  return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def tuned_by_environment(environ) -> str | None:
   """The environment variable that already tunes glibc's malloc, or None."""
   if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
@@ -54,7 +59,7 @@ def reuse_freed_memory(environ=None) -> bool:
   docstring). Returns whether it did: False on a C library other than glibc, or
   where ``environ`` (default ``os.environ``) tunes malloc already."""
   environ = os.environ if environ is None else environ
-  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+  if not is_glibc():
     return False
   if tuned_by_environment(environ) is not None:
     return False

@@ -1,15 +1,12 @@
 """relscreen.allocator: glibc's malloc keeps the memory XLA frees for reuse."""
 
 import json
-import platform
 import subprocess
 import sys
 
 import pytest
 
 from relscreen import allocator
-
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def test_an_environment_that_tunes_malloc_is_left_alone():
@@ -45,7 +42,7 @@ print(json.dumps([applied, faults, pages]))
 """
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+@pytest.mark.skipif(not allocator.is_glibc(), reason="glibc's malloc only")
 def test_a_runs_scratch_is_reused_instead_of_faulted_in_afresh(tmp_path):
   seen = {}
   for mode in ("default", "reuse"):

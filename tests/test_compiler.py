@@ -3,7 +3,6 @@
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 
@@ -80,6 +79,5 @@ def test_the_benchmark_binary_records_the_width_it_compiled_with(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     metas.append(json.loads((tmp_path / str(len(metas)) / "benchmark.json").read_text())["meta"])
   assert (WIDE in metas[0]["xla_flags"]) == ("avx512f" in compiler.cpu_feature_flags())
-  glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-  reuse = glibc and allocator.tuned_by_environment(os.environ) is None
+  reuse = allocator.is_glibc() and allocator.tuned_by_environment(os.environ) is None
   assert [m["reuse_freed_memory"] for m in metas] == [False, reuse]
