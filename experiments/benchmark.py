@@ -25,8 +25,9 @@ Command (the issue-5 measurement, see docs/RESULTS.md):
   relscreen-benchmark --models=RNN,RelRNN,RelRNN@autodiff,LSTM,RelLSTM,RelLSTM@autodiff,MemRNN \
       --lengths=1020 --repeats=11 --streaming_batches=1,256 --workdir=runs/bench_L1020
 Expect, at batch 10 on a 2-core AVX-512 CPU, RelRNN at 1.6-1.8x the RNN's step
-(2.2-2.4x with ``--reuse_memory``, which spares the RNN's autodiff step its page
-faults) and RelLSTM at 0.9-1.0x the LSTM's (docs/RESULTS.md, 2026-12-03). ``--streaming_batches`` also times the jitted streaming ``step``
+(2.2-2.6x with ``--reuse_memory``, which spares the RNN's autodiff step its page
+faults; a window over the same 25 slots, WinRNN ``--nu=25``, costs as much) and RelLSTM
+at 0.9-1.1x the LSTM's (docs/RESULTS.md, 2026-12-03). ``--streaming_batches`` also times the jitted streaming ``step``
 (median latency per step, and stream-steps per second over the batch), with the
 state passed as it is and donated (``rs.step(..., donate=True)``).
 Writes benchmark.json and benchmark.png to --workdir.
