@@ -21,7 +21,9 @@ _REUSE_MEMORY = flags.DEFINE_bool(
     "keep the memory XLA frees for its next call (relscreen.reuse_freed_memory; "
     "glibc only): training steps with large scratch (autodiff LSTM/RNN/GRU, long "
     "sequences, large batches) run 15-40% faster, but small calls (the streaming "
-    "step) slower, and the process holds its peak memory until it exits")
+    "step) slower, and the process holds its peak memory until it exits; "
+    "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 in the environment at start gives the "
+    "speed without those costs on glibc >= 2.35 (README)")
 
 _OUR_DIRS = tuple(str(pathlib.Path(__file__).resolve().parents[1] / d)
                   for d in ("experiments", "relscreen"))
