@@ -1,4 +1,5 @@
-"""relscreen.allocator: glibc's malloc keeps the memory XLA frees for reuse."""
+"""relscreen.allocator: glibc's malloc keeps the memory XLA frees for reuse; glibc's huge-page
+tunable, the alternative README gives, faults it in by 2 MB pages."""
 
 import json
 import platform
