@@ -1,8 +1,7 @@
 """relscreen.allocator: glibc's malloc keeps the memory XLA frees for reuse; glibc's huge-page
-tunable, the alternative README gives, faults it in by 2 MB pages."""
+tunable, which the binaries restart with, faults it in by 2 MB pages."""
 
 import json
-import platform
 import subprocess
 import sys
 
@@ -65,25 +64,35 @@ def test_a_runs_scratch_is_reused_instead_of_faulted_in_afresh(tmp_path):
   assert faults_reused < 0.05 * pages
 
 
-def _transparent_huge_pages() -> bool:
-  """Whether the kernel gives huge pages to memory that asks (``madvise``) or to all."""
-  try:
-    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-      return "[never]" not in f.read()
-  except OSError:
-    return False
+def test_the_huge_page_restart_adds_the_tunable_only_where_it_applies():
+  glibc, thp = (2, 36), "madvise"
+  env = {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.rtld.nns=2"}
+  got = allocator.huge_page_environment(env, glibc, thp)
+  assert got == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.rtld.nns=2:glibc.malloc.hugetlb=1"}
+  assert env["GLIBC_TUNABLES"] == "glibc.rtld.nns=2"  # the caller's mapping is left as it was
+  assert allocator.huge_page_environment({}, (2, 35), "always") == {
+      "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  assert allocator.huge_page_environment({}, (2, 34), thp) is None  # no such tunable before 2.35
+  assert allocator.huge_page_environment({}, (3, 0), "never") is None
+  assert allocator.huge_page_environment({}, (2, 40), "") is None  # THP unreadable
+  # A process restarted with it (or tuned by its user) is not restarted again.
+  assert allocator.huge_page_environment(got, glibc, thp) is None
+  assert allocator.huge_page_environment({"MALLOC_ARENA_MAX_": "2"}, glibc, thp) is None
 
 
-def _glibc_at_least(major, minor) -> bool:
-  version = platform.libc_ver()[1].split(".")
-  return len(version) >= 2 and (int(version[0]), int(version[1])) >= (major, minor)
+def test_the_kernels_huge_page_mode_is_the_bracketed_word(tmp_path):
+  setting = tmp_path / "enabled"
+  setting.write_text("always [madvise] never\n")
+  assert allocator.transparent_huge_pages(str(setting)) == "madvise"
+  setting.write_text("[always] madvise never\n")
+  assert allocator.transparent_huge_pages(str(setting)) == "always"
+  assert allocator.transparent_huge_pages(str(tmp_path / "missing")) is None
 
 
-# README's alternative to ``--reuse_memory``: glibc (2.35 on) asks the kernel for
+# What the binaries restart with (``--huge_pages``): glibc (2.35 on) asks the kernel for
 # transparent huge pages for its mmapped blocks, so the scratch is faulted in
 # 2 MB at a time; malloc's arenas and trimming stay as they are.
-@pytest.mark.skipif(not (allocator.is_glibc() and _glibc_at_least(2, 35)
-                         and _transparent_huge_pages()),
+@pytest.mark.skipif(allocator.huge_page_environment({}) is None,
                     reason="glibc >= 2.35 and transparent huge pages only")
 def test_glibcs_hugetlb_tunable_faults_the_scratch_in_by_huge_pages(tmp_path):
   _, faults, pages = _faults_per_step(tmp_path, "default",

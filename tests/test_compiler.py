@@ -70,9 +70,11 @@ def test_the_benchmark_binary_records_the_width_it_compiled_with(tmp_path):
   benchmark.json's ``xla_flags`` carries the flag exactly where this CPU has
   AVX-512 (the suite's own XLA_FLAGS, inherited, set no width). They also call
   ``reuse_freed_memory`` when ``--reuse_memory`` asks: on with glibc, unless
-  the environment tunes malloc."""
+  the environment tunes malloc. Without it, they restart once with glibc's
+  huge-page tunable where it applies (``--huge_pages``, on by default), with the
+  same arguments (the results land in the workdir asked for)."""
   metas = []
-  for extra in ([], ["--reuse_memory"]):
+  for extra in ([], ["--reuse_memory"], ["--nohuge_pages"]):
     done = subprocess.run([str(BIN / "relscreen-benchmark"), "--models=RNN", "--lengths=21",
                            "--repeats=1", f"--workdir={tmp_path / str(len(metas))}", *extra],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -80,4 +82,8 @@ def test_the_benchmark_binary_records_the_width_it_compiled_with(tmp_path):
     metas.append(json.loads((tmp_path / str(len(metas)) / "benchmark.json").read_text())["meta"])
   assert (WIDE in metas[0]["xla_flags"]) == ("avx512f" in compiler.cpu_feature_flags())
   reuse = allocator.is_glibc() and allocator.tuned_by_environment(os.environ) is None
-  assert [m["reuse_freed_memory"] for m in metas] == [False, reuse]
+  assert [m["reuse_freed_memory"] for m in metas] == [False, reuse, False]
+  inherited = os.environ.get("GLIBC_TUNABLES", "")
+  restarted = allocator.huge_page_environment(os.environ)
+  assert [m["glibc_tunables"] for m in metas] == [
+      inherited if restarted is None else restarted["GLIBC_TUNABLES"], inherited, inherited]
