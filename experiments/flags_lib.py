@@ -7,7 +7,6 @@ from it.
 
 import logging as py_logging
 import math
-import os
 import pathlib
 import sys
 
@@ -172,26 +171,10 @@ def enable_compilation_cache(environ=None, home: pathlib.Path | None = None) -> 
   return path
 
 
-def restart_with_huge_pages():
-  """Replaces this process (same pid, arguments and streams) by one started with
-  glibc's huge-page tunable (``relscreen.allocator.huge_page_environment``);
-  returns where that does not apply. The restarted process finds the tunable in
-  its environment and goes on. Must come before JAX's backend starts: nothing
-  is lost but the imports."""
-  environ = relscreen.allocator.huge_page_environment()
-  if environ is None or not sys.executable or not getattr(sys, "orig_argv", None):
-    return
-  logging.info("restarting with GLIBC_TUNABLES=%s (--nohuge_pages: no restart)",
-               environ["GLIBC_TUNABLES"])
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, sys.orig_argv, environ)
-
-
 def run_app(main):
   """``absl.app.run(main)``, with ``--help`` listing the binary's own flags,
   the process restarted once with glibc's huge pages for malloc under
-  ``--huge_pages`` (``restart_with_huge_pages``, right after the flags are
+  ``--huge_pages`` (``relscreen.restart_with_huge_pages``, right after the flags are
   parsed), the persistent compilation cache on (``enable_compilation_cache``) and, on a
   CPU with AVX-512, XLA emitting 512-bit vectors (``relscreen.prefer_wide_vectors``)
   and, with glibc and ``--reuse_memory``, freed memory kept for reuse
@@ -218,7 +201,8 @@ def run_app(main):
 
   def start(argv):
     if _HUGE_PAGES.value and not _REUSE_MEMORY.value:
-      restart_with_huge_pages()
+      # Returns where it does not apply; else the process starts over.
+      relscreen.restart_with_huge_pages(note="; --nohuge_pages: no restart")
     relscreen.prefer_wide_vectors()
     if _REUSE_MEMORY.value:
       relscreen.reuse_freed_memory()

@@ -4,7 +4,7 @@ A JAX/Flax implementation of Kerg et al., "Untangling tradeoffs between
 recurrence and self-attention in neural networks" (NeurIPS 2020).
 """
 
-from relscreen.allocator import reuse_freed_memory
+from relscreen.allocator import restart_with_huge_pages, reuse_freed_memory
 from relscreen.attention import additive_attention, masked_softmax
 from relscreen.cells import (Cell, Phi, apply_phi, from_flax, gru_step, lstm_halves, lstm_step,
                              modrelu, rnn_step)
@@ -34,5 +34,5 @@ __all__ = [
     "Screened",
     "SequenceModel", "State", "additive_attention", "apply_phi", "forward", "init_state",
     "lstm_halves", "lstm_step", "make_optimizer", "prefer_wide_vectors", "reuse_freed_memory", "masked_softmax", "model_config", "modrelu",
-    "recall_accuracy", "rnn_step", "sequence_loss", "step", "torch_rmsprop",
+    "recall_accuracy", "restart_with_huge_pages", "rnn_step", "sequence_loss", "step", "torch_rmsprop",
 ]

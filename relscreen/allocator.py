@@ -33,14 +33,18 @@ The alternative without those costs is glibc's own tunable
 transparent huge pages not off): malloc then asks for huge pages for the blocks
 it maps, and a run's scratch is faulted in 2 MB at a time (the RNN step above:
 429 faults instead of 9,100), with arenas and trimming as they are. glibc reads
-it only when a process starts, so ``huge_page_environment`` says what to restart
-with; the project's binaries restart themselves once with it (``--huge_pages``,
-on by default).
+it only when a process starts, so ``restart_with_huge_pages()`` re-executes the
+running script once with it added (``huge_page_environment`` says where that
+applies); the project's binaries do so right after parsing their flags
+(``--huge_pages``, on by default). In your own script call it first thing, before
+any work worth keeping: the process is replaced and starts over.
 """
 
 import ctypes
+import logging
 import os
 import platform
+import sys
 
 HUGETLB = "glibc.malloc.hugetlb=1"  # the tunable ``huge_page_environment`` adds
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -126,3 +130,24 @@ def huge_page_environment(environ=None, glibc=None, thp=None) -> dict | None:
   tunables = environ.get("GLIBC_TUNABLES", "")
   environ["GLIBC_TUNABLES"] = f"{tunables}:{HUGETLB}" if tunables else HUGETLB
   return environ
+
+
+def restart_with_huge_pages(environ=None, note: str = "") -> None:
+  """Replaces this process (same pid, arguments and streams) by the same command
+  started with glibc's huge-page tunable, where ``huge_page_environment`` finds
+  it applies; returns where it does not (the restarted process finds the tunable
+  in its environment, so it goes on). Never in an interactive session or a
+  Jupyter/IPython kernel, which would restart and lose their state. Call it
+  before JAX's first computation and before anything worth keeping: what ran
+  before it runs again. ``note`` is added to the line it logs."""
+  if sys.flags.interactive or hasattr(sys, "ps1") or "IPython" in sys.modules:
+    return
+  environ = huge_page_environment(environ)
+  if environ is None or not sys.executable or not getattr(sys, "orig_argv", None):
+    return
+  logging.getLogger(__name__).info(
+      "restarting with GLIBC_TUNABLES=%s (glibc's huge pages for XLA's scratch)%s",
+      environ["GLIBC_TUNABLES"], note)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, sys.orig_argv, environ)

@@ -99,3 +99,26 @@ def test_glibcs_hugetlb_tunable_faults_the_scratch_in_by_huge_pages(tmp_path):
                                       GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
   assert pages > 32 * 2**20 / 4096
   assert faults < 0.2 * pages  # 4 KB pages would be one fault each (the test above)
+
+
+def test_the_restart_replaces_the_process_with_the_tunable_added(monkeypatch):
+  calls = []
+
+  def execve(path, argv, environ):
+    calls.append((path, argv, environ))
+    raise SystemExit  # what follows execve never runs
+
+  monkeypatch.setattr(allocator.os, "execve", execve)
+  monkeypatch.setattr(allocator, "glibc_version", lambda: (2, 36))
+  monkeypatch.setattr(allocator, "transparent_huge_pages", lambda: "madvise")
+  monkeypatch.setattr(allocator.sys, "orig_argv", ["python", "train.py", "--lr=1e-3"])
+  monkeypatch.delitem(allocator.sys.modules, "IPython", raising=False)
+  with pytest.raises(SystemExit):
+    allocator.restart_with_huge_pages({"HOME": "/h"})
+  assert calls == [(allocator.sys.executable, ["python", "train.py", "--lr=1e-3"],
+                    {"HOME": "/h", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})]
+  # Restarted (or tuned by its user), it returns and the process goes on.
+  assert allocator.restart_with_huge_pages(calls[0][2]) is None
+  monkeypatch.setattr(allocator, "transparent_huge_pages", lambda: "never")
+  assert allocator.restart_with_huge_pages({"HOME": "/h"}) is None
+  assert len(calls) == 1
