@@ -30,6 +30,11 @@ faults; a window over the same 25 slots, WinRNN ``--nu=25``, costs as much as Re
 and RelLSTM at 0.9-1.2x the LSTM's (docs/RESULTS.md, 2026-12-03). ``--streaming_batches`` also times the jitted streaming ``step``
 (median latency per step, and stream-steps per second over the batch), with the
 state passed as it is and donated (``rs.step(..., donate=True)``).
+At batch 64 and more, several autodiff models in one run can mislead with
+the default huge pages (``--huge_pages``): in a five-model run at batch 64 the
+LSTM took 587-949 ms against 311-359 alone, the others not (docs/RESULTS.md, "glibc's
+huge pages by default"); compare them there with ``--reuse_memory``, or one
+model per run.
 Writes benchmark.json and benchmark.png to --workdir.
 """
 
