@@ -34,7 +34,7 @@ At batch 64 and more, several autodiff models in one run can mislead with
 the default huge pages (``--huge_pages``): in a five-model run at batch 64 the
 LSTM took 587-949 ms against 311-359 alone, the others not (docs/RESULTS.md, "glibc's
 huge pages by default"); compare them there with ``--reuse_memory``, or one
-model per run.
+model per run (the binary warns when a run is of that kind).
 Writes benchmark.json and benchmark.png to --workdir.
 """
 
@@ -151,6 +151,9 @@ def main(argv):
     workdir = rundir.prepare(_WORKDIR.value)
   except rundir.WorkdirError as e:
     sys.exit(f"error: {e}")
+  warning = timing.huge_page_mix_warning(_MODELS.value, _BATCH.value, os.environ)
+  if warning:
+    logging.warning(warning)
   records, stream = [], []
 
   meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,

@@ -38,6 +38,23 @@ def streamed_models(specs) -> list[str]:
   return list(dict.fromkeys(n for n in names if not memax_peers.is_memax(n) and n != FLOOR))
 
 
+def huge_page_mix_warning(specs, batch: int, environ) -> str | None:
+  """Why this benchmark's ratios may mislead, or None: several models timed in
+  one process at batch 64 or more with glibc's huge pages on (``GLIBC_TUNABLES``
+  with ``glibc.malloc.hugetlb``, which the binaries set by default). There one
+  model's step came out slower than it runs alone (the LSTM's 587-949 ms
+  against 311-359 at batch 64, in a run with four other models; RESULTS)."""
+  if batch < 64 or len(set(specs)) < 2:
+    return None
+  settings = dict(t.partition("=")[::2] for t in environ.get("GLIBC_TUNABLES", "").split(":"))
+  if settings.get("glibc.malloc.hugetlb", "0") == "0":
+    return None
+  return (f"{len(set(specs))} models in one process at batch {batch} with glibc's huge "
+          "pages: one model's step can come out slower than it runs alone (docs/RESULTS.md, "
+          "\"glibc's huge pages by default\"); for ratios pass --reuse_memory or time one "
+          "model per run")
+
+
 def attention_floor(length: int, batch: int, hidden: int, slots: int, dtype=jnp.float32):
   """The attention work a relevance-screened layer adds to its cell, and nothing
   else: ``length`` steps of additive attention over a fixed bank of ``slots``

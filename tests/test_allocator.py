@@ -122,3 +122,16 @@ def test_the_restart_replaces_the_process_with_the_tunable_added(monkeypatch):
   monkeypatch.setattr(allocator, "transparent_huge_pages", lambda: "never")
   assert allocator.restart_with_huge_pages({"HOME": "/h"}) is None
   assert len(calls) == 1
+
+
+def test_the_benchmark_warns_of_several_models_at_large_batches_with_huge_pages():
+  from relscreen_experiments import timing  # pylint: disable=g-import-not-at-top
+  huge = {"GLIBC_TUNABLES": "glibc.rtld.nns=2:glibc.malloc.hugetlb=1"}
+  warning = timing.huge_page_mix_warning(["RNN", "LSTM", "RelLSTM"], 64, huge)
+  assert warning.startswith("3 models in one process at batch 64")
+  assert "--reuse_memory" in warning
+  assert timing.huge_page_mix_warning(["RNN", "LSTM"], 63, huge) is None  # small batches measured fine
+  assert timing.huge_page_mix_warning(["LSTM", "LSTM"], 256, huge) is None  # one model
+  assert timing.huge_page_mix_warning(["RNN", "LSTM"], 256, {}) is None  # no huge pages
+  assert timing.huge_page_mix_warning(["RNN", "LSTM"], 256,
+                                      {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
