@@ -30,7 +30,8 @@ _HUGE_PAGES = flags.DEFINE_bool(
     "with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc reads it only at start), so "
     "the scratch memory XLA maps afresh at every call is faulted in 2 MB at a time "
     "(one model per process: training steps up to 54% faster, the streaming step and "
-    "peak memory unchanged; README, with a caveat for several models in one process). "
+    "peak memory unchanged; README, with a caveat for several models in one process; "
+    "off by default for PPO, which gained nothing). "
     "Skipped under --reuse_memory and where the environment tunes malloc already")
 
 _OUR_DIRS = tuple(str(pathlib.Path(__file__).resolve().parents[1] / d)
@@ -172,11 +173,12 @@ def enable_compilation_cache(environ=None, home: pathlib.Path | None = None) -> 
   return path
 
 
-def run_app(main):
+def run_app(main, huge_pages: bool = True):
   """``absl.app.run(main)``, with ``--help`` listing the binary's own flags,
   the process restarted once with glibc's huge pages for malloc under
   ``--huge_pages`` (``relscreen.restart_with_huge_pages``, right after the flags are
-  parsed), the persistent compilation cache on (``enable_compilation_cache``) and, on a
+  parsed; ``huge_pages`` is the flag's default for this binary: off for PPO,
+  which gained nothing from them), the persistent compilation cache on (``enable_compilation_cache``) and, on a
   CPU with AVX-512, XLA emitting 512-bit vectors (``relscreen.prefer_wide_vectors``)
   and, with glibc and ``--reuse_memory``, freed memory kept for reuse
   (``relscreen.reuse_freed_memory``): both must come before JAX's first backend
@@ -189,6 +191,7 @@ def run_app(main):
   ``argv[0]`` too, with those of the calling binary module.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.set_default("huge_pages", huge_pages)
   caller = sys._getframe(1).f_globals["__name__"]  # pylint: disable=protected-access
   if caller != "__main__":  # a console script: --help prints the binary's docstring
     sys.modules["__main__"].__doc__ = sys.modules[caller].__doc__

@@ -219,8 +219,9 @@ def main(argv):
 
 
 def run():
-  """Console-script entry point."""
-  flags_lib.run_app(main)
+  """Console-script entry point (glibc's huge pages off by default: PPO gained
+  nothing from them, docs/RESULTS.md)."""
+  flags_lib.run_app(main, huge_pages=False)
 
 
 if __name__ == "__main__":

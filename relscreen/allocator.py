@@ -36,7 +36,7 @@ it maps, and a run's scratch is faulted in 2 MB at a time (the RNN step above:
 it only when a process starts, so ``restart_with_huge_pages()`` re-executes the
 running script once with it added (``huge_page_environment`` says where that
 applies); the project's binaries do so right after parsing their flags
-(``--huge_pages``, on by default). In your own script call it first thing, before
+(``--huge_pages``, on by default but for the PPO binaries). In your own script call it first thing, before
 any work worth keeping: the process is replaced and starts over.
 """
 

@@ -22,6 +22,18 @@ def test_help_lists_the_binarys_own_flags(binary, flag, tmp_path):
   assert "Command" in done.stdout or "relscreen-" in done.stdout  # the docstring
 
 
+# glibc's huge pages: on for the supervised binaries, off for PPO's (which
+# gained nothing from them, docs/RESULTS.md).
+@pytest.mark.parametrize("binary,default", [("relscreen-copy", "true"),
+                                            ("relscreen-ppo", "false"),
+                                            ("relscreen-ppo-seeds", "false")])
+def test_each_binary_has_its_own_huge_pages_default(binary, default, tmp_path):
+  done = subprocess.run([str(BIN / binary), "--help"], capture_output=True, text=True,
+                        timeout=120, cwd=tmp_path)
+  after = done.stdout.split("--[no]huge_pages:", 1)[1]
+  assert after.split("(default: ", 1)[1].startswith(f"'{default}')")
+
+
 def test_a_users_experiments_package_is_left_alone(tmp_path):
   (tmp_path / "experiments").mkdir()
   (tmp_path / "experiments" / "__init__.py").write_text("MINE = True\n")
