@@ -44,10 +44,7 @@ def huge_page_mix_warning(specs, batch: int, environ) -> str | None:
   with ``glibc.malloc.hugetlb``, which the binaries set by default). There one
   model's step came out slower than it runs alone (the LSTM's 587-949 ms
   against 311-359 at batch 64, in a run with four other models; RESULTS)."""
-  if batch < 64 or len(set(specs)) < 2:
-    return None
-  settings = dict(t.partition("=")[::2] for t in environ.get("GLIBC_TUNABLES", "").split(":"))
-  if settings.get("glibc.malloc.hugetlb", "0") == "0":
+  if batch < 64 or len(set(specs)) < 2 or not rs.allocator.huge_pages_on(environ):
     return None
   return (f"{len(set(specs))} models in one process at batch {batch} with glibc's huge "
           "pages: one model's step can come out slower than it runs alone (docs/RESULTS.md, "

@@ -112,6 +112,13 @@ def transparent_huge_pages(path: str = THP_SETTING) -> str | None:
   return text[start + 1:end] if 0 <= start < end else None
 
 
+def huge_pages_on(environ) -> bool:
+  """Whether ``environ``'s ``GLIBC_TUNABLES`` asks glibc's malloc for huge pages
+  (``glibc.malloc.hugetlb`` set to anything but 0)."""
+  settings = dict(t.partition("=")[::2] for t in environ.get("GLIBC_TUNABLES", "").split(":"))
+  return settings.get("glibc.malloc.hugetlb", "0") != "0"
+
+
 def huge_page_environment(environ=None, glibc=None, thp=None) -> dict | None:
   """The environment to restart this process with so that glibc's malloc asks
   for huge pages (``environ``, default ``os.environ``, with ``HUGETLB`` added to
@@ -143,7 +150,7 @@ def restart_with_huge_pages(environ=None, note: str = "") -> None:
   if sys.flags.interactive or hasattr(sys, "ps1") or "IPython" in sys.modules:
     return
   environ = huge_page_environment(environ)
-  if environ is None or not sys.executable or not getattr(sys, "orig_argv", None):
+  if environ is None or not sys.executable or not sys.orig_argv:
     return
   logging.getLogger(__name__).info(
       "restarting with GLIBC_TUNABLES=%s (glibc's huge pages for XLA's scratch)%s",
