@@ -63,6 +63,11 @@ _NU = flags.DEFINE_integer("nu", 10, "short-term buffer size")
 _RHO = flags.DEFINE_integer("rho", 15, "relevant-set size")
 _REMAT = flags.DEFINE_integer("remat_chunk", 0, "remat chunk for RNN/LSTM/Rel* (0: off)")
 _MEM_REMAT = flags.DEFINE_integer("mem_remat_chunk", 32, "remat chunk for MemRNN/MemLSTM")
+_KEEP = flags.DEFINE_integer(
+    "keep_projections_mib", relscreen.ModelConfig.keep_projections_mib,
+    "relevance and window memories' custom reverse pass reads each step's query and key "
+    "from the forward pass when each [L, B, H] array takes at most this many MiB, else "
+    "recomputes them (0: always recompute; ModelConfig.keep_projections_mib)", lower_bound=0)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed rounds (after one warm-up)")
 _MAX_GB = flags.DEFINE_float("max_gb", 8.0, "skip running steps whose memory plan exceeds this")
 _STREAM = flags.DEFINE_list("streaming_batches", [],
@@ -78,7 +83,7 @@ def bench_length(length: int) -> list[dict]:
     base, custom_vjp = timing.parse_model(name)
     chunk = _MEM_REMAT.value if base.startswith("Mem") and not custom_vjp else _REMAT.value
     built[name] = timing.build(name, length, _BATCH.value, _HIDDEN.value, _NU.value, _RHO.value,
-                        chunk)
+                               chunk, keep_projections_mib=_KEEP.value)
   for kind in ("train", "forward"):
     runnable = {n: built[n][kind] for n in _MODELS.value
                 if timing.peak_gb(built[n][kind][0]) <= _MAX_GB.value}
@@ -158,6 +163,7 @@ def main(argv):
 
   meta = {"device": str(jax.devices()[0]), "batch": _BATCH.value, "hidden": _HIDDEN.value,
           "nu": _NU.value, "rho": _RHO.value, "repeats": _REPEATS.value,
+          "keep_projections_mib": _KEEP.value,
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "reuse_freed_memory": relscreen.allocator.applied,
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),

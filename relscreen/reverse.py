@@ -3,9 +3,10 @@
 Autodiff through ``lax.scan`` saves what every step needs for its transpose and
 transposes each shift, screening write and select of the memory. But the memory
 only ever holds earlier hidden states, and which state sits in which slot is
-known from a few integers per step. So the forward pass keeps h_t, s_t, c_t and
+known from a few integers per step. So the forward pass keeps h_t, s_t, c_t,
 (RSM) which relevant-set slot each step's screening wrote and the time it
-evicted; the reverse pass re-runs one step at a time on the step's own inputs
+evicted, and (up to ``ModelConfig.keep_projections_mib``) each step's query and
+key; the reverse pass re-runs one step at a time on the step's own inputs
 (previous mixed state, cell, attended bank): ``jax.vjp`` of the cell, the
 attention's reverse by hand (``attention.additive_attention_vjp``).
 
@@ -59,6 +60,14 @@ def full_stretches(length: int, segments: int | None = None) -> list[tuple[int, 
   return [(a, b) for a, b in zip([1] + ends[:-1], ends) if b > a]
 
 
+def keeps_projections(config, length: int, batch: int, dtype) -> bool:
+  """Whether the forward pass keeps every step's query and key for the reverse
+  pass (``ModelConfig.keep_projections_mib``): a relevance or window memory,
+  and each [length, batch, hidden] array within the configured MiB."""
+  size = length * batch * config.hidden * jnp.dtype(dtype).itemsize
+  return config.screened and size <= config.keep_projections_mib * 2**20
+
+
 def _activation(config, p, pre, c_prev):
   """The cell from its pre-activation ``xp + s rec``: (h, c); c is zeros for RNN cells."""
   if config.cell is CellType.RNN:
@@ -89,6 +98,11 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
   the scores and their softmax). The input projection happens inside the step, so
   neither it nor its cotangent is ever stored for the whole sequence.
 
+  Returns ``(final state, h, s, c, records, projections)``: ``projections`` is
+  (queries, keys) [t, b, h] each, step t's query ``s_{t-1} Va`` in row t (row
+  0 zeros) and h_t's key ``h_t Ua``, where ``keeps_projections`` says so, else
+  None (the reverse pass recomputes them).
+
   ``start``: a given state to continue from (RSM memories only; ``s_init`` and
   ``c_init`` are then unused). Its step 0 is ``core.any_step``'s, and the
   records also hold, per step, the S slot the store wrote and the time of the
@@ -114,14 +128,17 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
                                         resets[0])
   # The cell's own state (an LSTM's c, a user cell's extra: any pytree) is kept too.
   keep_c = config.cell in (CellType.LSTM, CellType.USER)
+  store = keeps_projections(config, x.shape[0], x.shape[1], x.dtype)
   kept = (first["h"], state.s, state.c) if keep_c else (first["h"], state.s)
+  if store:
+    kept += (jnp.zeros_like(first["h"]), first["h"] @ params["Ua"])
   buffers = jax.tree_util.tree_map(
       lambda v: jnp.zeros((x.shape[0],) + v.shape, v.dtype).at[0].set(v), kept)
 
-  def record(buffers, t, h, s, c):
+  def record(buffers, t, h, s, c, proj=()):
     # An in-bounds update (``.at[t].set`` adds a bounds select to every write).
     return jax.tree_util.tree_map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, t, 0),
-                                  buffers, (h, s, c) if keep_c else (h, s))
+                                  buffers, ((h, s, c) if keep_c else (h, s)) + proj)
 
   if not config.screened:  # the full memory: h_j in slot j, attended in stretches
     batch = x.shape[1]
@@ -169,8 +186,9 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
         s, c = core.pick_rows(reset, (fresh.s, fresh.c), (s, c))
         # The memory by row scatters, which XLA does in place (a select copies it).
         mem = rsm.RSMState(*(_put_rows(a, reset, f) for a, f in zip(mem, fresh.memory)))
+      query = s @ params["Va"]
       attended = attention.additive_attention_banks(
-          s @ params["Va"], ((mem.keys, mem.vals, mem.time >= 0),), params["v"])
+          query, ((mem.keys, mem.vals, mem.time >= 0),), params["v"])
       mem = rsm.accumulate(mem, attended.alpha, nu, rules)
       s_mixed = core.mixed(config, newest, attended.context)
       # A restarted row takes step 0's rule: the cell runs on its zero s, and s
@@ -179,36 +197,38 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
       h, a, c = core._cell(params, config, core.project_input(params, config, x_t), s, c)  # pylint: disable=protected-access
       if reset is not None:
         s = core.pick_rows(reset, core.first_mixed(config, a, s), s_mixed)
-      mem, screened = rsm.store(mem, h, h @ params["Ua"], t0 + t, jnp.ones(h.shape[:1], bool),
-                                nu, rules)
+      key = h @ params["Ua"]
+      mem, screened = rsm.store(mem, h, key, t0 + t, jnp.ones(h.shape[:1], bool), nu, rules)
       kept = (screened.slot, screened.replaced)
       if start is not None:  # S's order is its slots' times: which slot, and who left it
         kept += (screened.stored, screened.time)
       if reset is not None:
         kept += (before,)
       kept += (jax.lax.stop_gradient(attended.alpha),)  # the reverse pass's weights
-      return (mem, s, c, h, record(buffers, t, h, s, c)), kept
+      return (mem, s, c, h, record(buffers, t, h, s, c, (query, key) if store else ())), kept
 
     carry = (state.memory, state.s, state.c, first["h"], buffers)
     (mem, s, c, _, buffers), admitted = jax.lax.scan(
         body, carry, (jnp.arange(1, length), x[1:], None if resets is None else resets[1:]))
     final = core.State(t0 + length, s, c, mem)
+  proj = buffers[-2:] if store else None
+  buffers = buffers[:-2] if store else buffers
   h, s, c = buffers if keep_c else (*buffers, None)
-  return final, h, s, c, admitted
+  return final, h, s, c, admitted, proj
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def attentive_scan(params, config, x, s_init, c_init):
   """Hidden states h [t, b, h] of a fresh attentive layer over time-major
   ``x`` [t, b, i], and its final state; differentiated by the pass below."""
-  final, h, _, _, _ = attentive_forward(params, config, x, s_init, c_init)
+  final, h, *_ = attentive_forward(params, config, x, s_init, c_init)
   return h, final
 
 
 def _attentive_scan_fwd(params, config, x, s_init, c_init):
-  final, h, s, c, admitted = attentive_forward(params, config, x, s_init, c_init)
+  final, h, s, c, admitted, proj = attentive_forward(params, config, x, s_init, c_init)
   memory = final.memory if config.screened else None
-  return (h, final), (params, x, (s_init, c_init), h, s, c, admitted, memory)
+  return (h, final), (params, x, (s_init, c_init), h, s, c, (admitted, proj), memory)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -219,13 +239,14 @@ def attentive_scan_from(params, config, x, start, resets=None):
   states and keys; the scores, times and counters get none, as under autodiff,
   where they only steer which state is kept). ``resets`` [t, b] (optional):
   rows that restart from a fresh state before a step, as ``core.step_with_reset``."""
-  final, h, _, _, _ = attentive_forward(params, config, x, None, None, start, resets)
+  final, h, *_ = attentive_forward(params, config, x, None, None, start, resets)
   return h, final
 
 
 def _attentive_scan_from_fwd(params, config, x, start, resets=None):
-  final, h, s, c, admitted = attentive_forward(params, config, x, None, None, start, resets)
-  return (h, final), (params, x, (start, resets), h, s, c, admitted, final.memory)
+  final, h, s, c, admitted, proj = attentive_forward(params, config, x, None, None, start,
+                                                     resets)
+  return (h, final), (params, x, (start, resets), h, s, c, (admitted, proj), final.memory)
 
 
 class Bookkeeping(Protocol):
@@ -284,10 +305,10 @@ class _RelevanceReverse:
 
   segments = 1
 
-  def __init__(self, config, h, ua, memory, start=None):
+  def __init__(self, config, h, ua, memory, start=None, keys=None):
     self.nu, self.h, self.ua, self.start = config.nu, h, ua, start
     # From a given state, states are looked up by time: every h_t's key once.
-    self.h_keys = None if start is None else h @ ua
+    self.h_keys = keys if keys is not None or start is None else h @ ua
     # The slots' times are not carried: the weights the forward kept mask the bank.
     self.initial = (memory.vals, memory.keys, jnp.zeros_like(memory.vals),
                     jnp.zeros_like(memory.keys))
@@ -305,8 +326,11 @@ class _RelevanceReverse:
     if self.start is None:
       evicted = admitted[1]
       left, j = t - self.nu, t % self.nu
-      back = self.h[jnp.maximum(left, 0)]  # left S: the same time in every row (k = 1)
-      put_back = self.h[jnp.maximum(evicted, 0), jnp.arange(evicted.shape[1])[None, :]]
+      back_at = jnp.maximum(left, 0)  # left S: the same time in every row (k = 1)
+      put_back_at = (jnp.maximum(evicted, 0), jnp.arange(evicted.shape[1])[None, :])
+      back, put_back = self.h[back_at], self.h[put_back_at]
+      if self.h_keys is not None:
+        return back, self.h_keys[back_at], put_back, self.h_keys[put_back_at], j
       back_key, put_back_key = jnp.split(jnp.concatenate([back, put_back]) @ self.ua, 2)
       return back, back_key, put_back, put_back_key, j
     _, evicted, j, left = admitted[:4]
@@ -494,7 +518,8 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   block of steps, as matrix products over the block, not as an outer product
   per step; a user cell's own parameters, which the pass cannot see into, get
   theirs summed step by step."""
-  params, x, origin, h, s, c, admitted, memory = residuals
+  params, x, origin, h, s, c, (admitted, proj), memory = residuals
+  queries, keys = (None, None) if proj is None else proj
   given = isinstance(origin[0], core.State)  # else (s_init, c_init) of a fresh state
   from_state, resets = origin if given else (None, None)
   g_h, _ = cotangents  # the final state's cotangent is zero: ``forward`` stops it
@@ -512,9 +537,11 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   act = {k: params[k] for k in ("mod_b", "bn", "cell") if k in params}  # summed per step
   if given:
     book: Bookkeeping = _RelevanceReverse(config, h, ua, memory,
-                                          (from_state.memory, from_state.t))
+                                          (from_state.memory, from_state.t), keys)
+  elif config.screened:
+    book = _RelevanceReverse(config, h, ua, memory, keys=keys)
   else:
-    book = (_RelevanceReverse if config.screened else _FullReverse)(config, h, ua, memory)
+    book = _FullReverse(config, h, ua, memory)
 
   def step(book, carry, inputs):
     mem, d_newest, dq_next, dc_next, d_small = carry
@@ -559,7 +586,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
 
   def block(book, carry, inputs):
     carry, sums = carry
-    t, x_b, g_b, h_b, h_prev, s_prev, s_b, c_prev, adm, reset = inputs
+    t, x_b, g_b, h_b, h_prev, s_prev, s_b, c_prev, adm, reset, q_b = inputs
     if reset is not None:  # restarted rows: the cell ran on a zero s and a fresh c
       # (Their query was a zero s too, but over the empty memory a restarted row
       # attends to, the weights are 0 whatever the query, and so is its cotangent.)
@@ -572,7 +599,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       pre = (xp, srec, s_b) if gru else xp + srec
     carry, (dq, dpre, dk, records) = jax.lax.scan(
         functools.partial(step, book), carry,
-        (t, pre, s_prev @ va, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm), reset),
+        (t, pre, s_prev @ va if q_b is None else q_b, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm), reset),
         reverse=True)
     carry = (book.end_block(carry[0], records),) + carry[1:]
     dxp, drec = dpre if gru or user else (dpre, dpre)  # input and recurrent terms'
@@ -597,7 +624,8 @@ def _attentive_scan_bwd(config, residuals, cotangents):
           lambda v: jax.lax.dynamic_slice_in_dim(v, first + offset, n), a)
     # ``admitted`` starts at step 1, the others at step 0.
     return (first + jnp.arange(n), seq(x, 0), seq(g_h, 0), seq(h, 0), seq(h, -1),
-            seq(s, -1), seq(s, 0), seq(c, -1), seq(admitted, -1), seq(resets, 0))
+            seq(s, -1), seq(s, 0), seq(c, -1), seq(admitted, -1), seq(resets, 0),
+            seq(queries, 0))
 
   # What a restarted row's step ran on: zero s (query and cell), its cell's fresh c.
   if resets is not None:

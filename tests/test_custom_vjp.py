@@ -41,7 +41,7 @@ def test_custom_vjp_gradients_equal_autodiff(name, phi, nu, rho, block, float64)
   if cfg.memory is rs.MemoryType.RELEVANCE and rho < 12:
     # The reverse pass must undo screening writes that evicted a state from R.
     # (jitted: run op by op, it would compile some 80 small programs)
-    _, _, _, _, (slot, evicted, alpha) = jax.jit(reverse.attentive_forward, static_argnums=1)(
+    _, _, _, _, (slot, evicted, alpha), _ = jax.jit(reverse.attentive_forward, static_argnums=1)(
         params, cfg, jnp.swapaxes(x, 0, 1), h0, c0)
     assert bool(jnp.any((slot >= 0) & (evicted >= 0)))
     # The weights it keeps for the reverse pass are the step's own, slot for slot.
@@ -115,7 +115,7 @@ def test_custom_vjp_from_a_given_state_equals_autodiff(name, options, float64):
   d_state = grads[2]
   assert float(jnp.abs(d_state.memory.vals).max()) > 0 and float(jnp.abs(d_state.s).max()) > 0
   # The reverse pass put back states from before the given state (times < 7).
-  _, _, _, _, records = jax.jit(reverse.attentive_forward, static_argnums=1)(
+  _, _, _, _, records, _ = jax.jit(reverse.attentive_forward, static_argnums=1)(
       params, cfg, jnp.swapaxes(x, 0, 1), None, None, state)
   slot, evicted, _, left, _ = records
   assert bool(jnp.any((left >= 0) & (left < 7)))
@@ -150,6 +150,51 @@ def test_custom_vjp_with_resets_equals_autodiff(name, float64):
   grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2), allow_int=True), static_argnums=3)
   got, want = grad(params, x, state, cfg), grad(params, x, state, plain)
   chex.assert_trees_all_close(_inexact(got), _inexact(want), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, given", [("RelRNN", False), ("RelLSTM", True),
+                                         ("WinGRU", False)])
+def test_recomputed_queries_and_keys_give_autodiffs_gradients_too(name, given, float64):
+  """By default the reverse pass reads each step's query and key from the
+  forward pass; with ``keep_projections_mib=0`` it recomputes them by products
+  per block. Both give autodiff's gradients, fresh or from a given state."""
+  cfg, params, state, x, weights = _continuation(name, {}, float64, batch=2)
+
+  def loss(p, x, st, config):
+    out, _ = models.forward(p, config, x, state=st if given else None)
+    return jnp.sum(jnp.sin(out["h"]) * weights)
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2), allow_int=True), static_argnums=3)
+  want = _inexact(grad(params, x, state, dataclasses.replace(cfg, custom_vjp=False)))
+  recompute = dataclasses.replace(cfg, keep_projections_mib=0)
+  fwd = jax.jit(reverse.attentive_forward, static_argnums=1)
+  zeros = jnp.zeros((2, 6), x.dtype)  # a fresh state's s and c
+  start = (None, None, state) if given else (zeros, zeros)
+  assert fwd(params, recompute, jnp.swapaxes(x, 0, 1), *start)[-1] is None
+  assert fwd(params, cfg, jnp.swapaxes(x, 0, 1), *start)[-1] is not None
+  for config in (cfg, recompute):
+    chex.assert_trees_all_close(_inexact(grad(params, x, state, config)), want, rtol=1e-9,
+                                atol=1e-12)
+
+
+def test_the_forward_keeps_each_steps_query_and_key(float64):
+  """The kept queries and keys are s_{t-1} Va and h_t Ua (row 0 of the queries
+  unused), by NumPy; kept only for a relevance or window memory and only where
+  each [t, b, h] array fits ``keep_projections_mib``."""
+  cfg, params, state, x, _ = _continuation("RelLSTM", {}, float64, batch=2)
+  _, h, s, _, _, (queries, keys) = jax.jit(reverse.attentive_forward, static_argnums=1)(
+      params, cfg, jnp.swapaxes(x, 0, 1), None, None, state)
+  h, s, va, ua = (np.asarray(a, np.float64) for a in (h, s, params["Va"], params["Ua"]))
+  np.testing.assert_allclose(queries[1:], s[:-1] @ va, rtol=1e-12, atol=1e-14)
+  np.testing.assert_array_equal(queries[0], 0.0)
+  np.testing.assert_allclose(keys, h @ ua, rtol=1e-12, atol=1e-14)
+  default = rs.model_config("RelRNN", 3)  # 256 MiB for each array
+  assert reverse.keeps_projections(default, 1020, 514, jnp.float32)  # 1020 * 514 * 128 * 4 B
+  assert not reverse.keeps_projections(default, 1020, 515, jnp.float32)
+  assert not reverse.keeps_projections(default, 100_000, 10, jnp.float32)  # 488 MiB
+  assert not reverse.keeps_projections(rs.model_config("MemRNN", 3), 10, 1, jnp.float32)
+  with pytest.raises(ValueError, match="keep_projections_mib"):
+    rs.model_config("RelRNN", 3, keep_projections_mib=-1)
 
 
 def test_custom_vjp_from_a_fresh_state_given_explicitly(float64):
