@@ -51,7 +51,7 @@ def main(argv):
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  print(f"wrote {_OUT.value} ({metric} of {len(runs)} runs)")
+  print(f"wrote {_OUT.value} ({metric} of {len(runs)} run{'' if len(runs) == 1 else 's'})")
 
 
 def run():

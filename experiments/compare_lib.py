@@ -134,7 +134,7 @@ def plot(runs, metric: str, path: pathlib.Path, title: str = "", x: str = "auto"
             marker="o" if len(xs) < 25 else None, ms=4)
   ylabel = metric + (" (%)" if "accuracy" in metric or metric == "success" else "")
   ax.set(xlabel=x_label, ylabel=ylabel,
-         title=title or f"{metric} of {len(runs)} runs")
+         title=title or f"{metric} of {len(runs)} run{'' if len(runs) == 1 else 's'}")
   if metric in ("rel_loss", "loss", "train_loss"):
     ax.set_yscale("log")
   ax.legend(fontsize=8)
