@@ -307,7 +307,9 @@ class _RelevanceReverse:
 
   def __init__(self, config, h, ua, memory, start=None, keys=None):
     self.nu, self.h, self.ua, self.start = config.nu, h, ua, start
-    # From a given state, states are looked up by time: every h_t's key once.
+    # Every h_t's key [t, b, h]: the forward pass's where it kept them (``keys``);
+    # else, from a given state, where states are looked up by time, made once here,
+    # and from a fresh state per block (``block_inputs``).
     self.h_keys = keys if keys is not None or start is None else h @ ua
     # The slots' times are not carried: the weights the forward kept mask the bank.
     self.initial = (memory.vals, memory.keys, jnp.zeros_like(memory.vals),
@@ -597,9 +599,10 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     else:
       xp, srec = core.project_input(params, config, x_b), s_b @ recurrent
       pre = (xp, srec, s_b) if gru else xp + srec
+    q_b = s_prev @ va if q_b is None else q_b  # the queries, where the forward kept none
     carry, (dq, dpre, dk, records) = jax.lax.scan(
         functools.partial(step, book), carry,
-        (t, pre, s_prev @ va if q_b is None else q_b, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm), reset),
+        (t, pre, q_b, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm), reset),
         reverse=True)
     carry = (book.end_block(carry[0], records),) + carry[1:]
     dxp, drec = dpre if gru or user else (dpre, dpre)  # input and recurrent terms'
