@@ -152,8 +152,7 @@ def test_custom_vjp_with_resets_equals_autodiff(name, float64):
   chex.assert_trees_all_close(_inexact(got), _inexact(want), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("name, given", [("RelRNN", False), ("RelLSTM", True),
-                                         ("WinGRU", False)])
+@pytest.mark.parametrize("name, given", [("RelRNN", False), ("RelLSTM", True)])
 def test_recomputed_queries_and_keys_give_autodiffs_gradients_too(name, given, float64):
   """By default the reverse pass reads each step's query and key from the
   forward pass; with ``keep_projections_mib=0`` it recomputes them by products
