@@ -167,14 +167,12 @@ class ModelConfig:
       object.__setattr__(self, field, _as_enum(kind, getattr(self, field), field))
     object.__setattr__(self, "layer_memory", tuple(
         _as_enum(MemoryType, m, "layer_memory") for m in self.layer_memory))
-    for field in ("input_size", "hidden", "nu", "rho", "k", "layers", "reverse_block"):
+    counts = {f: 1 for f in ("input_size", "hidden", "nu", "rho", "k", "layers",
+                             "reverse_block")} | {"remat_chunk": 0, "keep_projections_mib": 0}
+    for field, least in counts.items():
       value = getattr(self, field)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
-    for field in ("remat_chunk", "keep_projections_mib"):
-      value = getattr(self, field)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{field} must be an integer >= 0, got {value!r}")
+      if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"{field} must be an integer >= {least}, got {value!r}")
     if self.cell is not CellType.RNN and self.attn != 1.0:
       raise ValueError(f"attn={self.attn!r} is for the RNN cell; other cells use 1.0")
     if not 0.0 <= self.decay <= 1.0:

@@ -537,11 +537,9 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     input_kernel = params["W"][config.hidden:] if lstm else params["U"]
     both_t = jnp.concatenate([recurrent, va], axis=1).T
   act = {k: params[k] for k in ("mod_b", "bn", "cell") if k in params}  # summed per step
-  if given:
-    book: Bookkeeping = _RelevanceReverse(config, h, ua, memory,
-                                          (from_state.memory, from_state.t), keys)
-  elif config.screened:
-    book = _RelevanceReverse(config, h, ua, memory, keys=keys)
+  if config.screened:  # from a given state, always (``attentive_scan_from``)
+    start = (from_state.memory, from_state.t) if given else None
+    book: Bookkeeping = _RelevanceReverse(config, h, ua, memory, start, keys)
   else:
     book = _FullReverse(config, h, ua, memory)
 
