@@ -241,11 +241,16 @@ def test_custom_vjp_through_flax_module(float64):
 
 def test_attention_floor_reverse_is_the_gradient(float64):
   """The benchmark's ``attention-floor`` (the slot work alone) computes what it
-  claims: its reverse scan equals jax.grad of its forward."""
+  claims: its reverse scan, run in chunks of rows (2, 2 and 1 of 5), equals
+  jax.grad of its forward over all the rows at once; so do the chunks' forwards."""
   from relscreen_experiments import timing  # pylint: disable=g-import-not-at-top
-  forward, train, args = timing.attention_floor(7, 2, 4, 3, dtype=jnp.float64)
+  forward, _, args = timing.attention_floor(7, 5, 4, 3, dtype=jnp.float64, rows=5)
+  chunked_forward, train, chunked_args = timing.attention_floor(7, 5, 4, 3, dtype=jnp.float64,
+                                                                rows=2)
+  chex.assert_trees_all_equal(chunked_args, args)
   grads = jax.grad(lambda *a: jnp.sum(forward(*a)[0]), argnums=(0, 1, 2))(*args)
   chex.assert_trees_all_close(train(*args), grads, rtol=1e-11, atol=1e-13)
+  chex.assert_trees_all_close(chunked_forward(*args), forward(*args), rtol=1e-12, atol=1e-14)
   assert timing.parse_model(timing.FLOOR) == (timing.FLOOR, True)
   assert timing.streamed_models(["RNN", timing.FLOOR]) == ["RNN"]
 
