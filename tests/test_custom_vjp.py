@@ -308,7 +308,7 @@ def test_more_full_memory_stretches_keep_no_more_slices_alive(monkeypatch):
   stretches); made in turn, 4 stretches cost no more than 2. (XLA's memory plan
   of the compiled step: deterministic, no timing. 2 and 4 rather than 4 and 8:
   half the compiling; without the ordering, this case's plan grows by 2 banks
-  from 2 to 4 stretches, 5 from 4 to 8.)"""
+  from 2 to 4 stretches, 4 from 4 to 8.)"""
   batch, length, hidden = 2, 129, 16
   cfg = rs.model_config("MemRNN", 2, hidden=hidden, reverse_block=4)
   x = jnp.ones((batch, length, 2))
