@@ -10,7 +10,8 @@ the first model.
 
 Attentive models train with the custom reverse pass (``ModelConfig.custom_vjp``,
 memory O(L B H)); name a model ``RelRNN@autodiff`` to time autodiff through the
-scan instead, side by side; ``attention-floor`` times the attention work a
+scan instead, or ``RelRNN@xla`` to time the custom pass without its CPU kernel
+(``relscreen.kernels``; ``ModelConfig.cpu_kernel``); ``attention-floor`` times the attention work a
 relevance-screened layer adds to its cell and nothing else (nu + rho slots,
 forward and the custom pass's reverse; ``timing.attention_floor``): the cell's
 step plus it is what no RelRNN implementation can go below. Autodiff through MemRNN/MemLSTM's growing memory
@@ -54,7 +55,8 @@ from relscreen_experiments import flags_lib
 from relscreen_experiments import timing
 
 _MODELS = flags.DEFINE_list("models", ["RNN", "RelRNN", "MemRNN"],
-                            "registered models (Name or Name@autodiff), memax:* models, "
+                            "registered models (Name, Name@autodiff, or Name@xla: the custom "
+                            "pass without its CPU kernel), memax:* models, "
                             "or attention-floor; ratios are to the first")
 _LENGTHS = flags.DEFINE_list("lengths", ["1020"], "sequence lengths L (copy T = L - 20)")
 _BATCH = flags.DEFINE_integer("batch", 10, "batch size")
@@ -167,7 +169,9 @@ def main(argv):
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "reuse_freed_memory": relscreen.allocator.applied,
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-          "compilation_cache": jax.config.jax_compilation_cache_dir}
+          "compilation_cache": jax.config.jax_compilation_cache_dir,
+          # the reverse pass's CPU kernel: "on", or why XLA's version runs instead
+          "cpu_kernel": "on" if relscreen.kernels.available() else relscreen.kernels.why_not()}
 
   def save():  # after every length: a later failure loses nothing measured
     meta["max_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -16,8 +16,9 @@ FLOOR = "attention-floor"  # not a model: the slot work RSM adds, alone (``atten
 
 
 def parse_model(spec: str) -> tuple[str, bool]:
-  """``"RelRNN"`` or ``"RelRNN@autodiff"`` (autodiff through the scan instead of the
-  custom reverse pass) -> (registry name, custom_vjp); a memax model's name
+  """``"RelRNN"``, ``"RelRNN@autodiff"`` (autodiff through the scan instead of the
+  custom reverse pass) or ``"RelRNN@xla"`` (the custom pass without the CPU
+  kernel of ``relscreen.kernels``) -> (registry name, custom_vjp); a memax model's name
   (``"memax:S6"``) -> (name, False); ``FLOOR`` -> (FLOOR, True)."""
   if spec == FLOOR:
     return spec, True
@@ -25,9 +26,9 @@ def parse_model(spec: str) -> tuple[str, bool]:
     memax_peers.check(spec)
     return spec, False
   name, _, variant = spec.partition("@")
-  if name not in rs.REGISTRY or variant not in ("", "autodiff"):
+  if name not in rs.REGISTRY or variant not in ("", "autodiff", "xla"):
     raise ValueError(f"unknown model {spec!r}: a registered model ({', '.join(rs.REGISTRY)}), "
-                     "optionally with @autodiff")
+                     "optionally with @autodiff or @xla")
   return name, variant != "autodiff"
 
 
@@ -120,6 +121,8 @@ def build(spec: str, length: int, batch: int, hidden: int, nu: int, rho: int,
   ``options`` go to ``model_config`` (relevance and eviction rules, layers);
   ``block`` as the binaries' ``--block`` (ignored by memax models)."""
   name, custom_vjp = parse_model(spec)
+  if spec.endswith("@xla"):
+    options = {**options, "cpu_kernel": False}
   if name == FLOOR:
     forward, train_fn, args = attention_floor(length, batch, hidden, nu + rho)
     step_c, step_s = compile_timed(jax.jit(train_fn), *args)

@@ -133,6 +133,11 @@ class ModelConfig:
       recomputes them, as matrix products per block of steps. Speed for memory
       (gradients are the same): the default 256 keeps them at L = 1020 up to
       batch 514 (H 128, float32), not at L = 100,000 and batch 10 (488 MiB each).
+    cpu_kernel: the custom reverse pass of a relevance or window memory runs
+      each step's work on the slots in one hand-written kernel on the CPU
+      (``relscreen.kernels``; built on first use, XLA's version where it cannot
+      be built, on other devices, and when off). A speed knob: the gradients are
+      the same up to float rounding.
   """
 
   name: str
@@ -159,6 +164,7 @@ class ModelConfig:
   custom_vjp: bool = True
   reverse_block: int = 64
   keep_projections_mib: int = 256
+  cpu_kernel: bool = True
 
   def __post_init__(self):
     for field, kind in (("cell", CellType), ("memory", MemoryType), ("phi", Phi),

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from relscreen import attention, cells, core, full_memory, memories, rsm
+from relscreen import attention, cells, core, full_memory, kernels, memories, rsm
 from relscreen.config import CellType
 
 
@@ -260,9 +260,11 @@ class Bookkeeping(Protocol):
   Per block of steps ``t`` [n], ``block_inputs`` gathers what the steps' undos need
   at once (``rows``, one per step). Per step, ``pop`` gives h_t's cotangent as a
   value and as a key, ``attended`` undoes step t's store and returns the bank
-  step t attended to (a tuple of one ``(keys, values)`` pair), its mask or,
-  where the forward pass kept them, the weights step t gave its slots
-  (likewise), and the carry, and ``reverse_attention`` runs the attention's
+  step t attended to (a tuple of one ``(keys, values)`` pair; the RSM's
+  bookkeeping returns instead what the undo takes, and undoes it in
+  ``reverse_attention``, where one CPU kernel does both), its mask or, where the
+  forward pass kept them, the weights step t gave its slots (likewise), and the
+  carry, and ``reverse_attention`` runs the attention's
   reverse over that bank for the context's cotangent and adds the bank's
   cotangents to the carry (the keys' [b, m, h]; the values' are
   ``alpha[..., None] * d_context[:, None]``), returning the query's and v's
@@ -307,6 +309,7 @@ class _RelevanceReverse:
 
   def __init__(self, config, h, ua, memory, start=None, keys=None):
     self.nu, self.h, self.ua, self.start = config.nu, h, ua, start
+    self.kernel = config.cpu_kernel
     # Every h_t's key [t, b, h]: the forward pass's where it kept them (``keys``);
     # else, from a given state, where states are looked up by time, made once here,
     # and from a fresh state per block (``block_inputs``).
@@ -377,19 +380,42 @@ class _RelevanceReverse:
                  zip(carry, (old_vals, old_keys, 0.0, 0.0)))
 
   def attended(self, carry, t, admitted, rows):
-    """Undoes step t's store: the S slot it wrote gets back the state that left S,
-    and the R slot that screening wrote gets back the state it had evicted. The
-    written slot's cotangent belongs to the state that left S and moves with it;
-    the evicted state's so far is zero. Returns the bank step t attended to (one
-    ``(keys, values)`` pair), the weights step t gave its slots (kept by the
-    forward pass; 0 on empty slots) and the carry."""
+    """What undoing step t's store takes (done in ``reverse_attention``, with the
+    attention's reverse: on the CPU one kernel does both): the S slot it wrote,
+    the R slot screening wrote (-1: none), the state that left S and the one R
+    had evicted, with their keys. Returns that, the weights step t gave its
+    slots (kept by the forward pass; 0 on empty slots) and the carry."""
     del t
-    vals, keys, d_vals, d_keys = carry
     back, back_key, put_back, put_back_key, j = rows
-    slot, evicted = admitted[:2]
+    slot = admitted[0]
     r_col = jnp.where(slot >= 0, self.nu + slot, -1)  # the R slot written, -1: none
+    s_col = jnp.broadcast_to(j, slot.shape)
+    return (s_col, r_col, back, back_key, put_back, put_back_key), (admitted[-1],), carry
+
+  def reverse_attention(self, carry, query, banks, weights, v, d_context, rows):
+    """Undoes the store ``banks`` describes (``attended``) and adds the attention's
+    cotangents: the kernel of ``relscreen.kernels`` on the CPU where it is built
+    (``ModelConfig.cpu_kernel``), XLA's version (``_undo_and_attend``) elsewhere."""
+    del rows
+    (alpha,) = weights
+    if self.kernel and query.dtype in (jnp.float32, jnp.float64) and kernels.available():
+      dq, d_v, carry = jax.lax.platform_dependent(
+          carry, banks, query, alpha, v, d_context,
+          cpu=kernels.slots_reverse, default=self._undo_and_attend)
+    else:
+      dq, d_v, carry = self._undo_and_attend(carry, banks, query, alpha, v, d_context)
+    return dq, d_v, carry, None
+
+  @staticmethod
+  def _undo_and_attend(carry, undo, query, alpha, v, d_context):
+    """``reverse_attention`` in XLA. The undo: the S slot gets back the state that
+    left S, and the R slot that screening wrote the state it had evicted. The
+    written R slot's cotangent belongs to the state that left S and moves with
+    it; the evicted state's so far is zero."""
+    vals, keys, d_vals, d_keys = carry
+    j, r_col, back, back_key, put_back, put_back_key = undo
     # The written R slot's cotangent, one row per batch row.
-    moved = [jnp.where(slot[:, None] >= 0, rsm.rows_at(d, jnp.maximum(r_col, 0)), 0.0)
+    moved = [jnp.where(r_col[:, None] >= 0, rsm.rows_at(d, jnp.maximum(r_col, 0)), 0.0)
              for d in (d_vals, d_keys)]
     vals = rsm.select_slots(vals, j, r_col, back, put_back)
     # The keys by scatter (``rsm.write_slots``): with a select XLA fuses the undo
@@ -398,15 +424,9 @@ class _RelevanceReverse:
     keys = rsm.write_slots(keys, j, r_col, back_key, put_back_key)
     d_vals = rsm.select_slots(d_vals, j, r_col, moved[0], 0.0)
     d_keys = rsm.select_slots(d_keys, j, r_col, moved[1], 0.0)
-    return ((keys, vals),), (admitted[-1],), (vals, keys, d_vals, d_keys)
-
-  def reverse_attention(self, carry, query, banks, weights, v, d_context, rows):
-    del rows
-    ((keys, values),), (alpha,) = banks, weights
-    dq, d_keys, d_values, d_v, _ = attention.additive_attention_vjp_weighted(
-        query, keys, values, alpha, v, d_context)
-    vals, keys, d_vals, dk = carry
-    return dq, d_v, (vals, keys, d_vals + d_values, dk + d_keys), None
+    dq, dk, d_values, d_v, _ = attention.additive_attention_vjp_weighted(
+        query, keys, vals, alpha, v, d_context)
+    return dq, d_v, (vals, keys, d_vals + d_values, d_keys + dk)
 
   def end_block(self, carry, records):
     del records

@@ -1,0 +1,152 @@
+"""A hand-written CPU kernel for the relevance-screened reverse pass's step.
+
+XLA's CPU backend runs the reverse pass's work on the memory's slots at every
+step (undoing the step's store, then the attention's reverse: tanh(q + k_j),
+the weights' cotangents, the sums into the banks' cotangents) as about a dozen
+separate loops over the [b, nu + rho, h] banks, and copies banks it cannot
+update in place. ``csrc/slots_reverse.cc`` does that step in two passes per
+batch row, updating the four banks in place. docs/RESULTS.md ("A hand-written
+kernel for the reverse step") has what it saves.
+
+The kernel is compiled the first time a reverse pass is traced, with the C++
+compiler ``$CXX`` (else ``c++``, ``g++`` or ``clang++`` on the ``PATH``) and
+the XLA FFI headers jaxlib ships, for this machine's CPU (``-march=native``),
+into ``$RELSCREEN_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/relscreen/kernels``,
+else ``~/.cache/relscreen/kernels``). The file's name holds a hash of the
+source, the compiler, jaxlib's version and the CPU's feature flags, so later
+processes load it at once and a different machine builds its own.
+
+It is used only where it can be: on the CPU (``jax.lax.platform_dependent``:
+on a GPU or TPU the same program runs XLA's version), in float32 and float64.
+Where no compiler is found or the build fails, one warning says so and the
+reverse pass runs XLA's version. ``RELSCREEN_KERNELS=0`` in the environment
+turns the kernel off everywhere, ``ModelConfig(cpu_kernel=False)`` for one
+model (the benchmark's ``RelRNN@xla``). The float32
+kernel's tanh is a rational approximation (within 5 ulp, as XLA's own), so its
+gradients differ from XLA's in the last bits; the float64 kernel uses
+``std::tanh`` (the tests compare the two paths there).
+"""
+
+import ctypes
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import threading
+import warnings
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+from relscreen import compiler
+
+Array = jax.Array
+
+SOURCE = pathlib.Path(__file__).with_name("csrc") / "slots_reverse.cc"
+TARGET = "relscreen_slots_reverse"
+ENV = "RELSCREEN_KERNELS"  # "0": never build or use the kernel
+CACHE_ENV = "RELSCREEN_KERNEL_CACHE"
+FLAGS = ("-std=c++17", "-O3", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
+ARCH = ("-march=native",)  # dropped if the compiler refuses it
+
+_lock = threading.Lock()
+_loaded: dict = {}  # "ok": bool once tried; "why": the reason it is off
+
+
+class BuildError(RuntimeError):
+  """The kernel could not be built; the message says why (the compiler's output)."""
+
+
+def cache_dir(environ=None) -> pathlib.Path:
+  """Where built kernels are kept (see the module's docstring)."""
+  environ = os.environ if environ is None else environ
+  if environ.get(CACHE_ENV):
+    return pathlib.Path(environ[CACHE_ENV])
+  base = environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+  return pathlib.Path(base) / "relscreen" / "kernels"
+
+
+def find_compiler(environ=None) -> str | None:
+  """``$CXX``, else the first of ``c++``, ``g++``, ``clang++`` on the PATH."""
+  environ = os.environ if environ is None else environ
+  if environ.get("CXX"):
+    return environ["CXX"]
+  for name in ("c++", "g++", "clang++"):
+    if found := shutil.which(name):
+      return found
+  return None
+
+
+def build(cxx: str | None = None, out_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """The kernel's shared library for this machine, built now unless ``out_dir``
+  (default ``cache_dir()``) has it already. Raises ``BuildError``."""
+  cxx = cxx or find_compiler()
+  if cxx is None:
+    raise BuildError("no C++ compiler: set CXX or put c++, g++ or clang++ on the PATH")
+  out_dir = pathlib.Path(out_dir) if out_dir is not None else cache_dir()
+  try:
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError) as e:
+    raise BuildError(f"the C++ compiler {cxx!r} does not run: {e}") from e
+  source = SOURCE.read_bytes()
+  key = hashlib.sha256(b"\0".join([
+      source, version.encode(), " ".join(FLAGS + ARCH).encode(), jaxlib.__version__.encode(),
+      " ".join(sorted(compiler.cpu_feature_flags())).encode()])).hexdigest()[:16]
+  path = out_dir / f"slots_reverse-{key}.so"
+  if path.exists():
+    return path
+  out_dir.mkdir(parents=True, exist_ok=True)
+  tmp = out_dir / f".{path.name}.{os.getpid()}.tmp"  # renamed into place: processes may race
+  base = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(tmp)]
+  errors = []
+  for arch in (ARCH, ()):
+    result = subprocess.run(base[:1] + list(arch) + base[1:], capture_output=True, text=True)
+    if result.returncode == 0:
+      os.replace(tmp, path)
+      return path
+    lines = result.stderr.splitlines()
+    errors.append("\n".join([l for l in lines if "error" in l][:10] or lines[-10:]))
+  raise BuildError(f"{cxx} could not build {SOURCE.name}:\n" + "\n".join(errors))
+
+
+def available() -> bool:
+  """Whether the kernel is on and registered with XLA (built and loaded on the
+  first call; a failure warns once and leaves XLA's version in use)."""
+  if os.environ.get(ENV) == "0":
+    return False
+  with _lock:
+    if "ok" not in _loaded:
+      try:
+        library = ctypes.CDLL(str(build()))
+        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.RelscreenSlotsReverse),
+                                    platform="cpu")
+        _loaded.update(ok=True, library=library)
+      except (BuildError, OSError) as e:
+        _loaded.update(ok=False, why=str(e))
+        warnings.warn(f"relscreen: the reverse pass's CPU kernel is off, XLA's version runs "
+                      f"instead ({e}); {ENV}=0 silences this", stacklevel=2)
+  return _loaded["ok"]
+
+
+def why_not() -> str | None:
+  """Why the kernel is off (None while it is on or not yet tried)."""
+  if os.environ.get(ENV) == "0":
+    return f"{ENV}=0"
+  return _loaded.get("why")
+
+
+def slots_reverse(banks, undo, query: Array, alpha: Array, v: Array, d_context: Array):
+  """The kernel's step (see ``csrc/slots_reverse.cc``): undo the step's store on
+  ``banks`` = (vals, keys, d_vals, d_keys) [b, m, h] and add the attention's
+  cotangents. ``undo`` = (s_col [b], r_col [b] (-1: none), back, back_key,
+  put_back, put_back_key [b, h]). Returns ``(d_query [b, h], d_v [h], banks)``.
+  Call it only on the CPU, after ``available()``."""
+  s_col, r_col, *rows = undo
+  shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+  out = jax.ffi.ffi_call(TARGET, tuple(shape(a) for a in (*banks, query, v)),
+                         input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3})(
+      *banks, s_col.astype(jnp.int32), r_col.astype(jnp.int32), *rows, query, alpha, v,
+      d_context)
+  return out[4], out[5], tuple(out[:4])

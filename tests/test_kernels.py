@@ -1,0 +1,167 @@
+"""The reverse pass's CPU kernel (``relscreen.kernels``) against XLA's version of
+the same step, its build and its fallback."""
+
+import dataclasses
+import os
+import stat
+import warnings
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import relscreen as rs
+from relscreen import kernels, models, reverse
+
+needs_compiler = pytest.mark.skipif(
+    kernels.find_compiler() is None or os.environ.get(kernels.ENV) == "0",
+    reason="no C++ compiler here (or RELSCREEN_KERNELS=0): the kernel is off and XLA's "
+           "version runs; tests/test_custom_vjp.py checks that one")
+
+
+def _step_inputs(dtype, b=4, nu=3, rho=3, h=5, seed=0):
+  """One reverse step's banks, undo and attention inputs: rows with and without
+  an R slot written, empty slots (weight 0) and peaked weights."""
+  m = nu + rho
+  rng = np.random.default_rng(seed)
+  banks = tuple(rng.normal(size=(b, m, h)) for _ in range(4))
+  s_col = rng.integers(0, nu, b)
+  r_col = np.where(np.arange(b) % 2 == 1, -1, rng.integers(nu, m, b))  # odd rows: no R slot
+  rows = tuple(rng.normal(size=(b, h)) for _ in range(4))
+  scores = 3 * rng.normal(size=(b, m))
+  scores[1, m - 2:] = -np.inf  # empty slots in row 1
+  alpha = np.exp(scores - scores.max(-1, keepdims=True))
+  alpha /= alpha.sum(-1, keepdims=True)
+  query, d_context = rng.normal(size=(b, h)), rng.normal(size=(b, h))
+  v = rng.normal(size=h)
+  cast = lambda a: jnp.asarray(a, dtype)
+  return (tuple(map(cast, banks)), (jnp.asarray(s_col, jnp.int32), jnp.asarray(r_col, jnp.int32),
+                                    *map(cast, rows)),
+          cast(query), cast(alpha), cast(v), cast(d_context))
+
+
+def _xla(*args):
+  banks, undo, query, alpha, v, d_context = args
+  return reverse._RelevanceReverse._undo_and_attend(banks, undo, query, alpha, v, d_context)
+
+
+@needs_compiler
+@pytest.mark.parametrize("b, nu, rho, h", [
+    (4, 3, 3, 5),
+    (41, 10, 15, 128),  # 131,200 bank elements: rows in chunks of 8 on XLA's threads
+])
+def test_kernel_step_equals_xlas_in_float64(b, nu, rho, h, float64):
+  """The kernel's undo and attention reverse give XLA's banks, d q and d v; on
+  XLA's threads too, with the same bits every time (d v's shares are summed in
+  a fixed order)."""
+  del float64
+  assert kernels.available(), kernels.why_not()
+  args = _step_inputs(jnp.float64, b, nu, rho, h)
+  run = jax.jit(kernels.slots_reverse)
+  dq, d_v, banks = run(*args)
+  dq_ref, d_v_ref, banks_ref = jax.jit(_xla)(*args)
+  chex.assert_trees_all_close((dq, d_v, banks), (dq_ref, d_v_ref, banks_ref), rtol=1e-12,
+                              atol=1e-13)
+  for _ in range(3):
+    chex.assert_trees_all_equal(run(*args), (dq, d_v, banks))
+  # The undo did happen: slot s_col of row 0 holds the state that left S, and the
+  # R slot row 0 wrote its evicted state, with a zero cotangent so far.
+  (s_col, r_col, back, _, put_back, _) = args[1]
+  np.testing.assert_array_equal(banks[0][0, int(s_col[0])], back[0])
+  np.testing.assert_array_equal(banks[0][0, int(r_col[0])], put_back[0])
+  # ... which the attention then added alpha * d_context to.
+  alpha, d_context = args[3], args[5]
+  np.testing.assert_allclose(banks[2][0, int(r_col[0])], alpha[0, int(r_col[0])] * d_context[0],
+                             rtol=1e-12)
+
+
+@needs_compiler
+def test_kernel_step_in_float32_within_its_rounding():
+  """float32: the kernel's tanh is a rational approximation within 5 ulp (a few
+  1e-7 relative), and each output sums at most b * m = 24 terms of order one,
+  so it stays within 2e-5 of the float64 step; a wrong term would be off by
+  order one."""
+  args32 = _step_inputs(jnp.float32)
+  with jax.enable_x64(True):
+    args64 = jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, args32)
+    ref = jax.jit(_xla)(*args64)
+  got = jax.jit(kernels.slots_reverse)(*args32)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+    assert a.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b), rtol=0, atol=2e-5)
+
+
+def _grads(cfg, params, x, state, reset):
+  def loss(p, x, st):
+    out, _ = models.forward(p, cfg, x, state=st, reset=reset)
+    return jnp.sum(jnp.sin(out["h"]) * jnp.arange(1, cfg.hidden + 1)[None, None, :])
+  fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2), allow_int=True))
+  floats = [a for a in jax.tree_util.tree_leaves(fn(params, x, state))
+            if jnp.issubdtype(a.dtype, jnp.inexact)]  # the state's times get none
+  return floats, fn.lower(params, x, state).compile().as_text()
+
+
+@needs_compiler
+@pytest.mark.parametrize("name, given", [("RelRNN", False), ("RelLSTM", True)])
+def test_training_gradients_with_and_without_the_kernel(name, given, float64):
+  """The custom pass's gradients with the kernel and with XLA's version of its
+  step are the same (float64), from a fresh state and from a given state with
+  rows restarting; the compiled program calls the kernel only when it is on.
+  (tests/test_custom_vjp.py checks the pass against autodiff, with the kernel
+  where it builds.)"""
+  cfg = rs.model_config(name, 3, hidden=6, nu=2, rho=2)
+  params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((3, 4, 3)))["params"])
+  x = float64(jax.random.normal(jax.random.PRNGKey(1), (3, 11, 3)))
+  state, reset = None, None
+  if given:
+    before = float64(jax.random.normal(jax.random.PRNGKey(2), (3, 7, 3)))
+    _, state = models.forward(params, cfg, before, state=float64(rs.init_state(cfg, 3)))
+    reset = jnp.zeros((3, 11), bool).at[0, 4].set(True).at[2, 9].set(True)
+  on, hlo_on = _grads(cfg, params, x, state, reset)
+  off, hlo_off = _grads(dataclasses.replace(cfg, cpu_kernel=False), params, x, state, reset)
+  assert kernels.TARGET in hlo_on and kernels.TARGET not in hlo_off
+  chex.assert_trees_all_close(on, off, rtol=1e-10, atol=1e-13)
+  assert max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(on)) > 0
+
+
+def test_build_caches_and_names_what_fails(tmp_path):
+  """A build goes to the cache directory once (a second call finds it); a
+  compiler that is missing, or fails, gives a BuildError naming it and saying why."""
+  with pytest.raises(kernels.BuildError, match="nowhere/c\\+\\+"):
+    kernels.build("/nowhere/c++", tmp_path)
+  failing = tmp_path / "cc"
+  failing.write_text("#!/bin/sh\n[ \"$1\" = --version ] && exit 0\n"
+                     "echo 'fake.cc:1: error: no such thing' >&2\nexit 1\n")
+  failing.chmod(failing.stat().st_mode | stat.S_IEXEC)
+  with pytest.raises(kernels.BuildError, match="error: no such thing"):
+    kernels.build(str(failing), tmp_path / "out")
+  assert not any((tmp_path / "out").iterdir())  # nothing half-written left behind
+  cxx = kernels.find_compiler()
+  if cxx is None:
+    pytest.skip("no C++ compiler here")
+  path = kernels.build(cxx, tmp_path / "ok")
+  made = path.stat().st_mtime_ns
+  assert kernels.build(cxx, tmp_path / "ok") == path and path.stat().st_mtime_ns == made
+  assert [p.name for p in (tmp_path / "ok").iterdir()] == [path.name]
+
+
+def test_without_a_compiler_a_warning_and_xlas_version(monkeypatch, tmp_path, float64):
+  """No compiler: one warning names the reason, and models train on XLA's
+  version of the step (the program has no kernel call)."""
+  monkeypatch.setattr(kernels, "_loaded", {})
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+  monkeypatch.setenv(kernels.ENV, "1")
+  with pytest.warns(UserWarning, match="no-such-compiler"):
+    assert not kernels.available()
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # warned once, not at every trace
+    assert not kernels.available()
+  assert "no-such-compiler" in kernels.why_not()
+  cfg = rs.model_config("RelRNN", 2, hidden=4, nu=2, rho=1)
+  params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((2, 5, 2)))["params"])
+  grads, hlo = _grads(cfg, params, float64(jnp.ones((2, 5, 2))), None, None)
+  assert kernels.TARGET not in hlo
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
