@@ -146,7 +146,8 @@ def slots_reverse(banks, undo, query: Array, alpha: Array, v: Array, d_context: 
   s_col, r_col, *rows = undo
   shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
   out = jax.ffi.ffi_call(TARGET, tuple(shape(a) for a in (*banks, query, v)),
-                         input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3})(
+                         input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3},
+                         vmap_method="sequential")(  # under vmap: one call per member
       *banks, s_col.astype(jnp.int32), r_col.astype(jnp.int32), *rows, query, alpha, v,
       d_context)
   return out[4], out[5], tuple(out[:4])

@@ -165,3 +165,19 @@ def test_without_a_compiler_a_warning_and_xlas_version(monkeypatch, tmp_path, fl
   grads, hlo = _grads(cfg, params, float64(jnp.ones((2, 5, 2))), None, None)
   assert kernels.TARGET not in hlo
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+
+
+@needs_compiler
+def test_gradients_under_vmap(float64):
+  """vmap over two models' parameters (an ensemble, per-example gradients) runs
+  the kernel once per member and gives each member's own gradients."""
+  cfg = rs.model_config("RelRNN", 2, hidden=4, nu=2, rho=1)
+  init = lambda k: rs.RecurrentCore(cfg).init(k, jnp.zeros((2, 5, 2)))["params"]
+  params = float64(jax.vmap(init)(jax.random.split(jax.random.PRNGKey(0), 2)))
+  x = float64(jax.random.normal(jax.random.PRNGKey(1), (2, 5, 2)))
+  loss = lambda p: jnp.sum(jnp.sin(models.forward(p, cfg, x)[0]["h"]))
+  both = jax.jit(jax.vmap(jax.grad(loss)))(params)
+  for i in range(2):
+    one = jax.jit(jax.grad(loss))(jax.tree_util.tree_map(lambda a, i=i: a[i], params))
+    chex.assert_trees_all_close(jax.tree_util.tree_map(lambda a, i=i: a[i], both), one,
+                                rtol=1e-12, atol=1e-14)
