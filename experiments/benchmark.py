@@ -10,7 +10,7 @@ the first model.
 
 Attentive models train with the custom reverse pass (``ModelConfig.custom_vjp``,
 memory O(L B H)); name a model ``RelRNN@autodiff`` to time autodiff through the
-scan instead, or ``RelRNN@xla`` to time the custom pass without its CPU kernel
+scan instead, or ``RelRNN@xla`` to time the custom pass without its CPU kernels
 (``relscreen.kernels``; ``ModelConfig.cpu_kernel``); ``attention-floor`` times the attention work a
 relevance-screened layer adds to its cell and nothing else (nu + rho slots,
 forward and the custom pass's reverse; ``timing.attention_floor``): the cell's
@@ -56,7 +56,7 @@ from relscreen_experiments import timing
 
 _MODELS = flags.DEFINE_list("models", ["RNN", "RelRNN", "MemRNN"],
                             "registered models (Name, Name@autodiff, or Name@xla: the custom "
-                            "pass without its CPU kernel), memax:* models, "
+                            "pass without its CPU kernels), memax:* models, "
                             "or attention-floor; ratios are to the first")
 _LENGTHS = flags.DEFINE_list("lengths", ["1020"], "sequence lengths L (copy T = L - 20)")
 _BATCH = flags.DEFINE_integer("batch", 10, "batch size")
@@ -170,7 +170,7 @@ def main(argv):
           "reuse_freed_memory": relscreen.allocator.applied,
           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
           "compilation_cache": jax.config.jax_compilation_cache_dir,
-          # the reverse pass's CPU kernel: "on", or why XLA's version runs instead
+          # the attention step's CPU kernels: "on", or why XLA's version runs instead
           "cpu_kernel": "on" if relscreen.kernels.available() else relscreen.kernels.why_not()}
 
   def save():  # after every length: a later failure loses nothing measured

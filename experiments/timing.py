@@ -18,7 +18,7 @@ FLOOR = "attention-floor"  # not a model: the slot work RSM adds, alone (``atten
 def parse_model(spec: str) -> tuple[str, bool]:
   """``"RelRNN"``, ``"RelRNN@autodiff"`` (autodiff through the scan instead of the
   custom reverse pass) or ``"RelRNN@xla"`` (the custom pass without the CPU
-  kernel of ``relscreen.kernels``) -> (registry name, custom_vjp); a memax model's name
+  kernels of ``relscreen.kernels``) -> (registry name, custom_vjp); a memax model's name
   (``"memax:S6"``) -> (name, False); ``FLOOR`` -> (FLOOR, True)."""
   if spec == FLOOR:
     return spec, True

@@ -12,7 +12,7 @@ from relscreen.compiler import prefer_wide_vectors
 from relscreen.config import PAPER_MODELS, Eviction, Relevance
 from relscreen.diagnostics import GradientFlow, gradient_flow
 from relscreen.initializers import InputInit, RecurrentInit
-from relscreen import kernels  # noqa: F401  (relscreen.kernels: the reverse step's CPU kernel)
+from relscreen import kernels  # noqa: F401  (relscreen.kernels: the attention step's CPU kernels)
 from relscreen.memories import Memory
 from relscreen.models import (REGISTRY, CellType, MemoryType, ModelConfig, State, forward,
                               gradient_path, init_state, model_config, param_shapes, step)

@@ -133,11 +133,11 @@ class ModelConfig:
       recomputes them, as matrix products per block of steps. Speed for memory
       (gradients are the same): the default 256 keeps them at L = 1020 up to
       batch 514 (H 128, float32), not at L = 100,000 and batch 10 (488 MiB each).
-    cpu_kernel: the custom reverse pass of a relevance or window memory runs
-      each step's work on the slots in one hand-written kernel on the CPU
-      (``relscreen.kernels``; built on first use, XLA's version where it cannot
-      be built, on other devices, and when off). A speed knob: the gradients are
-      the same up to float rounding.
+    cpu_kernel: the custom pass of a relevance or window memory runs each
+      step's attention over the slots, forward and reverse, in hand-written
+      kernels on the CPU (``relscreen.kernels``; built on first use, XLA's
+      version where they cannot be built, on other devices, and when off). A
+      speed knob: the results are the same up to float rounding.
   """
 
   name: str

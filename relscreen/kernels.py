@@ -1,14 +1,16 @@
-"""A hand-written CPU kernel for the relevance-screened reverse pass's step.
+"""Hand-written CPU kernels for a relevance-screened memory's attention step.
 
-XLA's CPU backend runs the reverse pass's work on the memory's slots at every
-step (undoing the step's store, then the attention's reverse: tanh(q + k_j),
-the weights' cotangents, the sums into the banks' cotangents) as about a dozen
-separate loops over the [b, nu + rho, h] banks, and copies banks it cannot
-update in place. ``csrc/slots_reverse.cc`` does that step in two passes per
-batch row, updating the four banks in place. docs/RESULTS.md ("A hand-written
-kernel for the reverse step") has what it saves.
+XLA's CPU backend runs the attention over the memory's slots at every step as
+several separate loops over the [b, nu + rho, h] banks: the forward pass's
+tanh(q + k_j), scores, softmax and context; the reverse pass's undo of the
+step's store, then tanh(q + k_j) again, the weights' cotangents and the sums
+into the banks' cotangents (about a dozen), copying banks it cannot update in
+place. ``csrc/slots.cc`` does the forward step in one pass over the keys and
+one over the values per batch row (``slots_attend``), and the reverse step in
+two passes per row, updating the four banks in place (``slots_reverse``).
+docs/RESULTS.md ("The attention step as CPU kernels") has what they save.
 
-The kernel is compiled the first time a reverse pass is traced, with the C++
+The kernels are compiled the first time a custom pass is traced, with the C++
 compiler ``$CXX`` (else ``c++``, ``g++`` or ``clang++`` on the ``PATH``) and
 the XLA FFI headers jaxlib ships, for this machine's CPU (``-march=native``),
 into ``$RELSCREEN_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/relscreen/kernels``,
@@ -16,15 +18,15 @@ else ``~/.cache/relscreen/kernels``). The file's name holds a hash of the
 source, the compiler, jaxlib's version and the CPU's feature flags, so later
 processes load it at once and a different machine builds its own.
 
-It is used only where it can be: on the CPU (``jax.lax.platform_dependent``:
-on a GPU or TPU the same program runs XLA's version), in float32 and float64.
-Where no compiler is found or the build fails, one warning says so and the
-reverse pass runs XLA's version. ``RELSCREEN_KERNELS=0`` in the environment
-turns the kernel off everywhere, ``ModelConfig(cpu_kernel=False)`` for one
-model (the benchmark's ``RelRNN@xla``). The float32
-kernel's tanh is a rational approximation (within 5 ulp, as XLA's own), so its
-gradients differ from XLA's in the last bits; the float64 kernel uses
-``std::tanh`` (the tests compare the two paths there).
+They are used only where they can be: in the custom pass (``reverse``) of a
+relevance or window memory, on the CPU (``jax.lax.platform_dependent``: on a
+GPU or TPU the same program runs XLA's version), in float32 and float64.
+Where no compiler is found or the build fails, one warning says so and XLA's
+version runs. ``RELSCREEN_KERNELS=0`` in the environment turns them off
+everywhere, ``ModelConfig(cpu_kernel=False)`` for one model (the benchmark's
+``RelRNN@xla``). The float32 kernels' tanh is a rational approximation (within
+5 ulp, as XLA's own), so their results differ from XLA's in the last bits; in
+float64 they call ``std::tanh`` (the tests compare both paths there).
 """
 
 import ctypes
@@ -44,9 +46,11 @@ from relscreen import compiler
 
 Array = jax.Array
 
-SOURCE = pathlib.Path(__file__).with_name("csrc") / "slots_reverse.cc"
-TARGET = "relscreen_slots_reverse"
-ENV = "RELSCREEN_KERNELS"  # "0": never build or use the kernel
+SOURCE = pathlib.Path(__file__).with_name("csrc") / "slots.cc"
+# XLA's name for each kernel -> its handler's symbol in the library
+TARGETS = {"relscreen_slots_attend": "RelscreenSlotsAttend",
+           "relscreen_slots_reverse": "RelscreenSlotsReverse"}
+ENV = "RELSCREEN_KERNELS"  # "0": never build or use the kernels
 CACHE_ENV = "RELSCREEN_KERNEL_CACHE"
 FLAGS = ("-std=c++17", "-O3", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
 ARCH = ("-march=native",)  # dropped if the compiler refuses it
@@ -56,7 +60,7 @@ _loaded: dict = {}  # "ok": bool once tried; "why": the reason it is off
 
 
 class BuildError(RuntimeError):
-  """The kernel could not be built; the message says why (the compiler's output)."""
+  """The kernels could not be built; the message says why (the compiler's output)."""
 
 
 def cache_dir(environ=None) -> pathlib.Path:
@@ -80,7 +84,7 @@ def find_compiler(environ=None) -> str | None:
 
 
 def build(cxx: str | None = None, out_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """The kernel's shared library for this machine, built now unless ``out_dir``
+  """The kernels' shared library for this machine, built now unless ``out_dir``
   (default ``cache_dir()``) has it already. Raises ``BuildError``."""
   cxx = cxx or find_compiler()
   if cxx is None:
@@ -94,7 +98,7 @@ def build(cxx: str | None = None, out_dir: str | os.PathLike | None = None) -> p
   key = hashlib.sha256(b"\0".join([
       source, version.encode(), " ".join(FLAGS + ARCH).encode(), jaxlib.__version__.encode(),
       " ".join(sorted(compiler.cpu_feature_flags())).encode()])).hexdigest()[:16]
-  path = out_dir / f"slots_reverse-{key}.so"
+  path = out_dir / f"slots-{key}.so"
   if path.exists():
     return path
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +116,7 @@ def build(cxx: str | None = None, out_dir: str | os.PathLike | None = None) -> p
 
 
 def available() -> bool:
-  """Whether the kernel is on and registered with XLA (built and loaded on the
+  """Whether the kernels are on and registered with XLA (built and loaded on the
   first call; a failure warns once and leaves XLA's version in use)."""
   if os.environ.get(ENV) == "0":
     return False
@@ -120,34 +124,53 @@ def available() -> bool:
     if "ok" not in _loaded:
       try:
         library = ctypes.CDLL(str(build()))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.RelscreenSlotsReverse),
-                                    platform="cpu")
+        for target, symbol in TARGETS.items():
+          jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                      platform="cpu")
         _loaded.update(ok=True, library=library)
       except (BuildError, OSError) as e:
         _loaded.update(ok=False, why=str(e))
-        warnings.warn(f"relscreen: the reverse pass's CPU kernel is off, XLA's version runs "
+        warnings.warn(f"relscreen: the attention's CPU kernels are off, XLA's version runs "
                       f"instead ({e}); {ENV}=0 silences this", stacklevel=2)
   return _loaded["ok"]
 
 
 def why_not() -> str | None:
-  """Why the kernel is off (None while it is on or not yet tried)."""
+  """Why the kernels are off (None while they are on or not yet tried)."""
   if os.environ.get(ENV) == "0":
     return f"{ENV}=0"
   return _loaded.get("why")
 
 
+def _require():
+  if not available():
+    raise RuntimeError(f"relscreen's CPU kernels are off: {why_not()}")
+
+
 def slots_reverse(banks, undo, query: Array, alpha: Array, v: Array, d_context: Array):
-  """The kernel's step (see ``csrc/slots_reverse.cc``): undo the step's store on
+  """The reverse step's kernel (see ``csrc/slots.cc``): undo the step's store on
   ``banks`` = (vals, keys, d_vals, d_keys) [b, m, h] and add the attention's
   cotangents. ``undo`` = (s_col [b], r_col [b] (-1: none), back, back_key,
   put_back, put_back_key [b, h]). Returns ``(d_query [b, h], d_v [h], banks)``.
-  Call it only on the CPU, after ``available()``."""
+  Call it only on the CPU."""
+  _require()
   s_col, r_col, *rows = undo
   shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-  out = jax.ffi.ffi_call(TARGET, tuple(shape(a) for a in (*banks, query, v)),
+  out = jax.ffi.ffi_call("relscreen_slots_reverse", tuple(shape(a) for a in (*banks, query, v)),
                          input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3},
                          vmap_method="sequential")(  # under vmap: one call per member
       *banks, s_col.astype(jnp.int32), r_col.astype(jnp.int32), *rows, query, alpha, v,
       d_context)
   return out[4], out[5], tuple(out[:4])
+
+
+def slots_attend(query: Array, keys: Array, vals: Array, time: Array, v: Array):
+  """The forward step's kernel: additive attention of ``query`` [b, h] over the
+  slots ``keys``, ``vals`` [b, m, h] that hold a state (``time`` [b, m] >= 0),
+  as ``attention.additive_attention``. Returns ``(context [b, h], alpha [b, m])``.
+  Not differentiable (the custom pass's forward only); call it only on the CPU."""
+  _require()
+  shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+  return jax.ffi.ffi_call("relscreen_slots_attend", (shape(query), shape(time).update(
+      dtype=query.dtype)), vmap_method="sequential")(query, keys, vals,
+                                                     time.astype(jnp.int32), v)

@@ -187,10 +187,9 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
         # The memory by row scatters, which XLA does in place (a select copies it).
         mem = rsm.RSMState(*(_put_rows(a, reset, f) for a, f in zip(mem, fresh.memory)))
       query = s @ params["Va"]
-      attended = attention.additive_attention_banks(
-          query, ((mem.keys, mem.vals, mem.time >= 0),), params["v"])
-      mem = rsm.accumulate(mem, attended.alpha, nu, rules)
-      s_mixed = core.mixed(config, newest, attended.context)
+      context, alpha = _attend(config, query, mem, params["v"])
+      mem = rsm.accumulate(mem, alpha, nu, rules)
+      s_mixed = core.mixed(config, newest, context)
       # A restarted row takes step 0's rule: the cell runs on its zero s, and s
       # becomes the RNN cell's pre-activation (zero for other cells).
       s = s_mixed if reset is None else core.pick_rows(reset, s, s_mixed)
@@ -204,7 +203,7 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
         kept += (screened.stored, screened.time)
       if reset is not None:
         kept += (before,)
-      kept += (jax.lax.stop_gradient(attended.alpha),)  # the reverse pass's weights
+      kept += (jax.lax.stop_gradient(alpha),)  # the reverse pass's weights
       return (mem, s, c, h, record(buffers, t, h, s, c, (query, key) if store else ())), kept
 
     carry = (state.memory, state.s, state.c, first["h"], buffers)
@@ -215,6 +214,20 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
   buffers = buffers[:-2] if store else buffers
   h, s, c = buffers if keep_c else (*buffers, None)
   return final, h, s, c, admitted, proj
+
+
+def _attend(config, query, mem, v):
+  """A step's attention over a relevance or window memory's slots, (context, alpha):
+  the CPU kernel of ``relscreen.kernels`` where it is built
+  (``ModelConfig.cpu_kernel``), XLA's ``additive_attention`` elsewhere. Not
+  differentiable through the kernel: the custom pass's forward only."""
+  def xla(query, keys, vals, time, v):
+    attended = attention.additive_attention(query, keys, vals, time >= 0, v)
+    return attended.context, attended.alpha
+  args = (query, mem.keys, mem.vals, mem.time, v)
+  if config.cpu_kernel and query.dtype in (jnp.float32, jnp.float64) and kernels.available():
+    return jax.lax.platform_dependent(*args, cpu=kernels.slots_attend, default=xla)
+  return xla(*args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))

@@ -1,5 +1,5 @@
-"""The reverse pass's CPU kernel (``relscreen.kernels``) against XLA's version of
-the same step, its build and its fallback."""
+"""The attention step's CPU kernels (``relscreen.kernels``) against XLA's version
+of the same step, their build and their fallback."""
 
 import dataclasses
 import os
@@ -94,6 +94,32 @@ def test_kernel_step_in_float32_within_its_rounding():
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b), rtol=0, atol=2e-5)
 
 
+@needs_compiler
+@pytest.mark.parametrize("b, m, h", [(3, 5, 4), (41, 25, 128)])  # the second on XLA's threads
+def test_forward_kernel_equals_additive_attention_in_float64(b, m, h, float64):
+  """``slots_attend`` is ``attention.additive_attention`` over the slots holding a
+  state: empty slots get weight 0, and a row with none gets 0 weights and a 0
+  context (no NaN)."""
+  del float64
+  assert kernels.available(), kernels.why_not()
+  rng = np.random.default_rng(1)
+  query, keys, vals = (jnp.asarray(rng.normal(size=shape)) for shape in
+                       ((b, h), (b, m, h), (b, m, h)))
+  v = jnp.asarray(rng.normal(size=h))
+  time = rng.integers(0, 50, (b, m)).astype(np.int32)
+  time[0, 1:] = -1  # one slot held
+  time[1, :] = -1  # none
+  time[2, m // 2:] = -1
+  context, alpha = jax.jit(kernels.slots_attend)(query, keys, vals, jnp.asarray(time), v)
+  ref = rs.additive_attention(query, keys, vals, jnp.asarray(time) >= 0, v)
+  chex.assert_trees_all_close((context, alpha), (ref.context, ref.alpha), rtol=1e-12,
+                              atol=1e-14)
+  np.testing.assert_array_equal(alpha[1], 0.0)
+  np.testing.assert_array_equal(context[1], 0.0)
+  np.testing.assert_allclose(alpha[0, 0], 1.0, rtol=1e-15)
+  assert float(jnp.abs(alpha[2, m // 2:]).max()) == 0.0
+
+
 def _grads(cfg, params, x, state, reset):
   def loss(p, x, st):
     out, _ = models.forward(p, cfg, x, state=st, reset=reset)
@@ -122,7 +148,8 @@ def test_training_gradients_with_and_without_the_kernel(name, given, float64):
     reset = jnp.zeros((3, 11), bool).at[0, 4].set(True).at[2, 9].set(True)
   on, hlo_on = _grads(cfg, params, x, state, reset)
   off, hlo_off = _grads(dataclasses.replace(cfg, cpu_kernel=False), params, x, state, reset)
-  assert kernels.TARGET in hlo_on and kernels.TARGET not in hlo_off
+  for target in kernels.TARGETS:
+    assert target in hlo_on and target not in hlo_off
   chex.assert_trees_all_close(on, off, rtol=1e-10, atol=1e-13)
   assert max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(on)) > 0
 
@@ -163,7 +190,7 @@ def test_without_a_compiler_a_warning_and_xlas_version(monkeypatch, tmp_path, fl
   cfg = rs.model_config("RelRNN", 2, hidden=4, nu=2, rho=1)
   params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((2, 5, 2)))["params"])
   grads, hlo = _grads(cfg, params, float64(jnp.ones((2, 5, 2))), None, None)
-  assert kernels.TARGET not in hlo
+  assert not any(target in hlo for target in kernels.TARGETS)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
 
 
