@@ -6,8 +6,9 @@ tanh(q + k_j), scores, softmax and context; the reverse pass's undo of the
 step's store, then tanh(q + k_j) again, the weights' cotangents and the sums
 into the banks' cotangents (about a dozen), copying banks it cannot update in
 place. ``csrc/slots.cc`` does the forward step in one pass over the keys and
-one over the values per batch row (``slots_attend``), and the reverse step in
-two passes per row, updating the four banks in place (``slots_reverse``).
+one over the values per batch row (``slots_attend``; used for large banks
+only, ``ATTEND_FROM``), and the reverse step in two passes per row, updating
+the four banks in place (``slots_reverse``).
 docs/RESULTS.md ("The attention step as CPU kernels") has what they save.
 
 The kernels are compiled the first time a custom pass is traced, with the C++
@@ -51,6 +52,11 @@ SOURCE = pathlib.Path(__file__).with_name("csrc") / "slots.cc"
 TARGETS = {"relscreen_slots_attend": "RelscreenSlotsAttend",
            "relscreen_slots_reverse": "RelscreenSlotsReverse"}
 ENV = "RELSCREEN_KERNELS"  # "0": never build or use the kernels
+# The forward kernel runs on banks of at least this many elements (b m h: batch
+# 41 at 25 slots and H 128), where it is faster than XLA's attention (batch 64:
+# the forward pass 0.84-0.90 of XLA's); below, XLA's ran faster (batch 10: the
+# kernel's forward pass 1.15-1.2x). docs/RESULTS.md has the runs.
+ATTEND_FROM = 1 << 17
 CACHE_ENV = "RELSCREEN_KERNEL_CACHE"
 FLAGS = ("-std=c++17", "-O3", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC")
 ARCH = ("-march=native",)  # dropped if the compiler refuses it
@@ -140,6 +146,18 @@ def why_not() -> str | None:
   if os.environ.get(ENV) == "0":
     return f"{ENV}=0"
   return _loaded.get("why")
+
+
+def dispatch(wanted: bool, kernel, fallback, *args):
+  """``kernel(*args)`` on the CPU, ``fallback(*args)`` (XLA's version) on other
+  devices, from one program (``jax.lax.platform_dependent``); ``fallback`` alone
+  where the kernels are not ``wanted`` (the model's ``cpu_kernel``), are off,
+  or an argument is a float other than float32 and float64."""
+  floats = {a.dtype for a in jax.tree_util.tree_leaves(args)
+            if jnp.issubdtype(a.dtype, jnp.floating)}
+  if wanted and floats <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)} and available():
+    return jax.lax.platform_dependent(*args, cpu=kernel, default=fallback)
+  return fallback(*args)
 
 
 def _require():

@@ -219,15 +219,15 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
 def _attend(config, query, mem, v):
   """A step's attention over a relevance or window memory's slots, (context, alpha):
   the CPU kernel of ``relscreen.kernels`` where it is built
-  (``ModelConfig.cpu_kernel``), XLA's ``additive_attention`` elsewhere. Not
-  differentiable through the kernel: the custom pass's forward only."""
+  (``ModelConfig.cpu_kernel``) and the bank holds ``kernels.ATTEND_FROM``
+  elements or more, XLA's ``additive_attention`` elsewhere. Not differentiable
+  through the kernel: the custom pass's forward only."""
   def xla(query, keys, vals, time, v):
     attended = attention.additive_attention(query, keys, vals, time >= 0, v)
     return attended.context, attended.alpha
-  args = (query, mem.keys, mem.vals, mem.time, v)
-  if config.cpu_kernel and query.dtype in (jnp.float32, jnp.float64) and kernels.available():
-    return jax.lax.platform_dependent(*args, cpu=kernels.slots_attend, default=xla)
-  return xla(*args)
+  wanted = config.cpu_kernel and mem.keys.size >= kernels.ATTEND_FROM
+  return kernels.dispatch(wanted, kernels.slots_attend, xla, query, mem.keys, mem.vals,
+                          mem.time, v)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -411,12 +411,8 @@ class _RelevanceReverse:
     (``ModelConfig.cpu_kernel``), XLA's version (``_undo_and_attend``) elsewhere."""
     del rows
     (alpha,) = weights
-    if self.kernel and query.dtype in (jnp.float32, jnp.float64) and kernels.available():
-      dq, d_v, carry = jax.lax.platform_dependent(
-          carry, banks, query, alpha, v, d_context,
-          cpu=kernels.slots_reverse, default=self._undo_and_attend)
-    else:
-      dq, d_v, carry = self._undo_and_attend(carry, banks, query, alpha, v, d_context)
+    dq, d_v, carry = kernels.dispatch(self.kernel, kernels.slots_reverse, self._undo_and_attend,
+                                      carry, banks, query, alpha, v, d_context)
     return dq, d_v, carry, None
 
   @staticmethod

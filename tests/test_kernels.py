@@ -132,12 +132,13 @@ def _grads(cfg, params, x, state, reset):
 
 @needs_compiler
 @pytest.mark.parametrize("name, given", [("RelRNN", False), ("RelLSTM", True)])
-def test_training_gradients_with_and_without_the_kernel(name, given, float64):
-  """The custom pass's gradients with the kernel and with XLA's version of its
+def test_training_gradients_with_and_without_the_kernel(name, given, float64, monkeypatch):
+  """The custom pass's gradients with the kernels and with XLA's version of the
   step are the same (float64), from a fresh state and from a given state with
-  rows restarting; the compiled program calls the kernel only when it is on.
-  (tests/test_custom_vjp.py checks the pass against autodiff, with the kernel
-  where it builds.)"""
+  rows restarting; the compiled program calls the kernels only when they are
+  on, the forward one only on banks of ``ATTEND_FROM`` elements or more (here
+  lowered to 0). (tests/test_custom_vjp.py checks the pass against autodiff,
+  with the reverse kernel where it builds.)"""
   cfg = rs.model_config(name, 3, hidden=6, nu=2, rho=2)
   params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((3, 4, 3)))["params"])
   x = float64(jax.random.normal(jax.random.PRNGKey(1), (3, 11, 3)))
@@ -146,6 +147,10 @@ def test_training_gradients_with_and_without_the_kernel(name, given, float64):
     before = float64(jax.random.normal(jax.random.PRNGKey(2), (3, 7, 3)))
     _, state = models.forward(params, cfg, before, state=float64(rs.init_state(cfg, 3)))
     reset = jnp.zeros((3, 11), bool).at[0, 4].set(True).at[2, 9].set(True)
+  _, hlo_small = _grads(cfg, params, x, state, reset)
+  assert "relscreen_slots_reverse" in hlo_small and "relscreen_slots_attend" not in hlo_small
+  monkeypatch.setattr(kernels, "ATTEND_FROM", 0)
+  jax.clear_caches()  # models.forward's programs are cached by config: trace them again
   on, hlo_on = _grads(cfg, params, x, state, reset)
   off, hlo_off = _grads(dataclasses.replace(cfg, cpu_kernel=False), params, x, state, reset)
   for target in kernels.TARGETS:
