@@ -152,10 +152,12 @@ def dispatch(wanted: bool, kernel, fallback, *args):
   """``kernel(*args)`` on the CPU, ``fallback(*args)`` (XLA's version) on other
   devices, from one program (``jax.lax.platform_dependent``); ``fallback`` alone
   where the kernels are not ``wanted`` (the model's ``cpu_kernel``), are off,
-  or an argument is a float other than float32 and float64."""
+  an argument is a float other than float32 and float64, or JAX's default
+  backend is not the CPU (a GPU machine neither builds nor warns)."""
   floats = {a.dtype for a in jax.tree_util.tree_leaves(args)
             if jnp.issubdtype(a.dtype, jnp.floating)}
-  if wanted and floats <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)} and available():
+  if (wanted and floats <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)}
+      and jax.default_backend() == "cpu" and available()):
     return jax.lax.platform_dependent(*args, cpu=kernel, default=fallback)
   return fallback(*args)
 
