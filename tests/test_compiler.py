@@ -11,6 +11,7 @@ import pytest
 
 from relscreen import allocator
 from relscreen import compiler
+from relscreen import kernels
 
 BIN = pathlib.Path(sys.executable).parent
 WIDE = "--xla_cpu_prefer_vector_width=512"
@@ -87,3 +88,6 @@ def test_the_benchmark_binary_records_the_width_it_compiled_with(tmp_path):
   restarted = allocator.huge_page_environment(os.environ)
   assert [m["glibc_tunables"] for m in metas] == [
       inherited if restarted is None else restarted["GLIBC_TUNABLES"], inherited, inherited]
+  # And whether the attention's CPU kernels ran: "on", or why not.
+  if kernels.find_compiler() is not None and os.environ.get(kernels.ENV) != "0":
+    assert [m["cpu_kernel"] for m in metas] == ["on"] * 3
