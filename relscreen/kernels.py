@@ -143,22 +143,25 @@ def available() -> bool:
 
 
 def why_not() -> str | None:
-  """Why the kernels are off (None while they are on or not yet tried)."""
+  """Why the kernels do not run here, or None where they do: off by ``ENV``,
+  JAX's default backend not the CPU (a GPU machine neither builds nor warns),
+  or the build failed (``available()``, tried on the first call)."""
   if os.environ.get(ENV) == "0":
     return f"{ENV}=0"
-  return _loaded.get("why")
+  if jax.default_backend() != "cpu":
+    return f"not on {jax.default_backend()}"
+  return None if available() else _loaded["why"]
 
 
 def dispatch(wanted: bool, kernel, fallback, *args):
   """``kernel(*args)`` on the CPU, ``fallback(*args)`` (XLA's version) on other
   devices, from one program (``jax.lax.platform_dependent``); ``fallback`` alone
-  where the kernels are not ``wanted`` (the model's ``cpu_kernel``), are off,
-  an argument is a float other than float32 and float64, or JAX's default
-  backend is not the CPU (a GPU machine neither builds nor warns)."""
+  where the kernels are not ``wanted`` (the model's ``cpu_kernel``), do not run
+  here (``why_not``), or an argument is a float other than float32 and float64."""
   floats = {a.dtype for a in jax.tree_util.tree_leaves(args)
             if jnp.issubdtype(a.dtype, jnp.floating)}
   if (wanted and floats <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)}
-      and jax.default_backend() == "cpu" and available()):
+      and why_not() is None):
     return jax.lax.platform_dependent(*args, cpu=kernel, default=fallback)
   return fallback(*args)
 
@@ -171,11 +174,12 @@ def _require():
 def slots_reverse(banks, undo, query: Array, alpha: Array, v: Array, d_context: Array):
   """The reverse step's kernel (see ``csrc/slots.cc``): undo the step's store on
   ``banks`` = (vals, keys, d_vals, d_keys) [b, m, h] and add the attention's
-  cotangents. ``undo`` = (s_col [b], r_col [b] (-1: none), back, back_key,
-  put_back, put_back_key [b, h]). Returns ``(d_query [b, h], d_v [h], banks)``.
-  Call it only on the CPU."""
+  cotangents. ``undo`` = (s_col [b] or one slot for every row, r_col [b] (-1:
+  none), back, back_key, put_back, put_back_key [b, h]). Returns
+  ``(d_query [b, h], d_v [h], banks)``. Call it only on the CPU."""
   _require()
   s_col, r_col, *rows = undo
+  s_col = jnp.broadcast_to(s_col, r_col.shape)
   shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
   out = jax.ffi.ffi_call("relscreen_slots_reverse", tuple(shape(a) for a in (*banks, query, v)),
                          input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3},

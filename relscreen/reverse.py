@@ -394,16 +394,16 @@ class _RelevanceReverse:
 
   def attended(self, carry, t, admitted, rows):
     """What undoing step t's store takes (done in ``reverse_attention``, with the
-    attention's reverse: on the CPU one kernel does both): the S slot it wrote,
-    the R slot screening wrote (-1: none), the state that left S and the one R
+    attention's reverse: on the CPU one kernel does both): the S slot it wrote
+    (one for every row from a fresh state, else per row), the R slot screening
+    wrote (-1: none), the state that left S and the one R
     had evicted, with their keys. Returns that, the weights step t gave its
     slots (kept by the forward pass; 0 on empty slots) and the carry."""
     del t
     back, back_key, put_back, put_back_key, j = rows
     slot = admitted[0]
     r_col = jnp.where(slot >= 0, self.nu + slot, -1)  # the R slot written, -1: none
-    s_col = jnp.broadcast_to(j, slot.shape)
-    return (s_col, r_col, back, back_key, put_back, put_back_key), (admitted[-1],), carry
+    return (j, r_col, back, back_key, put_back, put_back_key), (admitted[-1],), carry
 
   def reverse_attention(self, carry, query, banks, weights, v, d_context, rows):
     """Undoes the store ``banks`` describes (``attended``) and adds the attention's

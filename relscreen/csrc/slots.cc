@@ -256,6 +256,19 @@ ffi::Error SameType(ffi::DataType want,
   return ffi::Error::Success();
 }
 
+// Calls f(T{}) with T the banks' float type; float32 and float64 only.
+template <typename F>
+ffi::Error ByFloat(ffi::DataType type, F f) {
+  if (type == ffi::F32) {
+    f(float{});
+  } else if (type == ffi::F64) {
+    f(double{});
+  } else {
+    return ffi::Error::InvalidArgument("float32 or float64 only");
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error SlotsReverseImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::AnyBuffer keys_in,
                             ffi::AnyBuffer d_vals_in, ffi::AnyBuffer d_keys_in,
                             ffi::AnyBuffer s_col, ffi::AnyBuffer r_col,
@@ -283,16 +296,11 @@ ffi::Error SlotsReverseImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::A
     if ((*outs[i])->untyped_data() != ins[i]->untyped_data())
       std::memcpy((*outs[i])->untyped_data(), ins[i]->untyped_data(), ins[i]->size_bytes());
   }
-  if (keys_in.element_type() == ffi::F32) {
-    RunReverse<float>(pool, B, M, H, s_col, r_col, back, back_key, put_back, put_back_key, query, alpha,
-                      v, d_context, vals, keys, d_vals, d_keys, d_query, d_v);
-  } else if (keys_in.element_type() == ffi::F64) {
-    RunReverse<double>(pool, B, M, H, s_col, r_col, back, back_key, put_back, put_back_key, query, alpha,
-                       v, d_context, vals, keys, d_vals, d_keys, d_query, d_v);
-  } else {
-    return ffi::Error::InvalidArgument("float32 or float64 only");
-  }
-  return ffi::Error::Success();
+  return ByFloat(keys_in.element_type(), [&](auto zero) {
+    RunReverse<decltype(zero)>(pool, B, M, H, s_col, r_col, back, back_key, put_back,
+                               put_back_key, query, alpha, v, d_context, vals, keys, d_vals,
+                               d_keys, d_query, d_v);
+  });
 }
 
 ffi::Error SlotsAttendImpl(ffi::ThreadPool pool, ffi::AnyBuffer query, ffi::AnyBuffer keys,
@@ -307,25 +315,16 @@ ffi::Error SlotsAttendImpl(ffi::ThreadPool pool, ffi::AnyBuffer query, ffi::AnyB
       e.failure())
     return e;
   const bool parallel = B * M * H >= kParallel;
-#define RELSCREEN_ATTEND(T)                                                                    \
-  {                                                                                            \
-    const T *q = query.typed_data<T>(), *k = keys.typed_data<T>(), *x = vals.typed_data<T>();  \
-    const T* w = v.typed_data<T>();                                                            \
-    const int32_t* held = time.typed_data<int32_t>();                                          \
-    T *ctx = context->typed_data<T>(), *a = alpha->typed_data<T>();                            \
-    ForChunks(pool, B, parallel, [=](int64_t, int64_t b0, int64_t b1) {                        \
-      SlotsAttend<T>(b0, b1, M, H, q, k, x, held, w, ctx, a);                                  \
-    });                                                                                        \
-  }
-  if (keys.element_type() == ffi::F32) {
-    RELSCREEN_ATTEND(float)
-  } else if (keys.element_type() == ffi::F64) {
-    RELSCREEN_ATTEND(double)
-  } else {
-    return ffi::Error::InvalidArgument("float32 or float64 only");
-  }
-#undef RELSCREEN_ATTEND
-  return ffi::Error::Success();
+  return ByFloat(keys.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    const T *q = query.typed_data<T>(), *k = keys.typed_data<T>(), *x = vals.typed_data<T>();
+    const T* w = v.typed_data<T>();
+    const int32_t* held = time.typed_data<int32_t>();
+    T *ctx = context->typed_data<T>(), *a = alpha->typed_data<T>();
+    ForChunks(pool, B, parallel, [=](int64_t, int64_t b0, int64_t b1) {
+      SlotsAttend<T>(b0, b1, M, H, q, k, x, held, w, ctx, a);
+    });
+  });
 }
 
 }  // namespace
