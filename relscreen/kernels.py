@@ -51,7 +51,8 @@ Array = jax.Array
 SOURCE = pathlib.Path(__file__).with_name("csrc") / "slots.cc"
 # XLA's name for each kernel -> its handler's symbol in the library
 TARGETS = {"relscreen_slots_attend": "RelscreenSlotsAttend",
-           "relscreen_slots_reverse": "RelscreenSlotsReverse"}
+           "relscreen_slots_reverse": "RelscreenSlotsReverse",
+           "relscreen_rnn_block_reverse": "RelscreenRnnBlockReverse"}
 ENV = "RELSCREEN_KERNELS"  # "0": never build or use the kernels
 # The forward kernel runs on banks of at least this many elements (b m h: batch
 # 41 at 25 slots and H 128), where it is faster than XLA's attention (batch 64:
@@ -199,3 +200,27 @@ def slots_attend(query: Array, keys: Array, vals: Array, time: Array, v: Array):
   return jax.ffi.ffi_call("relscreen_slots_attend", (shape(query), shape(time).update(
       dtype=query.dtype)), vmap_method="sequential")(query, keys, vals,
                                                      time.astype(jnp.int32), v)
+
+
+def rnn_block_reverse(carry, undo, query: Array, alpha: Array, g: Array, h: Array, v: Array,
+                      ua_t: Array, both_t: Array, attn: float):
+  """A block of the reverse pass's steps for an RNN cell with tanh, in one call
+  (see ``csrc/slots.cc``): per step, from the last, the pop of h_t's slot, the
+  cell's reverse, the products with Ua^T and [V | Va]^T, the mixing's and the
+  ``slots_reverse`` step's. ``carry`` = (vals, keys, d_vals, d_keys [b, m, h],
+  d_newest, dq_next [b, h]); ``undo`` as ``slots_reverse``'s with a leading
+  axis of n steps (s_col [n] or [n, b], r_col [n, b], the rest [n, b, h]);
+  ``query``, ``g`` (h_t's cotangent from the outputs), ``h`` (h_t) [n, b, h];
+  ``alpha`` [n, b, m]. Returns ``(carry, (dq, dpre, dk) [n, b, h] each, d_v [h])``.
+  Call it only on the CPU."""
+  _require()
+  s_col, r_col, *rows = undo
+  s_col = jnp.broadcast_to(s_col if s_col.ndim == 2 else s_col[:, None], r_col.shape)
+  shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+  out = jax.ffi.ffi_call("relscreen_rnn_block_reverse",
+                         tuple(shape(a) for a in (*carry, query, query, query, v)),
+                         input_output_aliases={i: i for i in range(6)},
+                         vmap_method="sequential")(
+      *carry, s_col.astype(jnp.int32), r_col.astype(jnp.int32), *rows, query, alpha, g, h, v,
+      ua_t, both_t, attn=float(attn))
+  return tuple(out[:6]), tuple(out[6:9]), out[9]

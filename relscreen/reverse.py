@@ -441,6 +441,22 @@ class _RelevanceReverse:
     del records
     return carry
 
+  def rnn_block(self, carry, adm, rows, query, g, h, v, ua_t, both_t, attn):
+    """A whole block of an RNN cell's (tanh) reverse steps in one kernel call
+    (``kernels.rnn_block_reverse``; the CPU only): what the scan of
+    ``_attentive_scan_bwd``'s ``step`` gives, for ``carry`` = (memory carry,
+    d_newest, dq_next, dc_next, d_small) and the block's records ``adm``, the
+    states it puts back ``rows``, queries, output cotangents ``g`` and states
+    ``h`` [n, b, h]. Returns the carry and (dq, dpre, dk) [n, b, h] each."""
+    mem, d_newest, dq_next, dc_next, d_small = carry
+    back, back_key, put_back, put_back_key, j = rows
+    r_col = jnp.where(adm[0] >= 0, self.nu + adm[0], -1)
+    out, grads, d_v = kernels.rnn_block_reverse(
+        (*mem, d_newest, dq_next), (j, r_col, back, back_key, put_back, put_back_key), query,
+        adm[-1], g, h, v, ua_t, both_t, attn)
+    d_small = {**d_small, "v": d_small["v"] + d_v}
+    return (tuple(out[:4]), out[4], out[5], dc_next, d_small), grads
+
 
 class _FullReverse:
   """Full-memory bookkeeping of the reverse pass (k = 1: slot j holds h_j): the
@@ -571,6 +587,10 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     book: Bookkeeping = _RelevanceReverse(config, h, ua, memory, start, keys)
   else:
     book = _FullReverse(config, h, ua, memory)
+  # An RNN cell with tanh over a relevance or window memory: each block of steps
+  # can run as one kernel call on the CPU (``_RelevanceReverse.rnn_block``).
+  fused = (config.cpu_kernel and config.screened and config.cell is CellType.RNN
+           and config.phi is cells.Phi.TANH and not act)
 
   def step(book, carry, inputs):
     mem, d_newest, dq_next, dc_next, d_small = carry
@@ -620,18 +640,27 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       # (Their query was a zero s too, but over the empty memory a restarted row
       # attends to, the weights are 0 whatever the query, and so is its cotangent.)
       s_b, c_prev = core.pick_rows(reset, fresh, (s_b, c_prev))
-    # What the steps recompute without needing a cotangent, for the block at once.
-    if user:
-      pre = (x_b, s_b)
-    else:
-      xp, srec = core.project_input(params, config, x_b), s_b @ recurrent
-      pre = (xp, srec, s_b) if gru else xp + srec
     q_b = s_prev @ va if q_b is None else q_b  # the queries, where the forward kept none
-    carry, (dq, dpre, dk, records) = jax.lax.scan(
-        functools.partial(step, book), carry,
-        (t, pre, q_b, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm), reset),
-        reverse=True)
-    carry = (book.end_block(carry[0], records),) + carry[1:]
+    rows = book.block_inputs(t, adm)
+
+    def scanned(carry):
+      # What the steps recompute without needing a cotangent, for the block at once.
+      if user:
+        pre = (x_b, s_b)
+      else:
+        xp, srec = core.project_input(params, config, x_b), s_b @ recurrent
+        pre = (xp, srec, s_b) if gru else xp + srec
+      carry, (dq, dpre, dk, records) = jax.lax.scan(
+          functools.partial(step, book), carry,
+          (t, pre, q_b, g_b, h_prev, c_prev, adm, rows, reset), reverse=True)
+      return (book.end_block(carry[0], records),) + carry[1:], (dq, dpre, dk)
+
+    if fused and reset is None:  # the whole block in one CPU kernel call
+      carry, (dq, dpre, dk) = kernels.dispatch(
+          True, lambda c: book.rnn_block(c, adm, rows, q_b, g_b, h_b, params["v"], ua_t,
+                                         both_t, config.attn), scanned, carry)
+    else:
+      carry, (dq, dpre, dk) = scanned(carry)
     dxp, drec = dpre if gru or user else (dpre, dpre)  # input and recurrent terms'
     outer = lambda a, b: _rows(a).T @ _rows(b)
     sums = {**sums, "Va": sums["Va"] + outer(s_prev, dq), "Ua": sums["Ua"] + outer(h_b, dk)}

@@ -130,15 +130,23 @@ def _grads(cfg, params, x, state, reset):
   return floats, fn.lower(params, x, state).compile().as_text()
 
 
+BLOCK, STEP, ATTEND = ("relscreen_rnn_block_reverse", "relscreen_slots_reverse",
+                       "relscreen_slots_attend")
+
+
 @needs_compiler
-@pytest.mark.parametrize("name, given", [("RelRNN", False), ("RelLSTM", True)])
-def test_training_gradients_with_and_without_the_kernel(name, given, float64, monkeypatch):
+@pytest.mark.parametrize("name, given, reverse_kernel", [("RelRNN", False, BLOCK),
+                                                         ("RelLSTM", True, STEP)])
+def test_training_gradients_with_and_without_the_kernel(name, given, reverse_kernel, float64,
+                                                        monkeypatch):
   """The custom pass's gradients with the kernels and with XLA's version of the
   step are the same (float64), from a fresh state and from a given state with
   rows restarting; the compiled program calls the kernels only when they are
-  on, the forward one only on banks of ``ATTEND_FROM`` elements or more (here
-  lowered to 0). (tests/test_custom_vjp.py checks the pass against autodiff,
-  with the reverse kernel where it builds.)"""
+  on: an RNN cell's blocks of steps as one call each (``BLOCK``), other cells'
+  (and restarting rows') steps one by one (``STEP``), the forward kernel only
+  on banks of ``ATTEND_FROM`` elements or more (here lowered to 0).
+  (tests/test_custom_vjp.py checks the pass against autodiff, with the
+  kernels where they build.)"""
   cfg = rs.model_config(name, 3, hidden=6, nu=2, rho=2)
   params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((3, 4, 3)))["params"])
   x = float64(jax.random.normal(jax.random.PRNGKey(1), (3, 11, 3)))
@@ -149,15 +157,50 @@ def test_training_gradients_with_and_without_the_kernel(name, given, float64, mo
     reset = jnp.zeros((3, 11), bool).at[0, 4].set(True).at[2, 9].set(True)
   if not given:  # at the default threshold a small bank gets XLA's forward attention
     _, hlo_small = _grads(cfg, params, x, state, reset)
-    assert "relscreen_slots_reverse" in hlo_small and "relscreen_slots_attend" not in hlo_small
+    assert reverse_kernel in hlo_small and ATTEND not in hlo_small
   monkeypatch.setattr(kernels, "ATTEND_FROM", 0)
   jax.clear_caches()  # models.forward's programs are cached by config: trace them again
   on, hlo_on = _grads(cfg, params, x, state, reset)
   off, hlo_off = _grads(dataclasses.replace(cfg, cpu_kernel=False), params, x, state, reset)
-  for target in kernels.TARGETS:
-    assert target in hlo_on and target not in hlo_off
+  assert {t for t in kernels.TARGETS if t in hlo_on} == {reverse_kernel, ATTEND}
+  assert not any(t in hlo_off for t in kernels.TARGETS)
   chex.assert_trees_all_close(on, off, rtol=1e-10, atol=1e-13)
   assert max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(on)) > 0
+
+
+def _rnn_grads(params, cfg, x):
+  loss = lambda p: jnp.sum(jnp.sin(models.forward(p, cfg, x)[0]["h"]) *
+                           jnp.linspace(-1, 1, cfg.hidden)[None, None, :])
+  return jax.jit(jax.grad(loss))(params)
+
+
+@needs_compiler
+def test_the_block_kernel_at_its_tile_sizes():
+  """The RNN block kernel's matrix products go in tiles of 4 rows and 4 vectors
+  of columns (64 float32, 32 float64 columns) with the rest column by column;
+  at H = 72 and batch 10 (two groups of 5 rows on XLA's threads: a 4-row tile
+  and one row) both kinds run. float64: XLA's gradients to 1e-10, the same bits
+  on every call. float32: as far from the float64 gradients as XLA's own
+  float32 gradients are, within a factor of 4 (their sums go in another order)."""
+  cfg = rs.model_config("RelRNN", 3, hidden=72, nu=3, rho=4, reverse_block=4)
+  init = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"]
+  x32 = jax.random.normal(jax.random.PRNGKey(1), (10, 14, 3))
+  with jax.enable_x64(True):
+    cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), t)
+    params, x = cast(init), cast(x32)
+    on = _rnn_grads(params, cfg, x)
+    off = _rnn_grads(params, dataclasses.replace(cfg, cpu_kernel=False), x)
+    chex.assert_trees_all_close(on, off, rtol=1e-10, atol=1e-13)
+    chex.assert_trees_all_equal(_rnn_grads(params, cfg, x), on)
+  on32 = _rnn_grads(init, cfg, x32)
+  off32 = _rnn_grads(init, dataclasses.replace(cfg, cpu_kernel=False), x32)
+  leaves = lambda t: jax.tree_util.tree_flatten_with_path(t)[0]
+  for (path, ref), (_, kernel32), (_, xla32) in zip(leaves(off), leaves(on32), leaves(off32)):
+    ref = np.asarray(ref)
+    scale = np.abs(ref).max()
+    err_kernel = np.abs(np.asarray(kernel32, np.float64) - ref).max() / scale
+    err_xla = np.abs(np.asarray(xla32, np.float64) - ref).max() / scale
+    assert err_kernel <= 4 * err_xla + 1e-7, (path, err_kernel, err_xla)
 
 
 def test_build_caches_and_names_what_fails(tmp_path, monkeypatch):

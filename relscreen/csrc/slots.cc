@@ -71,6 +71,64 @@ inline float Tanh(float x) {
 
 inline double Tanh(double x) { return std::tanh(x); }
 
+// The reverse step for batch row b (see the top of the file); the row's d v
+// is added to d_v, d_query[b] is overwritten; d_alpha: scratch of M.
+template <typename T>
+void ReverseRow(int64_t b, int64_t M, int64_t H, T* __restrict vals, T* __restrict keys,
+                T* __restrict d_vals, T* __restrict d_keys, int64_t j, int64_t r, const T* back,
+                const T* back_key, const T* put_back, const T* put_back_key,
+                const T* __restrict q, const T* __restrict a, const T* __restrict v,
+                const T* __restrict dc, T* __restrict dq, T* __restrict d_v, T* __restrict d_alpha) {
+  const int64_t row = b * M * H;
+  const bool s_ok = j >= 0 && j < M, r_ok = r >= 0 && r < M;
+  if (s_ok) {
+    T* dvj = d_vals + row + j * H;
+    T* dkj = d_keys + row + j * H;
+    if (r_ok) {
+      std::copy(d_vals + row + r * H, d_vals + row + (r + 1) * H, dvj);
+      std::copy(d_keys + row + r * H, d_keys + row + (r + 1) * H, dkj);
+    } else {
+      std::fill(dvj, dvj + H, T(0));
+      std::fill(dkj, dkj + H, T(0));
+    }
+    std::copy(back, back + H, vals + row + j * H);
+    std::copy(back_key, back_key + H, keys + row + j * H);
+  }
+  if (r_ok) {
+    std::fill(d_vals + row + r * H, d_vals + row + (r + 1) * H, T(0));
+    std::fill(d_keys + row + r * H, d_keys + row + (r + 1) * H, T(0));
+    std::copy(put_back, put_back + H, vals + row + r * H);
+    std::copy(put_back_key, put_back_key + H, keys + row + r * H);
+  }
+  std::fill(dq, dq + H, T(0));
+  T weighted = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    const T* vm = vals + row + m * H;
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t h = 0; h < H; ++h) acc += vm[h] * dc[h];
+    d_alpha[m] = acc;
+    weighted += a[m] * acc;
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    const T am = a[m];
+    if (am == T(0)) continue;
+    const T ds = am * (d_alpha[m] - weighted);
+    const T* km = keys + row + m * H;
+    T* dkm = d_keys + row + m * H;
+    T* dvm = d_vals + row + m * H;
+#pragma omp simd
+    for (int64_t h = 0; h < H; ++h) {
+      const T t = Tanh(q[h] + km[h]);
+      const T g = ds * v[h] * (T(1) - t * t);
+      dq[h] += g;
+      dkm[h] += g;
+      d_v[h] += ds * t;
+      dvm[h] += am * dc[h];
+    }
+  }
+}
+
 template <typename T>
 void SlotsReverse(int64_t b0, int64_t b1, int64_t M, int64_t H, T* __restrict vals, T* __restrict keys,
                   T* __restrict d_vals, T* __restrict d_keys, const int32_t* s_col,
@@ -81,59 +139,10 @@ void SlotsReverse(int64_t b0, int64_t b1, int64_t M, int64_t H, T* __restrict va
   std::fill(d_v, d_v + H, T(0));  // this range's share of d v
   std::vector<T> d_alpha(M);
   for (int64_t b = b0; b < b1; ++b) {
-    const int64_t row = b * M * H;
-    const int64_t j = s_col[b], r = r_col[b];
-    const bool s_ok = j >= 0 && j < M, r_ok = r >= 0 && r < M;
-    if (s_ok) {
-      T* dvj = d_vals + row + j * H;
-      T* dkj = d_keys + row + j * H;
-      if (r_ok) {
-        std::copy(d_vals + row + r * H, d_vals + row + (r + 1) * H, dvj);
-        std::copy(d_keys + row + r * H, d_keys + row + (r + 1) * H, dkj);
-      } else {
-        std::fill(dvj, dvj + H, T(0));
-        std::fill(dkj, dkj + H, T(0));
-      }
-      std::copy(back + b * H, back + (b + 1) * H, vals + row + j * H);
-      std::copy(back_key + b * H, back_key + (b + 1) * H, keys + row + j * H);
-    }
-    if (r_ok) {
-      std::fill(d_vals + row + r * H, d_vals + row + (r + 1) * H, T(0));
-      std::fill(d_keys + row + r * H, d_keys + row + (r + 1) * H, T(0));
-      std::copy(put_back + b * H, put_back + (b + 1) * H, vals + row + r * H);
-      std::copy(put_back_key + b * H, put_back_key + (b + 1) * H, keys + row + r * H);
-    }
-    const T* q = query + b * H;
-    const T* dc = d_context + b * H;
-    const T* a = alpha + b * M;
-    T* dq = d_query + b * H;
-    std::fill(dq, dq + H, T(0));
-    T weighted = 0;
-    for (int64_t m = 0; m < M; ++m) {
-      const T* vm = vals + row + m * H;
-      T acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t h = 0; h < H; ++h) acc += vm[h] * dc[h];
-      d_alpha[m] = acc;
-      weighted += a[m] * acc;
-    }
-    for (int64_t m = 0; m < M; ++m) {
-      const T am = a[m];
-      if (am == T(0)) continue;
-      const T ds = am * (d_alpha[m] - weighted);
-      const T* km = keys + row + m * H;
-      T* dkm = d_keys + row + m * H;
-      T* dvm = d_vals + row + m * H;
-#pragma omp simd
-      for (int64_t h = 0; h < H; ++h) {
-        const T t = Tanh(q[h] + km[h]);
-        const T g = ds * v[h] * (T(1) - t * t);
-        dq[h] += g;
-        dkm[h] += g;
-        d_v[h] += ds * t;
-        dvm[h] += am * dc[h];
-      }
-    }
+    const int64_t o = b * H;
+    ReverseRow<T>(b, M, H, vals, keys, d_vals, d_keys, s_col[b], r_col[b], back + o, back_key + o,
+                  put_back + o, put_back_key + o, query + o, alpha + b * M, v, d_context + o,
+                  d_query + o, d_v, d_alpha.data());
   }
 }
 
@@ -180,6 +189,153 @@ void SlotsAttend(int64_t b0, int64_t b1, int64_t M, int64_t H, const T* __restri
   }
 }
 
+// ---------------------------------------------------------------------------
+// A block of reverse steps of an RNN cell with tanh and its relevance or
+// window memory (RnnBlockReverse): what the reverse pass's scan over a block of
+// steps does per step, for steps t = n - 1 down to 0, per batch row:
+//   pop:   dv = d_vals[j], dk = d_keys[j] (j = s_col[t]: h_t's slot);
+//   cell:  dh = g_t + d_newest + dv + dk Ua^T, dpre = dh (1 - h_t^2),
+//          ds = [dpre, dq_next] [V | Va]^T;
+//   mix:   s_t = (newest + attn context) / 2: d_newest = ds / 2,
+//          d_context = attn (ds / 2);
+//   then the reverse step above with query q_t, and dq_next = its d_query.
+// It returns every step's dq, dpre and dk (the caller forms the matrices'
+// gradients from them once per block) and the block's share of d v. Rows are
+// independent but for d v, which is kept per row and summed in row order: the
+// rows go in fixed groups on XLA's threads, the result the same whatever the
+// number of threads.
+
+// The 512-bit vector of T (GCC and Clang vector extensions: the compiler maps
+// it to the target's own vectors).
+template <typename T> struct Vec;
+template <> struct Vec<float> { typedef float type __attribute__((vector_size(64))); };
+template <> struct Vec<double> { typedef double type __attribute__((vector_size(64))); };
+
+constexpr int kTileVectors = 4;  // a tile: RT rows x 4 vectors of columns, in registers
+
+// out[i][c0 : full] (+)= x[i] W for RT rows: each element sums its K products
+// in order from zero, then is stored (or added to out), whatever the tile.
+template <typename T, int RT>
+void Tile(const T* const* x, const T* __restrict W, int64_t K, int64_t H, int64_t full,
+          T* const* out, bool add) {
+  typedef typename Vec<T>::type V;
+  constexpr int64_t L = sizeof(V) / sizeof(T), W4 = kTileVectors * L;
+  for (int64_t c0 = 0; c0 < full; c0 += W4) {
+    V acc[RT][kTileVectors] = {};
+    for (int64_t k = 0; k < K; ++k) {
+      V w[kTileVectors];
+      std::memcpy(w, W + k * H + c0, sizeof(w));
+      for (int i = 0; i < RT; ++i) {
+        const T xi = x[i][k];
+        for (int c = 0; c < kTileVectors; ++c) acc[i][c] += xi * w[c];
+      }
+    }
+    for (int i = 0; i < RT; ++i) {
+      for (int c = 0; c < kTileVectors; ++c) {
+        V o = acc[i][c];
+        if (add) {
+          V before;
+          std::memcpy(&before, out[i] + c0 + c * L, sizeof(V));
+          o = before + o;
+        }
+        std::memcpy(out[i] + c0 + c * L, &o, sizeof(V));
+      }
+    }
+  }
+}
+
+// out[r] = x[r] W (add: out[r] += x[r] W) for rows r < R; x[r] of K, W [K, H]
+// row-major, out[r] of H.
+template <typename T>
+void RowsTimes(int64_t R, const T* const* x, const T* __restrict W, int64_t K, int64_t H,
+               T* const* out, bool add) {
+  constexpr int64_t W4 = kTileVectors * (sizeof(typename Vec<T>::type) / sizeof(T));
+  const int64_t full = H / W4 * W4;
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4) Tile<T, 4>(x + r, W, K, H, full, out + r, add);
+  for (; r < R; ++r) Tile<T, 1>(x + r, W, K, H, full, out + r, add);
+  for (r = 0; r < R; ++r) {  // the columns past the last whole tile
+    for (int64_t c = full; c < H; ++c) {
+      T acc = 0;
+      for (int64_t k = 0; k < K; ++k) acc += x[r][k] * W[k * H + c];
+      out[r][c] = add ? out[r][c] + acc : acc;
+    }
+  }
+}
+
+template <typename T>
+struct BlockArgs {
+  int64_t n, B, M, H;
+  T attn;
+  T *vals, *keys, *d_vals, *d_keys, *d_newest, *dq_next;  // the carry, updated in place
+  const int32_t *s_col, *r_col;                           // [n, b]
+  const T *back, *back_key, *put_back, *put_back_key;     // [n, b, h]
+  const T *query, *alpha, *g, *h;                         // [n, b, h] ([n, b, m] alpha)
+  const T *v, *ua_t, *both_t;                             // [h], [h, h], [2h, h]
+  T *dq, *dpre, *dk;                                      // [n, b, h]
+  T* d_v_rows;                                            // [b, h]
+};
+
+template <typename T>
+void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
+  const int64_t R = b1 - b0, B = a.B, M = a.M, H = a.H;
+  std::vector<T> scratch(4 * R * H + M);
+  T* dh = scratch.data();   // [R, H]
+  T* x2 = dh + R * H;       // [R, 2H]: dpre, dq_next
+  T* ds = x2 + 2 * R * H;   // [R, H]
+  T* d_alpha = ds + R * H;  // [M]
+  std::vector<const T*> in(R);
+  std::vector<T*> out(R);
+  for (int64_t t = a.n - 1; t >= 0; --t) {
+    const int64_t first = t * B;  // this step's rows in the [n, b, ...] arrays
+    for (int64_t r = 0; r < R; ++r) {  // pop h_t's cotangents from its slot
+      const int64_t b = b0 + r, o = (first + b) * H, j = a.s_col[first + b];
+      T* dk = a.dk + o;
+      const T* g = a.g + o;
+      const T* dn = a.d_newest + b * H;
+      T* d = dh + r * H;
+      if (j >= 0 && j < M) {
+        const T* dv = a.d_vals + (b * M + j) * H;
+        std::copy(a.d_keys + (b * M + j) * H, a.d_keys + (b * M + j + 1) * H, dk);
+        for (int64_t c = 0; c < H; ++c) d[c] = g[c] + dn[c] + dv[c];
+      } else {
+        std::fill(dk, dk + H, T(0));
+        for (int64_t c = 0; c < H; ++c) d[c] = g[c] + dn[c];
+      }
+      in[r] = dk;
+      out[r] = d;
+    }
+    RowsTimes<T>(R, in.data(), a.ua_t, H, H, out.data(), true);  // dh += dk Ua^T
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t b = b0 + r, o = (first + b) * H;
+      const T* h = a.h + o;
+      T* dp = a.dpre + o;
+      const T* d = dh + r * H;
+#pragma omp simd
+      for (int64_t c = 0; c < H; ++c) dp[c] = d[c] * (T(1) - h[c] * h[c]);
+      std::copy(dp, dp + H, x2 + 2 * r * H);
+      std::copy(a.dq_next + b * H, a.dq_next + (b + 1) * H, x2 + 2 * r * H + H);
+      in[r] = x2 + 2 * r * H;
+      out[r] = ds + r * H;
+    }
+    RowsTimes<T>(R, in.data(), a.both_t, 2 * H, H, out.data(), false);  // ds
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t b = b0 + r, o = (first + b) * H;
+      T* dn = a.d_newest + b * H;
+      T* dc = ds + r * H;
+      for (int64_t c = 0; c < H; ++c) {
+        dn[c] = T(0.5) * dc[c];
+        dc[c] = a.attn * dn[c];
+      }
+      ReverseRow<T>(b, M, H, a.vals, a.keys, a.d_vals, a.d_keys, a.s_col[first + b],
+                    a.r_col[first + b], a.back + o, a.back_key + o, a.put_back + o,
+                    a.put_back_key + o, a.query + o, a.alpha + (first + b) * M, a.v, dc,
+                    a.dq + o, a.d_v_rows + b * H, d_alpha);
+      std::copy(a.dq + o, a.dq + o + H, a.dq_next + b * H);
+    }
+  }
+}
+
 // Rows go in chunks of kRows, a chunk's results its own (the reverse pass's
 // shares of d v are summed in chunk order after): the result does not depend
 // on how many threads ran them.
@@ -188,26 +344,26 @@ constexpr int64_t kRows = 8;
 // other threads costs more than the step (batch 10, 25 slots, 128 units: 32,000).
 constexpr int64_t kParallel = 1 << 17;
 
-// Runs body(chunk, first row, end row) for every chunk of kRows rows: here, and
+// Runs body(chunk, first row, end row) for every chunk of `size` rows: here, and
 // on XLA's threads when `parallel`. Each thread takes chunks until none is left;
 // this call returns when every chunk is done. A task that starts later finds
 // none left, so the state it shares is on the heap, owned by all.
 template <typename F>
-void ForChunks(ffi::ThreadPool& pool, int64_t rows, bool parallel, F body) {
+void ForChunks(ffi::ThreadPool& pool, int64_t rows, bool parallel, F body, int64_t size = kRows) {
   struct Shared {
-    Shared(F f, int64_t n, int64_t k) : body(std::move(f)), rows(n), chunks(k) {}
+    Shared(F f, int64_t n, int64_t s, int64_t k) : body(std::move(f)), rows(n), size(s), chunks(k) {}
     F body;
-    int64_t rows, chunks;
+    int64_t rows, size, chunks;
     std::atomic<int64_t> next{0}, done{0};
     void Work() {
       for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
-        body(c, c * kRows, std::min(rows, (c + 1) * kRows));
+        body(c, c * size, std::min(rows, (c + 1) * size));
         done.fetch_add(1, std::memory_order_release);
       }
     }
   };
-  const int64_t chunks = (rows + kRows - 1) / kRows;
-  auto shared = std::make_shared<Shared>(std::move(body), rows, chunks);
+  const int64_t chunks = (rows + size - 1) / size;
+  auto shared = std::make_shared<Shared>(std::move(body), rows, size, chunks);
   if (parallel) {
     const int64_t helpers = std::min(pool.num_threads(), chunks) - 1;
     for (int64_t i = 0; i < helpers; ++i) pool.Schedule([shared] { shared->Work(); });
@@ -327,6 +483,68 @@ ffi::Error SlotsAttendImpl(ffi::ThreadPool pool, ffi::AnyBuffer query, ffi::AnyB
   });
 }
 
+// Rows per group of the block kernel: half the batch (both threads of a 2-core
+// machine busy at batch 10) up to 8; fixed by the batch alone.
+int64_t BlockRows(int64_t B) { return std::min<int64_t>(8, std::max<int64_t>(1, (B + 1) / 2)); }
+
+ffi::Error RnnBlockReverseImpl(
+    ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::AnyBuffer keys_in, ffi::AnyBuffer d_vals_in,
+    ffi::AnyBuffer d_keys_in, ffi::AnyBuffer d_newest_in, ffi::AnyBuffer dq_next_in,
+    ffi::AnyBuffer s_col, ffi::AnyBuffer r_col, ffi::AnyBuffer back, ffi::AnyBuffer back_key,
+    ffi::AnyBuffer put_back, ffi::AnyBuffer put_back_key, ffi::AnyBuffer query,
+    ffi::AnyBuffer alpha, ffi::AnyBuffer g, ffi::AnyBuffer h, ffi::AnyBuffer v,
+    ffi::AnyBuffer ua_t, ffi::AnyBuffer both_t, double attn, ffi::Result<ffi::AnyBuffer> vals,
+    ffi::Result<ffi::AnyBuffer> keys, ffi::Result<ffi::AnyBuffer> d_vals,
+    ffi::Result<ffi::AnyBuffer> d_keys, ffi::Result<ffi::AnyBuffer> d_newest,
+    ffi::Result<ffi::AnyBuffer> dq_next, ffi::Result<ffi::AnyBuffer> dq,
+    ffi::Result<ffi::AnyBuffer> dpre, ffi::Result<ffi::AnyBuffer> dk,
+    ffi::Result<ffi::AnyBuffer> d_v) {
+  const auto dims = keys_in.dimensions(), steps = query.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("the banks must be [b, m, h]");
+  if (steps.size() != 3) return ffi::Error::InvalidArgument("the queries must be [n, b, h]");
+  if (s_col.element_type() != ffi::S32 || r_col.element_type() != ffi::S32)
+    return ffi::Error::InvalidArgument("the slot columns must be int32");
+  const int64_t B = dims[0], M = dims[1], H = dims[2], n = steps[0];
+  if (s_col.element_count() != n * B || r_col.element_count() != n * B ||
+      alpha.element_count() != n * B * M || both_t.element_count() != 2 * H * H ||
+      ua_t.element_count() != H * H)
+    return ffi::Error::InvalidArgument("the block's arguments do not match the banks' shape");
+  if (auto e = SameType(keys_in.element_type(),
+                        {{"vals", &vals_in}, {"d_vals", &d_vals_in}, {"d_keys", &d_keys_in},
+                         {"d_newest", &d_newest_in}, {"dq_next", &dq_next_in}, {"back", &back},
+                         {"back_key", &back_key}, {"put_back", &put_back},
+                         {"put_back_key", &put_back_key}, {"query", &query}, {"alpha", &alpha},
+                         {"g", &g}, {"h", &h}, {"v", &v}, {"ua_t", &ua_t}, {"both_t", &both_t}});
+      e.failure())
+    return e;
+  const ffi::AnyBuffer* ins[6] = {&vals_in, &keys_in, &d_vals_in, &d_keys_in, &d_newest_in,
+                                  &dq_next_in};
+  ffi::Result<ffi::AnyBuffer>* outs[6] = {&vals, &keys, &d_vals, &d_keys, &d_newest, &dq_next};
+  for (int i = 0; i < 6; ++i) {  // XLA aliases them; copy where it did not
+    if ((*outs[i])->untyped_data() != ins[i]->untyped_data())
+      std::memcpy((*outs[i])->untyped_data(), ins[i]->untyped_data(), ins[i]->size_bytes());
+  }
+  return ByFloat(keys_in.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    std::vector<T> d_v_rows(B * H, T(0));
+    BlockArgs<T> a{n, B, M, H, static_cast<T>(attn),
+                   vals->typed_data<T>(), keys->typed_data<T>(), d_vals->typed_data<T>(),
+                   d_keys->typed_data<T>(), d_newest->typed_data<T>(), dq_next->typed_data<T>(),
+                   s_col.typed_data<int32_t>(), r_col.typed_data<int32_t>(),
+                   back.typed_data<T>(), back_key.typed_data<T>(), put_back.typed_data<T>(),
+                   put_back_key.typed_data<T>(), query.typed_data<T>(), alpha.typed_data<T>(),
+                   g.typed_data<T>(), h.typed_data<T>(), v.typed_data<T>(), ua_t.typed_data<T>(),
+                   both_t.typed_data<T>(), dq->typed_data<T>(), dpre->typed_data<T>(),
+                   dk->typed_data<T>(), d_v_rows.data()};
+    ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnBlockRows<T>(a, b0, b1); },
+              BlockRows(B));
+    T* out = d_v->typed_data<T>();
+    std::fill(out, out + H, T(0));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < H; ++c) out[c] += d_v_rows[b * H + c];
+  });
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenSlotsReverse, SlotsReverseImpl,
@@ -363,3 +581,37 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenSlotsAttend, SlotsAttendImpl,
                                   .Arg<ffi::AnyBuffer>()  // v [h]
                                   .Ret<ffi::AnyBuffer>()  // context [b, h]
                                   .Ret<ffi::AnyBuffer>());  // alpha [b, m]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnBlockReverse, RnnBlockReverseImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // vals [b, m, h]
+                                  .Arg<ffi::AnyBuffer>()  // keys
+                                  .Arg<ffi::AnyBuffer>()  // d_vals
+                                  .Arg<ffi::AnyBuffer>()  // d_keys
+                                  .Arg<ffi::AnyBuffer>()  // d_newest [b, h]
+                                  .Arg<ffi::AnyBuffer>()  // dq_next [b, h]
+                                  .Arg<ffi::AnyBuffer>()  // s_col [n, b], int32
+                                  .Arg<ffi::AnyBuffer>()  // r_col [n, b], int32
+                                  .Arg<ffi::AnyBuffer>()  // back [n, b, h]
+                                  .Arg<ffi::AnyBuffer>()  // back_key
+                                  .Arg<ffi::AnyBuffer>()  // put_back
+                                  .Arg<ffi::AnyBuffer>()  // put_back_key
+                                  .Arg<ffi::AnyBuffer>()  // query [n, b, h]
+                                  .Arg<ffi::AnyBuffer>()  // alpha [n, b, m]
+                                  .Arg<ffi::AnyBuffer>()  // g [n, b, h]
+                                  .Arg<ffi::AnyBuffer>()  // h [n, b, h]
+                                  .Arg<ffi::AnyBuffer>()  // v [h]
+                                  .Arg<ffi::AnyBuffer>()  // ua_t [h, h]
+                                  .Arg<ffi::AnyBuffer>()  // both_t [2h, h]
+                                  .Attr<double>("attn")
+                                  .Ret<ffi::AnyBuffer>()  // vals
+                                  .Ret<ffi::AnyBuffer>()  // keys
+                                  .Ret<ffi::AnyBuffer>()  // d_vals
+                                  .Ret<ffi::AnyBuffer>()  // d_keys
+                                  .Ret<ffi::AnyBuffer>()  // d_newest
+                                  .Ret<ffi::AnyBuffer>()  // dq_next
+                                  .Ret<ffi::AnyBuffer>()  // dq [n, b, h]
+                                  .Ret<ffi::AnyBuffer>()  // dpre [n, b, h]
+                                  .Ret<ffi::AnyBuffer>()  // dk [n, b, h]
+                                  .Ret<ffi::AnyBuffer>());  // d_v [h]
