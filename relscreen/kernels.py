@@ -8,8 +8,14 @@ into the banks' cotangents (about a dozen), copying banks it cannot update in
 place. ``csrc/slots.cc`` does the forward step in one pass over the keys and
 one over the values per batch row (``slots_attend``; used for large banks
 only, ``ATTEND_FROM``), and the reverse step in two passes per row, updating
-the four banks in place (``slots_reverse``).
-docs/RESULTS.md ("The attention step as CPU kernels") has what they save.
+the four banks in place (``slots_reverse``). For an RNN cell with tanh (RelRNN,
+WinRNN) the reverse pass goes further: a whole block of its steps (the pop of
+h_t's cotangent, the cell's reverse, the products with Ua^T and [V | Va]^T,
+the mixing's reverse and ``slots_reverse``'s step) is one call
+(``rnn_block_reverse``), the batch's rows in fixed groups on XLA's threads for
+the whole block, instead of about thirty XLA operations per step.
+docs/RESULTS.md ("The attention step as CPU kernels", "A block of RNN steps as
+one kernel") has what they save.
 
 The kernels are compiled the first time a custom pass is traced, with the C++
 compiler ``$CXX`` (else ``c++``, ``g++`` or ``clang++`` on the ``PATH``) and

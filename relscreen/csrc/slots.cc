@@ -28,6 +28,10 @@
 //
 // Both run their rows in chunks of 8, on XLA's intra-op threads when the banks
 // are large (ForChunks).
+//
+// RnnBlockReverse: a block of the reverse pass's steps of an RNN cell with
+// tanh, each step's cell, matrix products and mixing around the reverse step
+// above, in one call (see its own comment below).
 
 #include <algorithm>
 #include <atomic>
