@@ -58,7 +58,8 @@ SOURCE = pathlib.Path(__file__).with_name("csrc") / "slots.cc"
 # XLA's name for each kernel -> its handler's symbol in the library
 TARGETS = {"relscreen_slots_attend": "RelscreenSlotsAttend",
            "relscreen_slots_reverse": "RelscreenSlotsReverse",
-           "relscreen_rnn_block_reverse": "RelscreenRnnBlockReverse"}
+           "relscreen_rnn_block_reverse": "RelscreenRnnBlockReverse",
+           "relscreen_rnn_forward": "RelscreenRnnForward"}
 ENV = "RELSCREEN_KERNELS"  # "0": never build or use the kernels
 # The forward kernel runs on banks of at least this many elements (b m h: batch
 # 41 at 25 slots and H 128), where it is faster than XLA's attention (batch 64:
@@ -164,10 +165,12 @@ def dispatch(wanted: bool, kernel, fallback, *args):
   """``kernel(*args)`` on the CPU, ``fallback(*args)`` (XLA's version) on other
   devices, from one program (``jax.lax.platform_dependent``); ``fallback`` alone
   where the kernels are not ``wanted`` (the model's ``cpu_kernel``), do not run
-  here (``why_not``), or an argument is a float other than float32 and float64."""
+  here (``why_not``), or the float arguments are not all float32 or all float64
+  (a kernel takes one float type; XLA's version promotes a mix, as Flax's
+  ``init`` makes with float32 parameters and float64 inputs)."""
   floats = {a.dtype for a in jax.tree_util.tree_leaves(args)
             if jnp.issubdtype(a.dtype, jnp.floating)}
-  if (wanted and floats <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)}
+  if (wanted and len(floats) == 1 and floats <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)}
       and why_not() is None):
     return jax.lax.platform_dependent(*args, cpu=kernel, default=fallback)
   return fallback(*args)
@@ -230,3 +233,28 @@ def rnn_block_reverse(carry, undo, query: Array, alpha: Array, g: Array, h: Arra
       *carry, s_col.astype(jnp.int32), r_col.astype(jnp.int32), *rows, query, alpha, g, h, v,
       ua_t, both_t, attn=float(attn))
   return tuple(out[:6]), tuple(out[6:9]), out[9]
+
+
+def rnn_forward(mem, buffers, x: Array, params: dict, nu: int, attn: float):
+  """The forward scan of an RNN cell with tanh over a relevance memory with the
+  paper's rules (or a window, ``rho = 0``), steps 1 .. L - 1 in one call (see
+  ``csrc/slots.cc``): ``mem`` (vals, keys [b, m, h], score [b, m], time [b, m],
+  seen [b]) and ``buffers`` (h, s, q, k [L, b, h], row 0 step 0's) as after
+  step 0; ``x`` [L - 1, b, i] the inputs of steps 1 ..; ``params`` with U, b,
+  Va, V, Ua, v. Returns ``(mem, buffers, (slot, replaced) [L - 1, b] int32,
+  alpha [L - 1, b, m])``: the memory after the last step, the buffers filled
+  and what each step's screening did (``rsm.Screened``'s ``slot`` and
+  ``replaced``) with its weights. Call it only on the CPU."""
+  _require()
+  shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+  steps, batch = x.shape[:2]
+  m = mem[0].shape[1]
+  rows = jax.ShapeDtypeStruct((steps, batch), jnp.int32)
+  out = jax.ffi.ffi_call(
+      "relscreen_rnn_forward",
+      tuple(shape(a) for a in (*mem, *buffers)) + (rows, rows, jax.ShapeDtypeStruct(
+          (steps, batch, m), x.dtype)),
+      input_output_aliases={i: i for i in range(9)}, vmap_method="sequential")(
+      *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *buffers, x,
+      *(params[k] for k in ("U", "b", "Va", "V", "Ua", "v")), nu=int(nu), attn=float(attn))
+  return tuple(out[:5]), tuple(out[5:9]), (out[9], out[10]), out[11]

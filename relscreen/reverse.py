@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from relscreen import attention, cells, core, full_memory, kernels, memories, rsm
-from relscreen.config import CellType
+from relscreen.config import CellType, Eviction, Relevance
 
 
 def full_segments(length: int) -> int:
@@ -206,9 +206,27 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
       kept += (jax.lax.stop_gradient(alpha),)  # the reverse pass's weights
       return (mem, s, c, h, record(buffers, t, h, s, c, (query, key) if store else ())), kept
 
-    carry = (state.memory, state.s, state.c, first["h"], buffers)
-    (mem, s, c, _, buffers), admitted = jax.lax.scan(
-        body, carry, (jnp.arange(1, length), x[1:], None if resets is None else resets[1:]))
+    def scanned(mem, buffers, *_):
+      carry = (mem, state.s, state.c, first["h"], buffers)
+      (mem, s, c, _, buffers), admitted = jax.lax.scan(
+          body, carry, (jnp.arange(1, length), x[1:], None if resets is None else resets[1:]))
+      return mem, s, c, buffers, admitted
+
+    if (config.cpu_kernel and start is None and store and config.cell is CellType.RNN
+        and config.phi is cells.Phi.TANH and rules.relevance is Relevance.SUM
+        and (rules.eviction is Eviction.TOP or config.relevant_size == 0)
+        and set(params) >= {"U", "b"} and length > 1):
+      # The whole scan in one CPU kernel call (``kernels.rnn_forward``).
+      # s_t is in its buffer; an RNN cell has no c.
+      def kernel(mem, buffers, xs, weights):
+        mem_out, buffers, screened, alpha = kernels.rnn_forward(mem, buffers, xs, weights, nu,
+                                                                config.attn)
+        return rsm.RSMState(*mem_out), buffers[1][-1], state.c, buffers, (*screened, alpha)
+      weights = {k: params[k] for k in ("U", "b", "Va", "V", "Ua", "v")}
+      mem, s, c, buffers, admitted = kernels.dispatch(True, kernel, scanned, state.memory,
+                                                      buffers, x[1:], weights)
+    else:
+      mem, s, c, buffers, admitted = scanned(state.memory, buffers)
     final = core.State(t0 + length, s, c, mem)
   proj = buffers[-2:] if store else None
   buffers = buffers[:-2] if store else buffers

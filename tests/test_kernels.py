@@ -130,23 +130,25 @@ def _grads(cfg, params, x, state, reset):
   return floats, fn.lower(params, x, state).compile().as_text()
 
 
-BLOCK, STEP, ATTEND = ("relscreen_rnn_block_reverse", "relscreen_slots_reverse",
-                       "relscreen_slots_attend")
+FORWARD, BLOCK, STEP, ATTEND = ("relscreen_rnn_forward", "relscreen_rnn_block_reverse",
+                                "relscreen_slots_reverse", "relscreen_slots_attend")
 
 
 @needs_compiler
-@pytest.mark.parametrize("name, given, reverse_kernel", [("RelRNN", False, BLOCK),
-                                                         ("RelLSTM", True, STEP)])
-def test_training_gradients_with_and_without_the_kernel(name, given, reverse_kernel, float64,
+@pytest.mark.parametrize("name, given, expected", [("RelRNN", False, {FORWARD, BLOCK}),
+                                                   ("WinRNN", False, {FORWARD, BLOCK}),
+                                                   ("RelLSTM", True, {STEP, ATTEND})])
+def test_training_gradients_with_and_without_the_kernel(name, given, expected, float64,
                                                         monkeypatch):
   """The custom pass's gradients with the kernels and with XLA's version of the
   step are the same (float64), from a fresh state and from a given state with
   rows restarting; the compiled program calls the kernels only when they are
-  on: an RNN cell's blocks of steps as one call each (``BLOCK``), other cells'
-  (and restarting rows') steps one by one (``STEP``), the forward kernel only
-  on banks of ``ATTEND_FROM`` elements or more (here lowered to 0).
-  (tests/test_custom_vjp.py checks the pass against autodiff, with the
-  kernels where they build.)"""
+  on: for an RNN cell from a fresh state the whole forward scan as one call
+  (``FORWARD``) and each block of reverse steps as one (``BLOCK``); for other
+  cells (and restarting rows) the steps one by one (``STEP``), the forward
+  step's kernel only on banks of ``ATTEND_FROM`` elements or more (here
+  lowered to 0). (tests/test_custom_vjp.py checks the pass against autodiff,
+  with the kernels where they build.)"""
   cfg = rs.model_config(name, 3, hidden=6, nu=2, rho=2)
   params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((3, 4, 3)))["params"])
   x = float64(jax.random.normal(jax.random.PRNGKey(1), (3, 11, 3)))
@@ -157,12 +159,12 @@ def test_training_gradients_with_and_without_the_kernel(name, given, reverse_ker
     reset = jnp.zeros((3, 11), bool).at[0, 4].set(True).at[2, 9].set(True)
   if not given:  # at the default threshold a small bank gets XLA's forward attention
     _, hlo_small = _grads(cfg, params, x, state, reset)
-    assert reverse_kernel in hlo_small and ATTEND not in hlo_small
+    assert {t for t in kernels.TARGETS if t in hlo_small} == expected - {ATTEND}
   monkeypatch.setattr(kernels, "ATTEND_FROM", 0)
   jax.clear_caches()  # models.forward's programs are cached by config: trace them again
   on, hlo_on = _grads(cfg, params, x, state, reset)
   off, hlo_off = _grads(dataclasses.replace(cfg, cpu_kernel=False), params, x, state, reset)
-  assert {t for t in kernels.TARGETS if t in hlo_on} == {reverse_kernel, ATTEND}
+  assert {t for t in kernels.TARGETS if t in hlo_on} == expected
   assert not any(t in hlo_off for t in kernels.TARGETS)
   chex.assert_trees_all_close(on, off, rtol=1e-10, atol=1e-13)
   assert max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(on)) > 0
@@ -175,19 +177,27 @@ def _rnn_grads(params, cfg, x):
 
 
 @needs_compiler
-def test_the_block_kernel_at_its_tile_sizes():
-  """The RNN block kernel's matrix products go in tiles of 4 rows and 4 vectors
-  of columns (64 float32, 32 float64 columns) with the rest column by column;
-  at H = 72 and batch 10 (two groups of 5 rows on XLA's threads: a 4-row tile
-  and one row) both kinds run. float64: XLA's gradients to 1e-10, the same bits
-  on every call. float32: as far from the float64 gradients as XLA's own
-  float32 gradients are, within a factor of 4 (their sums go in another order)."""
+def test_the_rnn_kernels_at_their_tile_sizes():
+  """The RNN forward and block kernels' matrix products go in tiles of 4 rows
+  and 4 vectors of columns (64 float32, 32 float64 columns) with the rest
+  column by column; at H = 72 and batch 10 (two groups of 5 rows on XLA's
+  threads: a 4-row tile and one row) both kinds run, and over 14 steps R (4
+  slots) fills and then evicts. float64: XLA's outputs and final state (the
+  slots' times, scores and the screening count exactly or to 1e-12) and its
+  gradients to 1e-10, the same bits on every call. float32: as far from the
+  float64 gradients as XLA's own float32 gradients are, within a factor of 4
+  (their sums go in another order)."""
   cfg = rs.model_config("RelRNN", 3, hidden=72, nu=3, rho=4, reverse_block=4)
   init = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"]
   x32 = jax.random.normal(jax.random.PRNGKey(1), (10, 14, 3))
   with jax.enable_x64(True):
     cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), t)
     params, x = cast(init), cast(x32)
+    run = lambda c: jax.jit(lambda p, x: models.forward(p, c, x))(params, x)
+    (out, final), (out_ref, final_ref) = run(cfg), run(dataclasses.replace(cfg, cpu_kernel=False))
+    chex.assert_trees_all_close((out, final), (out_ref, final_ref), rtol=1e-12, atol=1e-13)
+    np.testing.assert_array_equal(final.memory.time, final_ref.memory.time)
+    assert int(final.memory.seen.min()) == 14 - 3  # every state that left S was offered
     on = _rnn_grads(params, cfg, x)
     off = _rnn_grads(params, dataclasses.replace(cfg, cpu_kernel=False), x)
     chex.assert_trees_all_close(on, off, rtol=1e-10, atol=1e-13)

@@ -150,46 +150,50 @@ void SlotsReverse(int64_t b0, int64_t b1, int64_t M, int64_t H, T* __restrict va
   }
 }
 
+// The forward step for one row: q [h], the row's banks km, vm [m, h] and slot
+// times held [m]; writes ctx [h] and a [m]; t: scratch of h.
+template <typename T>
+void AttendRow(int64_t M, int64_t H, const T* __restrict q, const T* __restrict km0,
+               const T* __restrict vm0, const int32_t* __restrict held, const T* __restrict v,
+               T* __restrict ctx, T* __restrict a, T* __restrict t) {
+  T peak = -std::numeric_limits<T>::infinity();
+  for (int64_t m = 0; m < M; ++m) {
+    if (held[m] < 0) continue;
+    const T* km = km0 + m * H;
+    // tanh first, then the sum: tanh inside the sum's loop ran 2.5x slower
+#pragma omp simd
+    for (int64_t h = 0; h < H; ++h) t[h] = v[h] * Tanh(q[h] + km[h]);
+    T e = 0;
+#pragma omp simd reduction(+ : e)
+    for (int64_t h = 0; h < H; ++h) e += t[h];
+    a[m] = e;
+    peak = std::max(peak, e);
+  }
+  T total = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    a[m] = held[m] < 0 ? T(0) : std::exp(a[m] - peak);
+    total += a[m];
+  }
+  std::fill(ctx, ctx + H, T(0));
+  if (total == T(0)) return;  // no slot holds a state: weights and context 0
+  for (int64_t m = 0; m < M; ++m) {
+    a[m] /= total;
+    const T am = a[m];
+    if (am == T(0)) continue;
+    const T* vm = vm0 + m * H;
+#pragma omp simd
+    for (int64_t h = 0; h < H; ++h) ctx[h] += am * vm[h];
+  }
+}
+
 template <typename T>
 void SlotsAttend(int64_t b0, int64_t b1, int64_t M, int64_t H, const T* __restrict query,
                  const T* __restrict keys, const T* __restrict vals, const int32_t* __restrict time,
                  const T* __restrict v, T* __restrict context, T* __restrict alpha) {
   std::vector<T> scratch(H);
-  T* __restrict t = scratch.data();
   for (int64_t b = b0; b < b1; ++b) {
-    const int64_t row = b * M * H;
-    const T* q = query + b * H;
-    T* a = alpha + b * M;
-    const int32_t* held = time + b * M;
-    T peak = -std::numeric_limits<T>::infinity();
-    for (int64_t m = 0; m < M; ++m) {
-      if (held[m] < 0) continue;
-      const T* km = keys + row + m * H;
-      // tanh first, then the sum: tanh inside the sum's loop ran 2.5x slower
-#pragma omp simd
-      for (int64_t h = 0; h < H; ++h) t[h] = v[h] * Tanh(q[h] + km[h]);
-      T e = 0;
-#pragma omp simd reduction(+ : e)
-      for (int64_t h = 0; h < H; ++h) e += t[h];
-      a[m] = e;
-      peak = std::max(peak, e);
-    }
-    T total = 0;
-    for (int64_t m = 0; m < M; ++m) {
-      a[m] = held[m] < 0 ? T(0) : std::exp(a[m] - peak);
-      total += a[m];
-    }
-    T* ctx = context + b * H;
-    std::fill(ctx, ctx + H, T(0));
-    if (total == T(0)) continue;  // no slot holds a state: weights and context 0
-    for (int64_t m = 0; m < M; ++m) {
-      a[m] /= total;
-      const T am = a[m];
-      if (am == T(0)) continue;
-      const T* vm = vals + row + m * H;
-#pragma omp simd
-      for (int64_t h = 0; h < H; ++h) ctx[h] += am * vm[h];
-    }
+    AttendRow<T>(M, H, query + b * H, keys + b * M * H, vals + b * M * H, time + b * M, v,
+                 context + b * H, alpha + b * M, scratch.data());
   }
 }
 
@@ -336,6 +340,129 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
                     a.put_back_key + o, a.query + o, a.alpha + (first + b) * M, a.v, dc,
                     a.dq + o, a.d_v_rows + b * H, d_alpha);
       std::copy(a.dq + o, a.dq + o + H, a.dq_next + b * H);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The forward scan of an RNN cell with tanh over a relevance memory with the
+// paper's rules (sum of weights, top eviction) or a window, from the state
+// after step 0 (RnnForward): what `reverse.attentive_forward`'s scan does, for
+// steps t = 1 .. L - 1, per batch row:
+//   q = s Va; alpha, context = the attention over the slots holding a state;
+//   score[m] += alpha_m for the S slots; s = (newest + attn context) / 2;
+//   h = tanh(x_t U + b + s V); key = h Ua; store h (and its key) in S's oldest
+//   slot j (its first empty one while S fills); the state leaving S (if any)
+//   enters R while R has room, else in place of R's lowest score (the first of
+//   equal ones) if its own is larger; R slot and evicted time recorded.
+// h, s, q and key go to rows t of the [L, b, h] buffers (row 0 holds step 0's),
+// the weights to alpha [L - 1, b, m]. Rows in fixed groups on XLA's threads
+// for the whole sequence: a group's banks stay in the core's cache.
+
+template <typename T>
+struct ForwardArgs {
+  int64_t L, B, M, H, I, nu;
+  T attn;
+  T *vals, *keys, *score;                   // [b, m, h], [b, m, h], [b, m]
+  int32_t *time, *seen;                     // [b, m], [b]
+  T *h, *s, *q, *k;                         // [L, b, h]
+  const T *x, *U, *bias, *Va, *V, *Ua, *v;  // [L - 1, b, i], [i, h], [h], [h, h] x 3, [h]
+  int32_t *slot, *replaced;                 // [L - 1, b]
+  T* alpha;                                 // [L - 1, b, m]
+};
+
+template <typename T>
+void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
+  const int64_t R = b1 - b0, B = a.B, M = a.M, H = a.H, nu = a.nu, rho = a.M - a.nu;
+  std::vector<T> scratch(3 * R * H + H);
+  T* ctx = scratch.data();   // [R, H]
+  T* xp = ctx + R * H;       // [R, H]
+  T* sv = xp + R * H;        // [R, H]
+  T* tmp = sv + R * H;       // [H]
+  std::vector<const T*> in(R);
+  std::vector<T*> out(R);
+  auto rows = [&](T* base, int64_t t) {  // row pointers of [L, b, h] buffer rows t
+    for (int64_t r = 0; r < R; ++r) out[r] = base + (t * B + b0 + r) * H;
+  };
+  for (int64_t t = 1; t < a.L; ++t) {
+    // The query from s_{t-1}.
+    for (int64_t r = 0; r < R; ++r) in[r] = a.s + ((t - 1) * B + b0 + r) * H;
+    rows(a.q, t);
+    RowsTimes<T>(R, in.data(), a.Va, H, H, out.data(), false);
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t b = b0 + r;
+      T* al = a.alpha + ((t - 1) * B + b) * M;
+      AttendRow<T>(M, H, a.q + (t * B + b) * H, a.keys + b * M * H, a.vals + b * M * H,
+                   a.time + b * M, a.v, ctx + r * H, al, tmp);
+      T* sc = a.score + b * M;
+      for (int64_t m = 0; m < nu; ++m) sc[m] += al[m];
+      const T* newest = a.h + ((t - 1) * B + b) * H;
+      T* st = a.s + (t * B + b) * H;
+      const T* c = ctx + r * H;
+      for (int64_t i = 0; i < H; ++i) st[i] = T(0.5) * (newest[i] + a.attn * c[i]);
+    }
+    // h = tanh((x U + b) + s V)
+    for (int64_t r = 0; r < R; ++r) {
+      in[r] = a.x + ((t - 1) * B + b0 + r) * a.I;
+      out[r] = xp + r * H;
+    }
+    RowsTimes<T>(R, in.data(), a.U, a.I, H, out.data(), false);
+    for (int64_t r = 0; r < R; ++r) {
+      in[r] = a.s + (t * B + b0 + r) * H;
+      out[r] = sv + r * H;
+    }
+    RowsTimes<T>(R, in.data(), a.V, H, H, out.data(), false);
+    for (int64_t r = 0; r < R; ++r) {
+      T* ht = a.h + (t * B + b0 + r) * H;
+      const T *x = xp + r * H, *y = sv + r * H;
+#pragma omp simd
+      for (int64_t i = 0; i < H; ++i) ht[i] = Tanh((x[i] + a.bias[i]) + y[i]);
+      in[r] = ht;
+    }
+    rows(a.k, t);
+    RowsTimes<T>(R, in.data(), a.Ua, H, H, out.data(), false);
+    for (int64_t r = 0; r < R; ++r) {  // the store and its screening
+      const int64_t b = b0 + r;
+      int32_t* tm = a.time + b * M;
+      T* sc = a.score + b * M;
+      int64_t j = 0;
+      for (int64_t m = 1; m < nu; ++m)
+        if (tm[m] < tm[j]) j = m;
+      const int32_t cand_time = tm[j];
+      const T cand_score = sc[j];
+      int64_t r_slot = -1;
+      if (rho > 0 && cand_time >= 0) {
+        int64_t count = 0, low = -1;
+        for (int64_t m = nu; m < M; ++m) {
+          if (tm[m] < 0) continue;
+          ++count;
+          if (low < 0 || sc[m] < sc[low]) low = m;
+        }
+        if (count < rho) {
+          r_slot = nu + count;
+        } else if (cand_score > sc[low]) {
+          r_slot = low;
+        }
+        a.seen[b] += 1;
+      }
+      int32_t* sl = a.slot + (t - 1) * B + b;
+      int32_t* rep = a.replaced + (t - 1) * B + b;
+      *sl = r_slot < 0 ? -1 : static_cast<int32_t>(r_slot - nu);
+      *rep = r_slot < 0 ? -1 : tm[r_slot];
+      T* row_v = a.vals + b * M * H;
+      T* row_k = a.keys + b * M * H;
+      if (r_slot >= 0) {
+        std::copy(row_v + j * H, row_v + (j + 1) * H, row_v + r_slot * H);
+        std::copy(row_k + j * H, row_k + (j + 1) * H, row_k + r_slot * H);
+        sc[r_slot] = cand_score;
+        tm[r_slot] = cand_time;
+      }
+      const T* ht = a.h + (t * B + b) * H;
+      const T* kt = a.k + (t * B + b) * H;
+      std::copy(ht, ht + H, row_v + j * H);
+      std::copy(kt, kt + H, row_k + j * H);
+      sc[j] = T(0);
+      tm[j] = static_cast<int32_t>(t);
     }
   }
 }
@@ -549,6 +676,57 @@ ffi::Error RnnBlockReverseImpl(
   });
 }
 
+ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::AnyBuffer keys_in,
+                          ffi::AnyBuffer score_in, ffi::AnyBuffer time_in, ffi::AnyBuffer seen_in,
+                          ffi::AnyBuffer h_in, ffi::AnyBuffer s_in, ffi::AnyBuffer q_in,
+                          ffi::AnyBuffer k_in, ffi::AnyBuffer x, ffi::AnyBuffer U,
+                          ffi::AnyBuffer bias, ffi::AnyBuffer Va, ffi::AnyBuffer V,
+                          ffi::AnyBuffer Ua, ffi::AnyBuffer v, int64_t nu, double attn,
+                          ffi::Result<ffi::AnyBuffer> vals, ffi::Result<ffi::AnyBuffer> keys,
+                          ffi::Result<ffi::AnyBuffer> score, ffi::Result<ffi::AnyBuffer> time,
+                          ffi::Result<ffi::AnyBuffer> seen, ffi::Result<ffi::AnyBuffer> h,
+                          ffi::Result<ffi::AnyBuffer> s, ffi::Result<ffi::AnyBuffer> q,
+                          ffi::Result<ffi::AnyBuffer> k, ffi::Result<ffi::AnyBuffer> slot,
+                          ffi::Result<ffi::AnyBuffer> replaced,
+                          ffi::Result<ffi::AnyBuffer> alpha) {
+  const auto dims = keys_in.dimensions(), seq = h_in.dimensions(), xs = x.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("the banks must be [b, m, h]");
+  if (seq.size() != 3 || xs.size() != 3)
+    return ffi::Error::InvalidArgument("the buffers must be [L, b, h] and x [L - 1, b, i]");
+  if (time_in.element_type() != ffi::S32 || seen_in.element_type() != ffi::S32)
+    return ffi::Error::InvalidArgument("the slots' times and seen must be int32");
+  const int64_t B = dims[0], M = dims[1], H = dims[2], L = seq[0], I = xs[2];
+  if (xs[0] != L - 1 || xs[1] != B || seq[1] != B || seq[2] != H || nu < 1 || nu > M ||
+      U.element_count() != I * H || Va.element_count() != H * H)
+    return ffi::Error::InvalidArgument("the forward's arguments do not match the banks' shape");
+  if (auto e = SameType(keys_in.element_type(),
+                        {{"vals", &vals_in}, {"score", &score_in}, {"h", &h_in}, {"s", &s_in},
+                         {"q", &q_in}, {"k", &k_in}, {"x", &x}, {"U", &U}, {"b", &bias},
+                         {"Va", &Va}, {"V", &V}, {"Ua", &Ua}, {"v", &v}});
+      e.failure())
+    return e;
+  const ffi::AnyBuffer* ins[9] = {&vals_in, &keys_in, &score_in, &time_in, &seen_in,
+                                  &h_in, &s_in, &q_in, &k_in};
+  ffi::Result<ffi::AnyBuffer>* outs[9] = {&vals, &keys, &score, &time, &seen, &h, &s, &q, &k};
+  for (int i = 0; i < 9; ++i) {  // XLA aliases them; copy where it did not
+    if ((*outs[i])->untyped_data() != ins[i]->untyped_data())
+      std::memcpy((*outs[i])->untyped_data(), ins[i]->untyped_data(), ins[i]->size_bytes());
+  }
+  return ByFloat(keys_in.element_type(), [&](auto zero) {
+    using T = decltype(zero);
+    ForwardArgs<T> a{L, B, M, H, I, nu, static_cast<T>(attn),
+                     vals->typed_data<T>(), keys->typed_data<T>(), score->typed_data<T>(),
+                     time->typed_data<int32_t>(), seen->typed_data<int32_t>(),
+                     h->typed_data<T>(), s->typed_data<T>(), q->typed_data<T>(),
+                     k->typed_data<T>(), x.typed_data<T>(), U.typed_data<T>(),
+                     bias.typed_data<T>(), Va.typed_data<T>(), V.typed_data<T>(),
+                     Ua.typed_data<T>(), v.typed_data<T>(), slot->typed_data<int32_t>(),
+                     replaced->typed_data<int32_t>(), alpha->typed_data<T>()};
+    ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnForwardRows<T>(a, b0, b1); },
+              BlockRows(B));
+  });
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenSlotsReverse, SlotsReverseImpl,
@@ -619,3 +797,37 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnBlockReverse, RnnBlockReverseImpl,
                                   .Ret<ffi::AnyBuffer>()  // dpre [n, b, h]
                                   .Ret<ffi::AnyBuffer>()  // dk [n, b, h]
                                   .Ret<ffi::AnyBuffer>());  // d_v [h]
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // vals [b, m, h]
+                                  .Arg<ffi::AnyBuffer>()  // keys
+                                  .Arg<ffi::AnyBuffer>()  // score [b, m]
+                                  .Arg<ffi::AnyBuffer>()  // time [b, m], int32
+                                  .Arg<ffi::AnyBuffer>()  // seen [b], int32
+                                  .Arg<ffi::AnyBuffer>()  // h [L, b, h] (row 0 set)
+                                  .Arg<ffi::AnyBuffer>()  // s
+                                  .Arg<ffi::AnyBuffer>()  // q
+                                  .Arg<ffi::AnyBuffer>()  // k
+                                  .Arg<ffi::AnyBuffer>()  // x [L - 1, b, i]
+                                  .Arg<ffi::AnyBuffer>()  // U [i, h]
+                                  .Arg<ffi::AnyBuffer>()  // b [h]
+                                  .Arg<ffi::AnyBuffer>()  // Va [h, h]
+                                  .Arg<ffi::AnyBuffer>()  // V [h, h]
+                                  .Arg<ffi::AnyBuffer>()  // Ua [h, h]
+                                  .Arg<ffi::AnyBuffer>()  // v [h]
+                                  .Attr<int64_t>("nu")
+                                  .Attr<double>("attn")
+                                  .Ret<ffi::AnyBuffer>()  // vals
+                                  .Ret<ffi::AnyBuffer>()  // keys
+                                  .Ret<ffi::AnyBuffer>()  // score
+                                  .Ret<ffi::AnyBuffer>()  // time
+                                  .Ret<ffi::AnyBuffer>()  // seen
+                                  .Ret<ffi::AnyBuffer>()  // h
+                                  .Ret<ffi::AnyBuffer>()  // s
+                                  .Ret<ffi::AnyBuffer>()  // q
+                                  .Ret<ffi::AnyBuffer>()  // k
+                                  .Ret<ffi::AnyBuffer>()  // slot [L - 1, b], int32
+                                  .Ret<ffi::AnyBuffer>()  // replaced [L - 1, b], int32
+                                  .Ret<ffi::AnyBuffer>());  // alpha [L - 1, b, m]
