@@ -259,9 +259,21 @@ void RowsTimes(int64_t R, const T* const* x, const T* __restrict W, int64_t K, i
                T* const* out, bool add) {
   constexpr int64_t W4 = kTileVectors * (sizeof(typename Vec<T>::type) / sizeof(T));
   const int64_t full = H / W4 * W4;
+  // Tiles of up to 6 rows (6 x 4 accumulators, 4 vectors of W and a broadcast
+  // fit AVX-512's 32 registers): 5 rows as one tile, 8 as two of 4.
+  for (int64_t r = 0; r < R;) {
+    const int64_t n = R - r, take = n <= 6 ? n : 4;
+    switch (take) {
+      case 6: Tile<T, 6>(x + r, W, K, H, full, out + r, add); break;
+      case 5: Tile<T, 5>(x + r, W, K, H, full, out + r, add); break;
+      case 4: Tile<T, 4>(x + r, W, K, H, full, out + r, add); break;
+      case 3: Tile<T, 3>(x + r, W, K, H, full, out + r, add); break;
+      case 2: Tile<T, 2>(x + r, W, K, H, full, out + r, add); break;
+      default: Tile<T, 1>(x + r, W, K, H, full, out + r, add); break;
+    }
+    r += take;
+  }
   int64_t r = 0;
-  for (; r + 4 <= R; r += 4) Tile<T, 4>(x + r, W, K, H, full, out + r, add);
-  for (; r < R; ++r) Tile<T, 1>(x + r, W, K, H, full, out + r, add);
   for (r = 0; r < R; ++r) {  // the columns past the last whole tile
     for (int64_t c = full; c < H; ++c) {
       T acc = 0;
@@ -379,6 +391,11 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
   T* xp = ctx + R * H;       // [R, H]
   T* sv = xp + R * H;        // [R, H]
   T* tmp = sv + R * H;       // [H]
+  // The group's scores, times, count and screening records are its own until
+  // the end: rows of other groups share their cache lines.
+  std::vector<T> score(a.score + b0 * M, a.score + b1 * M);
+  std::vector<int32_t> time(a.time + b0 * M, a.time + b1 * M), seen(a.seen + b0, a.seen + b1);
+  std::vector<int32_t> slots(2 * (a.L - 1) * R);  // [L - 1, R] R slots, then replaced times
   std::vector<const T*> in(R);
   std::vector<T*> out(R);
   auto rows = [&](T* base, int64_t t) {  // row pointers of [L, b, h] buffer rows t
@@ -393,8 +410,8 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       const int64_t b = b0 + r;
       T* al = a.alpha + ((t - 1) * B + b) * M;
       AttendRow<T>(M, H, a.q + (t * B + b) * H, a.keys + b * M * H, a.vals + b * M * H,
-                   a.time + b * M, a.v, ctx + r * H, al, tmp);
-      T* sc = a.score + b * M;
+                   time.data() + r * M, a.v, ctx + r * H, al, tmp);
+      T* sc = score.data() + r * M;
       for (int64_t m = 0; m < nu; ++m) sc[m] += al[m];
       const T* newest = a.h + ((t - 1) * B + b) * H;
       T* st = a.s + (t * B + b) * H;
@@ -423,8 +440,8 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
     RowsTimes<T>(R, in.data(), a.Ua, H, H, out.data(), false);
     for (int64_t r = 0; r < R; ++r) {  // the store and its screening
       const int64_t b = b0 + r;
-      int32_t* tm = a.time + b * M;
-      T* sc = a.score + b * M;
+      int32_t* tm = time.data() + r * M;
+      T* sc = score.data() + r * M;
       int64_t j = 0;
       for (int64_t m = 1; m < nu; ++m)
         if (tm[m] < tm[j]) j = m;
@@ -443,10 +460,10 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
         } else if (cand_score > sc[low]) {
           r_slot = low;
         }
-        a.seen[b] += 1;
+        seen[r] += 1;
       }
-      int32_t* sl = a.slot + (t - 1) * B + b;
-      int32_t* rep = a.replaced + (t - 1) * B + b;
+      int32_t* sl = slots.data() + (t - 1) * R + r;
+      int32_t* rep = sl + (a.L - 1) * R;
       *sl = r_slot < 0 ? -1 : static_cast<int32_t>(r_slot - nu);
       *rep = r_slot < 0 ? -1 : tm[r_slot];
       T* row_v = a.vals + b * M * H;
@@ -464,6 +481,14 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       sc[j] = T(0);
       tm[j] = static_cast<int32_t>(t);
     }
+  }
+  std::copy(score.begin(), score.end(), a.score + b0 * M);
+  std::copy(time.begin(), time.end(), a.time + b0 * M);
+  std::copy(seen.begin(), seen.end(), a.seen + b0);
+  for (int64_t t = 0; t < a.L - 1; ++t) {
+    std::copy(slots.data() + t * R, slots.data() + (t + 1) * R, a.slot + t * B + b0);
+    std::copy(slots.data() + (a.L - 1 + t) * R, slots.data() + (a.L + t) * R,
+              a.replaced + t * B + b0);
   }
 }
 
