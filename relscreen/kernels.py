@@ -9,13 +9,16 @@ place. ``csrc/slots.cc`` does the forward step in one pass over the keys and
 one over the values per batch row (``slots_attend``; used for large banks
 only, ``ATTEND_FROM``), and the reverse step in two passes per row, updating
 the four banks in place (``slots_reverse``). For an RNN cell with tanh (RelRNN,
-WinRNN) the reverse pass goes further: a whole block of its steps (the pop of
-h_t's cotangent, the cell's reverse, the products with Ua^T and [V | Va]^T,
-the mixing's reverse and ``slots_reverse``'s step) is one call
-(``rnn_block_reverse``), the batch's rows in fixed groups on XLA's threads for
-the whole block, instead of about thirty XLA operations per step.
-docs/RESULTS.md ("The attention step as CPU kernels", "A block of RNN steps as
-one kernel") has what they save.
+WinRNN) they go further. The forward scan from a fresh state, over a
+relevance memory with the paper's rules or a window, is one call
+(``rnn_forward``: per step the query, the attention, the scores, the mixing,
+the cell, the key and the store with its screening). Each block of the
+reverse pass's steps is one call (``rnn_block_reverse``: the pop of h_t's
+cotangent, the cell's reverse, the products with Ua^T and [V | Va]^T, the
+mixing's reverse and ``slots_reverse``'s step). Both run the batch's rows in
+fixed groups on XLA's threads for the whole scan or block, instead of about
+thirty XLA operations per step. docs/RESULTS.md ("The attention step as CPU
+kernels", "An RNN cell's scans as kernels") has what they save.
 
 The kernels are compiled the first time a custom pass is traced, with the C++
 compiler ``$CXX`` (else ``c++``, ``g++`` or ``clang++`` on the ``PATH``) and
@@ -211,50 +214,54 @@ def slots_attend(query: Array, keys: Array, vals: Array, time: Array, v: Array):
                                                      time.astype(jnp.int32), v)
 
 
-def rnn_block_reverse(carry, undo, query: Array, alpha: Array, g: Array, h: Array, v: Array,
-                      ua_t: Array, both_t: Array, attn: float):
-  """A block of the reverse pass's steps for an RNN cell with tanh, in one call
-  (see ``csrc/slots.cc``): per step, from the last, the pop of h_t's slot, the
-  cell's reverse, the products with Ua^T and [V | Va]^T, the mixing's and the
-  ``slots_reverse`` step's. ``carry`` = (vals, keys, d_vals, d_keys [b, m, h],
-  d_newest, dq_next [b, h]); ``undo`` as ``slots_reverse``'s with a leading
-  axis of n steps (s_col [n] or [n, b], r_col [n, b], the rest [n, b, h]);
-  ``query``, ``g`` (h_t's cotangent from the outputs), ``h`` (h_t) [n, b, h];
-  ``alpha`` [n, b, m]. Returns ``(carry, (dq, dpre, dk) [n, b, h] each, d_v [h])``.
-  Call it only on the CPU."""
+def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: Array,
+                      h: Array, h_keys: Array, g: Array, q: Array, v: Array, ua_t: Array,
+                      both_t: Array, nu: int, attn: float):
+  """A block of the reverse pass's steps for an RNN cell with tanh from a fresh
+  state, in one call (see ``csrc/slots.cc``): per step, from the last, the pop
+  of h_t's slot, the cell's reverse, the products with Ua^T and [V | Va]^T,
+  the mixing's and the ``slots_reverse`` step's. ``carry`` = (vals, keys,
+  d_vals, d_keys [b, m, h], d_newest, dq_next [b, h]); the block is steps
+  ``first`` .. ``first + n - 1`` (``first`` an int32 scalar); ``slot``,
+  ``evicted`` [n, b] and ``alpha`` [n, b, m] their records (``rsm.Screened``'s
+  ``slot`` and ``replaced``, the weights); ``h``, ``h_keys``, ``g`` (h's
+  cotangents from the outputs) and ``q`` (the queries) the whole sequence's
+  [L, b, h], read where the steps need them. Returns ``(carry, (dq, dpre, dk)
+  [n, b, h] each, d_v [h])``. Call it only on the CPU."""
   _require()
-  s_col, r_col, *rows = undo
-  s_col = jnp.broadcast_to(s_col if s_col.ndim == 2 else s_col[:, None], r_col.shape)
   shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
+  steps = jax.ShapeDtypeStruct(alpha.shape[:2] + h.shape[2:], h.dtype)
   out = jax.ffi.ffi_call("relscreen_rnn_block_reverse",
-                         tuple(shape(a) for a in (*carry, query, query, query, v)),
+                         tuple(shape(a) for a in carry) + (steps, steps, steps, shape(v)),
                          input_output_aliases={i: i for i in range(6)},
                          vmap_method="sequential")(
-      *carry, s_col.astype(jnp.int32), r_col.astype(jnp.int32), *rows, query, alpha, g, h, v,
-      ua_t, both_t, attn=float(attn))
+      *carry, jnp.asarray(first, jnp.int32), slot.astype(jnp.int32), evicted.astype(jnp.int32),
+      alpha, h, h_keys, g, q, v, ua_t, both_t, nu=int(nu), attn=float(attn))
   return tuple(out[:6]), tuple(out[6:9]), out[9]
 
 
-def rnn_forward(mem, buffers, x: Array, params: dict, nu: int, attn: float):
+def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float):
   """The forward scan of an RNN cell with tanh over a relevance memory with the
   paper's rules (or a window, ``rho = 0``), steps 1 .. L - 1 in one call (see
   ``csrc/slots.cc``): ``mem`` (vals, keys [b, m, h], score [b, m], time [b, m],
-  seen [b]) and ``buffers`` (h, s, q, k [L, b, h], row 0 step 0's) as after
-  step 0; ``x`` [L - 1, b, i] the inputs of steps 1 ..; ``params`` with U, b,
-  Va, V, Ua, v. Returns ``(mem, buffers, (slot, replaced) [L - 1, b] int32,
-  alpha [L - 1, b, m])``: the memory after the last step, the buffers filled
-  and what each step's screening did (``rsm.Screened``'s ``slot`` and
-  ``replaced``) with its weights. Call it only on the CPU."""
+  seen [b]) as after step 0 and ``first`` step 0's (h, s, q, k) [b, h];
+  ``x`` [L - 1, b, i] the inputs of steps 1 ..; ``params`` with U, b, Va, V,
+  Ua, v. Returns ``(mem, (h, s, q, k) [L, b, h], (slot, replaced) [L - 1, b]
+  int32, alpha [L - 1, b, m])``: the memory after the last step, every step's
+  state, mixed state, query and key (row 0 ``first``), and what each step's
+  screening did (``rsm.Screened``'s ``slot`` and ``replaced``) with its
+  weights. Call it only on the CPU."""
   _require()
   shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
   steps, batch = x.shape[:2]
   m = mem[0].shape[1]
   rows = jax.ShapeDtypeStruct((steps, batch), jnp.int32)
+  seq = jax.ShapeDtypeStruct((steps + 1,) + first[0].shape, x.dtype)
   out = jax.ffi.ffi_call(
       "relscreen_rnn_forward",
-      tuple(shape(a) for a in (*mem, *buffers)) + (rows, rows, jax.ShapeDtypeStruct(
+      tuple(shape(a) for a in mem) + (seq,) * 4 + (rows, rows, jax.ShapeDtypeStruct(
           (steps, batch, m), x.dtype)),
-      input_output_aliases={i: i for i in range(9)}, vmap_method="sequential")(
-      *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *buffers, x,
+      input_output_aliases={i: i for i in range(5)}, vmap_method="sequential")(
+      *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *first, x,
       *(params[k] for k in ("U", "b", "Va", "V", "Ua", "v")), nu=int(nu), attn=float(attn))
   return tuple(out[:5]), tuple(out[5:9]), (out[9], out[10]), out[11]

@@ -109,7 +109,12 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
   state that left it (S's order is then its slots' times, not t mod nu).
   ``resets`` [t, b] (with ``start`` only): rows that restart from a fresh state
   before the step (``core.step_with_reset``); the records then also hold the
-  memory's slot times just before each step's reset ([t - 1, b, slots])."""
+  memory's slot times just before each step's reset ([t - 1, b, slots]).
+
+  On the CPU, an RNN cell with tanh from a fresh state over a relevance memory
+  with the paper's rules (or a window), keeping the queries and keys, runs
+  steps 1 .. t - 1 as one kernel call (``kernels.rnn_forward``) instead of
+  the scan, with the same records."""
   length = x.shape[0]
   params = core.loop_params(params, config)
   zero = jnp.zeros((), x.dtype)
@@ -206,11 +211,11 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
       kept += (jax.lax.stop_gradient(alpha),)  # the reverse pass's weights
       return (mem, s, c, h, record(buffers, t, h, s, c, (query, key) if store else ())), kept
 
-    def scanned(mem, buffers, *_):
+    def scanned(mem, *_):
       carry = (mem, state.s, state.c, first["h"], buffers)
-      (mem, s, c, _, buffers), admitted = jax.lax.scan(
+      (mem, s, c, _, filled), admitted = jax.lax.scan(
           body, carry, (jnp.arange(1, length), x[1:], None if resets is None else resets[1:]))
-      return mem, s, c, buffers, admitted
+      return mem, s, c, filled, admitted
 
     if (config.cpu_kernel and start is None and store and config.cell is CellType.RNN
         and config.phi is cells.Phi.TANH and rules.relevance is Relevance.SUM
@@ -218,13 +223,13 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
         and set(params) >= {"U", "b"} and length > 1):
       # The whole scan in one CPU kernel call (``kernels.rnn_forward``).
       # s_t is in its buffer; an RNN cell has no c.
-      def kernel(mem, buffers, xs, weights):
-        mem_out, buffers, screened, alpha = kernels.rnn_forward(mem, buffers, xs, weights, nu,
-                                                                config.attn)
-        return rsm.RSMState(*mem_out), buffers[1][-1], state.c, buffers, (*screened, alpha)
+      def kernel(mem, row0, xs, weights):
+        mem_out, filled, screened, alpha = kernels.rnn_forward(mem, row0, xs, weights, nu,
+                                                               config.attn)
+        return rsm.RSMState(*mem_out), filled[1][-1], state.c, filled, (*screened, alpha)
       weights = {k: params[k] for k in ("U", "b", "Va", "V", "Ua", "v")}
       mem, s, c, buffers, admitted = kernels.dispatch(True, kernel, scanned, state.memory,
-                                                      buffers, x[1:], weights)
+                                                      kept, x[1:], weights)
     else:
       mem, s, c, buffers, admitted = scanned(state.memory, buffers)
     final = core.State(t0 + length, s, c, mem)
@@ -459,19 +464,18 @@ class _RelevanceReverse:
     del records
     return carry
 
-  def rnn_block(self, carry, adm, rows, query, g, h, v, ua_t, both_t, attn):
-    """A whole block of an RNN cell's (tanh) reverse steps in one kernel call
-    (``kernels.rnn_block_reverse``; the CPU only): what the scan of
-    ``_attentive_scan_bwd``'s ``step`` gives, for ``carry`` = (memory carry,
-    d_newest, dq_next, dc_next, d_small) and the block's records ``adm``, the
-    states it puts back ``rows``, queries, output cotangents ``g`` and states
-    ``h`` [n, b, h]. Returns the carry and (dq, dpre, dk) [n, b, h] each."""
+  def rnn_block(self, carry, first, adm, g, q, v, ua_t, both_t, attn):
+    """A whole block of an RNN cell's (tanh) reverse steps from a fresh state in
+    one kernel call (``kernels.rnn_block_reverse``; the CPU only): what the scan
+    of ``_attentive_scan_bwd``'s ``step`` gives, for ``carry`` = (memory carry,
+    d_newest, dq_next, dc_next, d_small), the block's first step ``first`` and
+    records ``adm``, and the whole sequence's output cotangents ``g`` and
+    queries ``q`` [t, b, h] (the states and their keys are the book's). Returns
+    the carry and (dq, dpre, dk) [n, b, h] each."""
     mem, d_newest, dq_next, dc_next, d_small = carry
-    back, back_key, put_back, put_back_key, j = rows
-    r_col = jnp.where(adm[0] >= 0, self.nu + adm[0], -1)
     out, grads, d_v = kernels.rnn_block_reverse(
-        (*mem, d_newest, dq_next), (j, r_col, back, back_key, put_back, put_back_key), query,
-        adm[-1], g, h, v, ua_t, both_t, attn)
+        (*mem, d_newest, dq_next), first, adm[0], adm[1], adm[-1], self.h, self.h_keys, g, q,
+        v, ua_t, both_t, self.nu, attn)
     d_small = {**d_small, "v": d_small["v"] + d_v}
     return (tuple(out[:4]), out[4], out[5], dc_next, d_small), grads
 
@@ -605,10 +609,12 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     book: Bookkeeping = _RelevanceReverse(config, h, ua, memory, start, keys)
   else:
     book = _FullReverse(config, h, ua, memory)
-  # An RNN cell with tanh over a relevance or window memory: each block of steps
-  # can run as one kernel call on the CPU (``_RelevanceReverse.rnn_block``).
+  # An RNN cell with tanh over a relevance or window memory from a fresh state,
+  # the queries and keys kept: each block of steps can run as one kernel call on
+  # the CPU (``_RelevanceReverse.rnn_block``).
   fused = (config.cpu_kernel and config.screened and config.cell is CellType.RNN
-           and config.phi is cells.Phi.TANH and not act)
+           and config.phi is cells.Phi.TANH and not act and not given
+           and queries is not None)
 
   def step(book, carry, inputs):
     mem, d_newest, dq_next, dc_next, d_small = carry
@@ -659,7 +665,6 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       # attends to, the weights are 0 whatever the query, and so is its cotangent.)
       s_b, c_prev = core.pick_rows(reset, fresh, (s_b, c_prev))
     q_b = s_prev @ va if q_b is None else q_b  # the queries, where the forward kept none
-    rows = book.block_inputs(t, adm)
 
     def scanned(carry):
       # What the steps recompute without needing a cotangent, for the block at once.
@@ -670,12 +675,13 @@ def _attentive_scan_bwd(config, residuals, cotangents):
         pre = (xp, srec, s_b) if gru else xp + srec
       carry, (dq, dpre, dk, records) = jax.lax.scan(
           functools.partial(step, book), carry,
-          (t, pre, q_b, g_b, h_prev, c_prev, adm, rows, reset), reverse=True)
+          (t, pre, q_b, g_b, h_prev, c_prev, adm, book.block_inputs(t, adm), reset),
+          reverse=True)
       return (book.end_block(carry[0], records),) + carry[1:], (dq, dpre, dk)
 
-    if fused and reset is None:  # the whole block in one CPU kernel call
+    if fused:  # the whole block in one CPU kernel call
       carry, (dq, dpre, dk) = kernels.dispatch(
-          True, lambda c: book.rnn_block(c, adm, rows, q_b, g_b, h_b, params["v"], ua_t,
+          True, lambda c: book.rnn_block(c, t[0], adm, g_h, queries, params["v"], ua_t,
                                          both_t, config.attn), scanned, carry)
     else:
       carry, (dq, dpre, dk) = scanned(carry)

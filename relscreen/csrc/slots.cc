@@ -31,7 +31,9 @@
 //
 // RnnBlockReverse: a block of the reverse pass's steps of an RNN cell with
 // tanh, each step's cell, matrix products and mixing around the reverse step
-// above, in one call (see its own comment below).
+// above, in one call; RnnForward: the forward scan of the same cell over a
+// relevance memory (the paper's rules) or a window, the attention, the cell
+// and the store with its screening at every step (see their own comments).
 
 #include <algorithm>
 #include <atomic>
@@ -200,13 +202,17 @@ void SlotsAttend(int64_t b0, int64_t b1, int64_t M, int64_t H, const T* __restri
 // ---------------------------------------------------------------------------
 // A block of reverse steps of an RNN cell with tanh and its relevance or
 // window memory (RnnBlockReverse): what the reverse pass's scan over a block of
-// steps does per step, for steps t = n - 1 down to 0, per batch row:
-//   pop:   dv = d_vals[j], dk = d_keys[j] (j = s_col[t]: h_t's slot);
+// steps does per step, for steps t = first + n - 1 down to first, per batch
+// row, from a fresh state (h_t in S's slot t mod nu):
+//   pop:   dv = d_vals[j], dk = d_keys[j] (j = t mod nu);
 //   cell:  dh = g_t + d_newest + dv + dk Ua^T, dpre = dh (1 - h_t^2),
 //          ds = [dpre, dq_next] [V | Va]^T;
 //   mix:   s_t = (newest + attn context) / 2: d_newest = ds / 2,
 //          d_context = attn (ds / 2);
-//   then the reverse step above with query q_t, and dq_next = its d_query.
+//   then the reverse step above with query q_t, and dq_next = its d_query;
+//   its undo puts back h_{t - nu} (the state that left S) and, where
+//   screening wrote an R slot, the state it had evicted, read with their keys
+//   from the whole sequence's [L, b, h] arrays (no per-block copies).
 // It returns every step's dq, dpre and dk (the caller forms the matrices'
 // gradients from them once per block) and the block's share of d v. Rows are
 // independent but for d v, which is kept per row and summed in row order: the
@@ -285,20 +291,21 @@ void RowsTimes(int64_t R, const T* const* x, const T* __restrict W, int64_t K, i
 
 template <typename T>
 struct BlockArgs {
-  int64_t n, B, M, H;
+  int64_t n, B, M, H, nu, first;  // steps first .. first + n - 1 of the sequence
   T attn;
   T *vals, *keys, *d_vals, *d_keys, *d_newest, *dq_next;  // the carry, updated in place
-  const int32_t *s_col, *r_col;                           // [n, b]
-  const T *back, *back_key, *put_back, *put_back_key;     // [n, b, h]
-  const T *query, *alpha, *g, *h;                         // [n, b, h] ([n, b, m] alpha)
-  const T *v, *ua_t, *both_t;                             // [h], [h, h], [2h, h]
-  T *dq, *dpre, *dk;                                      // [n, b, h]
-  T* d_v_rows;                                            // [b, h]
+  const int32_t *slot, *evicted;  // [n, b]: the R slot each store wrote (-1: none) and
+                                  // the time of the state it evicted there (-1: none)
+  const T* alpha;                 // [n, b, m]
+  const T *h, *h_keys, *g, *q;    // [L, b, h]: states, their keys, cotangents, queries
+  const T *v, *ua_t, *both_t;     // [h], [h, h], [2h, h]
+  T *dq, *dpre, *dk;              // [n, b, h]
+  T* d_v_rows;                    // [b, h]
 };
 
 template <typename T>
 void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
-  const int64_t R = b1 - b0, B = a.B, M = a.M, H = a.H;
+  const int64_t R = b1 - b0, B = a.B, M = a.M, H = a.H, nu = a.nu;
   std::vector<T> scratch(4 * R * H + M);
   T* dh = scratch.data();   // [R, H]
   T* x2 = dh + R * H;       // [R, 2H]: dpre, dq_next
@@ -306,29 +313,25 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
   T* d_alpha = ds + R * H;  // [M]
   std::vector<const T*> in(R);
   std::vector<T*> out(R);
-  for (int64_t t = a.n - 1; t >= 0; --t) {
-    const int64_t first = t * B;  // this step's rows in the [n, b, ...] arrays
+  for (int64_t i = a.n - 1; i >= 0; --i) {
+    // Step t = first + i: h_t is in S's slot t mod nu (a fresh state's ring).
+    const int64_t t = a.first + i, j = t % nu, back_at = std::max<int64_t>(t - nu, 0);
     for (int64_t r = 0; r < R; ++r) {  // pop h_t's cotangents from its slot
-      const int64_t b = b0 + r, o = (first + b) * H, j = a.s_col[first + b];
+      const int64_t b = b0 + r, o = (i * B + b) * H;
       T* dk = a.dk + o;
-      const T* g = a.g + o;
+      const T* g = a.g + (t * B + b) * H;
       const T* dn = a.d_newest + b * H;
+      const T* dv = a.d_vals + (b * M + j) * H;
       T* d = dh + r * H;
-      if (j >= 0 && j < M) {
-        const T* dv = a.d_vals + (b * M + j) * H;
-        std::copy(a.d_keys + (b * M + j) * H, a.d_keys + (b * M + j + 1) * H, dk);
-        for (int64_t c = 0; c < H; ++c) d[c] = g[c] + dn[c] + dv[c];
-      } else {
-        std::fill(dk, dk + H, T(0));
-        for (int64_t c = 0; c < H; ++c) d[c] = g[c] + dn[c];
-      }
+      std::copy(a.d_keys + (b * M + j) * H, a.d_keys + (b * M + j + 1) * H, dk);
+      for (int64_t c = 0; c < H; ++c) d[c] = g[c] + dn[c] + dv[c];
       in[r] = dk;
       out[r] = d;
     }
     RowsTimes<T>(R, in.data(), a.ua_t, H, H, out.data(), true);  // dh += dk Ua^T
     for (int64_t r = 0; r < R; ++r) {
-      const int64_t b = b0 + r, o = (first + b) * H;
-      const T* h = a.h + o;
+      const int64_t b = b0 + r, o = (i * B + b) * H;
+      const T* h = a.h + (t * B + b) * H;
       T* dp = a.dpre + o;
       const T* d = dh + r * H;
 #pragma omp simd
@@ -340,17 +343,22 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
     }
     RowsTimes<T>(R, in.data(), a.both_t, 2 * H, H, out.data(), false);  // ds
     for (int64_t r = 0; r < R; ++r) {
-      const int64_t b = b0 + r, o = (first + b) * H;
+      const int64_t b = b0 + r, o = (i * B + b) * H, row = i * B + b;
       T* dn = a.d_newest + b * H;
       T* dc = ds + r * H;
       for (int64_t c = 0; c < H; ++c) {
         dn[c] = T(0.5) * dc[c];
         dc[c] = a.attn * dn[c];
       }
-      ReverseRow<T>(b, M, H, a.vals, a.keys, a.d_vals, a.d_keys, a.s_col[first + b],
-                    a.r_col[first + b], a.back + o, a.back_key + o, a.put_back + o,
-                    a.put_back_key + o, a.query + o, a.alpha + (first + b) * M, a.v, dc,
-                    a.dq + o, a.d_v_rows + b * H, d_alpha);
+      // Undo the store: S's slot j gets back the state that left S, the R slot
+      // screening wrote the state it had evicted.
+      const int32_t slot = a.slot[row];
+      const int64_t r_col = slot >= 0 ? nu + slot : -1;
+      const int64_t put_back_at = std::max<int32_t>(a.evicted[row], 0);
+      const int64_t back_o = (back_at * B + b) * H, put_o = (put_back_at * B + b) * H;
+      ReverseRow<T>(b, M, H, a.vals, a.keys, a.d_vals, a.d_keys, j, r_col, a.h + back_o,
+                    a.h_keys + back_o, a.h + put_o, a.h_keys + put_o, a.q + (t * B + b) * H,
+                    a.alpha + row * M, a.v, dc, a.dq + o, a.d_v_rows + b * H, d_alpha);
       std::copy(a.dq + o, a.dq + o + H, a.dq_next + b * H);
     }
   }
@@ -367,7 +375,7 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
 //   slot j (its first empty one while S fills); the state leaving S (if any)
 //   enters R while R has room, else in place of R's lowest score (the first of
 //   equal ones) if its own is larger; R slot and evicted time recorded.
-// h, s, q and key go to rows t of the [L, b, h] buffers (row 0 holds step 0's),
+// h, s, q and key go to rows t of the [L, b, h] buffers (row 0: step 0's, given),
 // the weights to alpha [L - 1, b, m]. Rows in fixed groups on XLA's threads
 // for the whole sequence: a group's banks stay in the core's cache.
 
@@ -646,31 +654,32 @@ int64_t BlockRows(int64_t B) { return std::min<int64_t>(8, std::max<int64_t>(1, 
 ffi::Error RnnBlockReverseImpl(
     ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::AnyBuffer keys_in, ffi::AnyBuffer d_vals_in,
     ffi::AnyBuffer d_keys_in, ffi::AnyBuffer d_newest_in, ffi::AnyBuffer dq_next_in,
-    ffi::AnyBuffer s_col, ffi::AnyBuffer r_col, ffi::AnyBuffer back, ffi::AnyBuffer back_key,
-    ffi::AnyBuffer put_back, ffi::AnyBuffer put_back_key, ffi::AnyBuffer query,
-    ffi::AnyBuffer alpha, ffi::AnyBuffer g, ffi::AnyBuffer h, ffi::AnyBuffer v,
-    ffi::AnyBuffer ua_t, ffi::AnyBuffer both_t, double attn, ffi::Result<ffi::AnyBuffer> vals,
-    ffi::Result<ffi::AnyBuffer> keys, ffi::Result<ffi::AnyBuffer> d_vals,
-    ffi::Result<ffi::AnyBuffer> d_keys, ffi::Result<ffi::AnyBuffer> d_newest,
-    ffi::Result<ffi::AnyBuffer> dq_next, ffi::Result<ffi::AnyBuffer> dq,
-    ffi::Result<ffi::AnyBuffer> dpre, ffi::Result<ffi::AnyBuffer> dk,
-    ffi::Result<ffi::AnyBuffer> d_v) {
-  const auto dims = keys_in.dimensions(), steps = query.dimensions();
+    ffi::AnyBuffer first, ffi::AnyBuffer slot, ffi::AnyBuffer evicted, ffi::AnyBuffer alpha,
+    ffi::AnyBuffer h, ffi::AnyBuffer h_keys, ffi::AnyBuffer g, ffi::AnyBuffer q,
+    ffi::AnyBuffer v, ffi::AnyBuffer ua_t, ffi::AnyBuffer both_t, int64_t nu, double attn,
+    ffi::Result<ffi::AnyBuffer> vals, ffi::Result<ffi::AnyBuffer> keys,
+    ffi::Result<ffi::AnyBuffer> d_vals, ffi::Result<ffi::AnyBuffer> d_keys,
+    ffi::Result<ffi::AnyBuffer> d_newest, ffi::Result<ffi::AnyBuffer> dq_next,
+    ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dpre,
+    ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> d_v) {
+  const auto dims = keys_in.dimensions(), seq = h.dimensions(), steps = alpha.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("the banks must be [b, m, h]");
-  if (steps.size() != 3) return ffi::Error::InvalidArgument("the queries must be [n, b, h]");
-  if (s_col.element_type() != ffi::S32 || r_col.element_type() != ffi::S32)
-    return ffi::Error::InvalidArgument("the slot columns must be int32");
-  const int64_t B = dims[0], M = dims[1], H = dims[2], n = steps[0];
-  if (s_col.element_count() != n * B || r_col.element_count() != n * B ||
-      alpha.element_count() != n * B * M || both_t.element_count() != 2 * H * H ||
-      ua_t.element_count() != H * H)
+  if (seq.size() != 3 || steps.size() != 3)
+    return ffi::Error::InvalidArgument("h must be [L, b, h] and alpha [n, b, m]");
+  if (first.element_type() != ffi::S32 || slot.element_type() != ffi::S32 ||
+      evicted.element_type() != ffi::S32)
+    return ffi::Error::InvalidArgument("first, slot and evicted must be int32");
+  const int64_t B = dims[0], M = dims[1], H = dims[2], L = seq[0], n = steps[0];
+  const int64_t start = first.typed_data<int32_t>()[0];
+  if (slot.element_count() != n * B || evicted.element_count() != n * B || steps[1] != B ||
+      steps[2] != M || seq[1] != B || seq[2] != H || both_t.element_count() != 2 * H * H ||
+      ua_t.element_count() != H * H || nu < 1 || nu > M || start < 1 || start + n > L)
     return ffi::Error::InvalidArgument("the block's arguments do not match the banks' shape");
   if (auto e = SameType(keys_in.element_type(),
                         {{"vals", &vals_in}, {"d_vals", &d_vals_in}, {"d_keys", &d_keys_in},
-                         {"d_newest", &d_newest_in}, {"dq_next", &dq_next_in}, {"back", &back},
-                         {"back_key", &back_key}, {"put_back", &put_back},
-                         {"put_back_key", &put_back_key}, {"query", &query}, {"alpha", &alpha},
-                         {"g", &g}, {"h", &h}, {"v", &v}, {"ua_t", &ua_t}, {"both_t", &both_t}});
+                         {"d_newest", &d_newest_in}, {"dq_next", &dq_next_in},
+                         {"alpha", &alpha}, {"h", &h}, {"h_keys", &h_keys}, {"g", &g},
+                         {"q", &q}, {"v", &v}, {"ua_t", &ua_t}, {"both_t", &both_t}});
       e.failure())
     return e;
   const ffi::AnyBuffer* ins[6] = {&vals_in, &keys_in, &d_vals_in, &d_keys_in, &d_newest_in,
@@ -683,13 +692,12 @@ ffi::Error RnnBlockReverseImpl(
   return ByFloat(keys_in.element_type(), [&](auto zero) {
     using T = decltype(zero);
     std::vector<T> d_v_rows(B * H, T(0));
-    BlockArgs<T> a{n, B, M, H, static_cast<T>(attn),
+    BlockArgs<T> a{n, B, M, H, nu, start, static_cast<T>(attn),
                    vals->typed_data<T>(), keys->typed_data<T>(), d_vals->typed_data<T>(),
                    d_keys->typed_data<T>(), d_newest->typed_data<T>(), dq_next->typed_data<T>(),
-                   s_col.typed_data<int32_t>(), r_col.typed_data<int32_t>(),
-                   back.typed_data<T>(), back_key.typed_data<T>(), put_back.typed_data<T>(),
-                   put_back_key.typed_data<T>(), query.typed_data<T>(), alpha.typed_data<T>(),
-                   g.typed_data<T>(), h.typed_data<T>(), v.typed_data<T>(), ua_t.typed_data<T>(),
+                   slot.typed_data<int32_t>(), evicted.typed_data<int32_t>(),
+                   alpha.typed_data<T>(), h.typed_data<T>(), h_keys.typed_data<T>(),
+                   g.typed_data<T>(), q.typed_data<T>(), v.typed_data<T>(), ua_t.typed_data<T>(),
                    both_t.typed_data<T>(), dq->typed_data<T>(), dpre->typed_data<T>(),
                    dk->typed_data<T>(), d_v_rows.data()};
     ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnBlockRows<T>(a, b0, b1); },
@@ -714,15 +722,16 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                           ffi::Result<ffi::AnyBuffer> k, ffi::Result<ffi::AnyBuffer> slot,
                           ffi::Result<ffi::AnyBuffer> replaced,
                           ffi::Result<ffi::AnyBuffer> alpha) {
-  const auto dims = keys_in.dimensions(), seq = h_in.dimensions(), xs = x.dimensions();
+  const auto dims = keys_in.dimensions(), xs = x.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("the banks must be [b, m, h]");
-  if (seq.size() != 3 || xs.size() != 3)
-    return ffi::Error::InvalidArgument("the buffers must be [L, b, h] and x [L - 1, b, i]");
+  if (xs.size() != 3) return ffi::Error::InvalidArgument("x must be [L - 1, b, i]");
   if (time_in.element_type() != ffi::S32 || seen_in.element_type() != ffi::S32)
     return ffi::Error::InvalidArgument("the slots' times and seen must be int32");
-  const int64_t B = dims[0], M = dims[1], H = dims[2], L = seq[0], I = xs[2];
-  if (xs[0] != L - 1 || xs[1] != B || seq[1] != B || seq[2] != H || nu < 1 || nu > M ||
-      U.element_count() != I * H || Va.element_count() != H * H)
+  const int64_t B = dims[0], M = dims[1], H = dims[2], L = xs[0] + 1, I = xs[2];
+  if (xs[1] != B || nu < 1 || nu > M || U.element_count() != I * H ||
+      Va.element_count() != H * H || h_in.element_count() != B * H ||
+      s_in.element_count() != B * H || q_in.element_count() != B * H ||
+      k_in.element_count() != B * H)
     return ffi::Error::InvalidArgument("the forward's arguments do not match the banks' shape");
   if (auto e = SameType(keys_in.element_type(),
                         {{"vals", &vals_in}, {"score", &score_in}, {"h", &h_in}, {"s", &s_in},
@@ -733,7 +742,8 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
   const ffi::AnyBuffer* ins[9] = {&vals_in, &keys_in, &score_in, &time_in, &seen_in,
                                   &h_in, &s_in, &q_in, &k_in};
   ffi::Result<ffi::AnyBuffer>* outs[9] = {&vals, &keys, &score, &time, &seen, &h, &s, &q, &k};
-  for (int i = 0; i < 9; ++i) {  // XLA aliases them; copy where it did not
+  for (int i = 0; i < 9; ++i) {  // the memory: XLA aliases it (copied where it did not);
+    // the buffers: row 0 is step 0's, the kernel writes the others (nothing zeroed)
     if ((*outs[i])->untyped_data() != ins[i]->untyped_data())
       std::memcpy((*outs[i])->untyped_data(), ins[i]->untyped_data(), ins[i]->size_bytes());
   }
@@ -798,19 +808,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnBlockReverse, RnnBlockReverseImpl,
                                   .Arg<ffi::AnyBuffer>()  // d_keys
                                   .Arg<ffi::AnyBuffer>()  // d_newest [b, h]
                                   .Arg<ffi::AnyBuffer>()  // dq_next [b, h]
-                                  .Arg<ffi::AnyBuffer>()  // s_col [n, b], int32
-                                  .Arg<ffi::AnyBuffer>()  // r_col [n, b], int32
-                                  .Arg<ffi::AnyBuffer>()  // back [n, b, h]
-                                  .Arg<ffi::AnyBuffer>()  // back_key
-                                  .Arg<ffi::AnyBuffer>()  // put_back
-                                  .Arg<ffi::AnyBuffer>()  // put_back_key
-                                  .Arg<ffi::AnyBuffer>()  // query [n, b, h]
+                                  .Arg<ffi::AnyBuffer>()  // first [], int32
+                                  .Arg<ffi::AnyBuffer>()  // slot [n, b], int32
+                                  .Arg<ffi::AnyBuffer>()  // evicted [n, b], int32
                                   .Arg<ffi::AnyBuffer>()  // alpha [n, b, m]
-                                  .Arg<ffi::AnyBuffer>()  // g [n, b, h]
-                                  .Arg<ffi::AnyBuffer>()  // h [n, b, h]
+                                  .Arg<ffi::AnyBuffer>()  // h [L, b, h]
+                                  .Arg<ffi::AnyBuffer>()  // h_keys [L, b, h]
+                                  .Arg<ffi::AnyBuffer>()  // g [L, b, h]
+                                  .Arg<ffi::AnyBuffer>()  // q [L, b, h]
                                   .Arg<ffi::AnyBuffer>()  // v [h]
                                   .Arg<ffi::AnyBuffer>()  // ua_t [h, h]
                                   .Arg<ffi::AnyBuffer>()  // both_t [2h, h]
+                                  .Attr<int64_t>("nu")
                                   .Attr<double>("attn")
                                   .Ret<ffi::AnyBuffer>()  // vals
                                   .Ret<ffi::AnyBuffer>()  // keys
@@ -831,10 +840,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Arg<ffi::AnyBuffer>()  // score [b, m]
                                   .Arg<ffi::AnyBuffer>()  // time [b, m], int32
                                   .Arg<ffi::AnyBuffer>()  // seen [b], int32
-                                  .Arg<ffi::AnyBuffer>()  // h [L, b, h] (row 0 set)
-                                  .Arg<ffi::AnyBuffer>()  // s
-                                  .Arg<ffi::AnyBuffer>()  // q
-                                  .Arg<ffi::AnyBuffer>()  // k
+                                  .Arg<ffi::AnyBuffer>()  // h_0 [b, h]
+                                  .Arg<ffi::AnyBuffer>()  // s_0
+                                  .Arg<ffi::AnyBuffer>()  // q_0 (zeros)
+                                  .Arg<ffi::AnyBuffer>()  // k_0
                                   .Arg<ffi::AnyBuffer>()  // x [L - 1, b, i]
                                   .Arg<ffi::AnyBuffer>()  // U [i, h]
                                   .Arg<ffi::AnyBuffer>()  // b [h]
@@ -849,7 +858,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Ret<ffi::AnyBuffer>()  // score
                                   .Ret<ffi::AnyBuffer>()  // time
                                   .Ret<ffi::AnyBuffer>()  // seen
-                                  .Ret<ffi::AnyBuffer>()  // h
+                                  .Ret<ffi::AnyBuffer>()  // h [L, b, h]
                                   .Ret<ffi::AnyBuffer>()  // s
                                   .Ret<ffi::AnyBuffer>()  // q
                                   .Ret<ffi::AnyBuffer>()  // k
