@@ -135,9 +135,9 @@ class ModelConfig:
       batch 514 (H 128, float32), not at L = 100,000 and batch 10 (488 MiB each).
     cpu_kernel: the custom pass of a relevance or window memory runs each
       step's attention over the slots, forward and reverse, in hand-written
-      kernels on the CPU, and with an RNN cell (tanh) the whole forward scan
-      (from a fresh state; relevance memories with the paper's rules, windows)
-      and each block of reverse steps in one each (``relscreen.kernels``;
+      kernels on the CPU, and with an RNN cell (tanh) from a fresh state
+      (relevance memories with the paper's rules, windows) the whole forward
+      scan and each block of reverse steps in one each (``relscreen.kernels``;
       built on first use, XLA's version where they cannot be built, on other
       devices, and when off). A speed knob: the results are the same up to
       float rounding.
