@@ -178,18 +178,18 @@ def _rnn_grads(params, cfg, x):
 
 @needs_compiler
 def test_the_rnn_kernels_at_their_tile_sizes():
-  """The RNN forward and block kernels' matrix products go in tiles of 4 rows
-  and 4 vectors of columns (64 float32, 32 float64 columns) with the rest
-  column by column; at H = 72 and batch 10 (two groups of 5 rows on XLA's
-  threads: a 4-row tile and one row) both kinds run, and over 14 steps R (4
-  slots) fills and then evicts. float64: XLA's outputs and final state (the
+  """The RNN forward and block kernels' matrix products go in tiles of up to 6
+  rows and 4 vectors of columns (64 float32, 32 float64 columns) with the
+  rest column by column; at H = 72 and batch 13 (groups of 7 and 6 rows on
+  XLA's threads: tiles of 4 + 3 rows and of 6) both kinds of column run, and
+  over 14 steps R (4 slots) fills and then evicts. float64: XLA's outputs and final state (the
   slots' times, scores and the screening count exactly or to 1e-12) and its
   gradients to 1e-10, the same bits on every call. float32: as far from the
   float64 gradients as XLA's own float32 gradients are, within a factor of 4
   (their sums go in another order)."""
   cfg = rs.model_config("RelRNN", 3, hidden=72, nu=3, rho=4, reverse_block=4)
   init = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"]
-  x32 = jax.random.normal(jax.random.PRNGKey(1), (10, 14, 3))
+  x32 = jax.random.normal(jax.random.PRNGKey(1), (13, 14, 3))
   with jax.enable_x64(True):
     cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), t)
     params, x = cast(init), cast(x32)
