@@ -179,6 +179,11 @@ def dispatch(wanted: bool, kernel, fallback, *args):
   return fallback(*args)
 
 
+def _shape(a) -> jax.ShapeDtypeStruct:
+  """An output of ``a``'s shape and dtype."""
+  return jax.ShapeDtypeStruct(a.shape, a.dtype)
+
+
 def _require():
   if not available():
     raise RuntimeError(f"relscreen's CPU kernels are off: {why_not()}")
@@ -193,8 +198,7 @@ def slots_reverse(banks, undo, query: Array, alpha: Array, v: Array, d_context: 
   _require()
   s_col, r_col, *rows = undo
   s_col = jnp.broadcast_to(s_col, r_col.shape)
-  shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-  out = jax.ffi.ffi_call("relscreen_slots_reverse", tuple(shape(a) for a in (*banks, query, v)),
+  out = jax.ffi.ffi_call("relscreen_slots_reverse", tuple(_shape(a) for a in (*banks, query, v)),
                          input_output_aliases={0: 0, 1: 1, 2: 2, 3: 3},
                          vmap_method="sequential")(  # under vmap: one call per member
       *banks, s_col.astype(jnp.int32), r_col.astype(jnp.int32), *rows, query, alpha, v,
@@ -208,8 +212,7 @@ def slots_attend(query: Array, keys: Array, vals: Array, time: Array, v: Array):
   as ``attention.additive_attention``. Returns ``(context [b, h], alpha [b, m])``.
   Not differentiable (the custom pass's forward only); call it only on the CPU."""
   _require()
-  shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
-  return jax.ffi.ffi_call("relscreen_slots_attend", (shape(query), shape(time).update(
+  return jax.ffi.ffi_call("relscreen_slots_attend", (_shape(query), _shape(time).update(
       dtype=query.dtype)), vmap_method="sequential")(query, keys, vals,
                                                      time.astype(jnp.int32), v)
 
@@ -229,10 +232,9 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
   [L, b, h], read where the steps need them. Returns ``(carry, (dq, dpre, dk)
   [n, b, h] each, d_v [h])``. Call it only on the CPU."""
   _require()
-  shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
   steps = jax.ShapeDtypeStruct(alpha.shape[:2] + h.shape[2:], h.dtype)
   out = jax.ffi.ffi_call("relscreen_rnn_block_reverse",
-                         tuple(shape(a) for a in carry) + (steps, steps, steps, shape(v)),
+                         tuple(_shape(a) for a in carry) + (steps, steps, steps, _shape(v)),
                          input_output_aliases={i: i for i in range(6)},
                          vmap_method="sequential")(
       *carry, jnp.asarray(first, jnp.int32), slot.astype(jnp.int32), evicted.astype(jnp.int32),
@@ -252,14 +254,13 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float):
   screening did (``rsm.Screened``'s ``slot`` and ``replaced``) with its
   weights. Call it only on the CPU."""
   _require()
-  shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
   steps, batch = x.shape[:2]
   m = mem[0].shape[1]
   rows = jax.ShapeDtypeStruct((steps, batch), jnp.int32)
   seq = jax.ShapeDtypeStruct((steps + 1,) + first[0].shape, x.dtype)
   out = jax.ffi.ffi_call(
       "relscreen_rnn_forward",
-      tuple(shape(a) for a in mem) + (seq,) * 4 + (rows, rows, jax.ShapeDtypeStruct(
+      tuple(_shape(a) for a in mem) + (seq,) * 4 + (rows, rows, jax.ShapeDtypeStruct(
           (steps, batch, m), x.dtype)),
       input_output_aliases={i: i for i in range(5)}, vmap_method="sequential")(
       *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *first, x,

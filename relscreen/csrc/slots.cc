@@ -537,6 +537,24 @@ void ForChunks(ffi::ThreadPool& pool, int64_t rows, bool parallel, F body, int64
   while (shared->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
 }
 
+// XLA aliases each updated input to its output; copy the input where it did
+// not (and, for a longer output, into its start).
+void CopyUnaliased(std::initializer_list<std::pair<const ffi::AnyBuffer*,
+                                                   ffi::Result<ffi::AnyBuffer>*>> pairs) {
+  for (const auto& [in, out] : pairs) {
+    if ((*out)->untyped_data() != in->untyped_data())
+      std::memcpy((*out)->untyped_data(), in->untyped_data(), in->size_bytes());
+  }
+}
+
+// out[h] = sum over the n rows of parts [n, H], in row order.
+template <typename T>
+void SumRows(const T* parts, int64_t n, int64_t H, T* out) {
+  std::fill(out, out + H, T(0));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t h = 0; h < H; ++h) out[h] += parts[r * H + h];
+}
+
 template <typename T>
 void RunReverse(ffi::ThreadPool& pool, int64_t B, int64_t M, int64_t H, ffi::AnyBuffer s_col,
                 ffi::AnyBuffer r_col, ffi::AnyBuffer back, ffi::AnyBuffer back_key,
@@ -560,10 +578,7 @@ void RunReverse(ffi::ThreadPool& pool, int64_t B, int64_t M, int64_t H, ffi::Any
                     back_key_p, put_back_p, put_back_key_p, query_p, alpha_p, v_p, d_context_p,
                     d_query_p, parts_p + c * H);
   });
-  T* out = d_v->typed_data<T>();
-  std::fill(out, out + H, T(0));
-  for (size_t c = 0; c < parts.size() / H; ++c)
-    for (int64_t h = 0; h < H; ++h) out[h] += parts[c * H + h];
+  SumRows(parts.data(), static_cast<int64_t>(parts.size()) / H, H, d_v->typed_data<T>());
 }
 
 // Every float argument in the banks' type (typed_data of another type aborts).
@@ -610,12 +625,8 @@ ffi::Error SlotsReverseImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::A
                          {"v", &v}, {"d_context", &d_context}});
       e.failure())
     return e;
-  const ffi::AnyBuffer* ins[4] = {&vals_in, &keys_in, &d_vals_in, &d_keys_in};
-  ffi::Result<ffi::AnyBuffer>* outs[4] = {&vals, &keys, &d_vals, &d_keys};
-  for (int i = 0; i < 4; ++i) {  // XLA aliases them; copy where it did not
-    if ((*outs[i])->untyped_data() != ins[i]->untyped_data())
-      std::memcpy((*outs[i])->untyped_data(), ins[i]->untyped_data(), ins[i]->size_bytes());
-  }
+  CopyUnaliased({{&vals_in, &vals}, {&keys_in, &keys}, {&d_vals_in, &d_vals},
+                 {&d_keys_in, &d_keys}});
   return ByFloat(keys_in.element_type(), [&](auto zero) {
     RunReverse<decltype(zero)>(pool, B, M, H, s_col, r_col, back, back_key, put_back,
                                put_back_key, query, alpha, v, d_context, vals, keys, d_vals,
@@ -682,13 +693,8 @@ ffi::Error RnnBlockReverseImpl(
                          {"q", &q}, {"v", &v}, {"ua_t", &ua_t}, {"both_t", &both_t}});
       e.failure())
     return e;
-  const ffi::AnyBuffer* ins[6] = {&vals_in, &keys_in, &d_vals_in, &d_keys_in, &d_newest_in,
-                                  &dq_next_in};
-  ffi::Result<ffi::AnyBuffer>* outs[6] = {&vals, &keys, &d_vals, &d_keys, &d_newest, &dq_next};
-  for (int i = 0; i < 6; ++i) {  // XLA aliases them; copy where it did not
-    if ((*outs[i])->untyped_data() != ins[i]->untyped_data())
-      std::memcpy((*outs[i])->untyped_data(), ins[i]->untyped_data(), ins[i]->size_bytes());
-  }
+  CopyUnaliased({{&vals_in, &vals}, {&keys_in, &keys}, {&d_vals_in, &d_vals},
+                 {&d_keys_in, &d_keys}, {&d_newest_in, &d_newest}, {&dq_next_in, &dq_next}});
   return ByFloat(keys_in.element_type(), [&](auto zero) {
     using T = decltype(zero);
     std::vector<T> d_v_rows(B * H, T(0));
@@ -702,10 +708,7 @@ ffi::Error RnnBlockReverseImpl(
                    dk->typed_data<T>(), d_v_rows.data()};
     ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnBlockRows<T>(a, b0, b1); },
               BlockRows(B));
-    T* out = d_v->typed_data<T>();
-    std::fill(out, out + H, T(0));
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t c = 0; c < H; ++c) out[c] += d_v_rows[b * H + c];
+    SumRows(d_v_rows.data(), B, H, d_v->typed_data<T>());
   });
 }
 
@@ -739,14 +742,10 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                          {"Va", &Va}, {"V", &V}, {"Ua", &Ua}, {"v", &v}});
       e.failure())
     return e;
-  const ffi::AnyBuffer* ins[9] = {&vals_in, &keys_in, &score_in, &time_in, &seen_in,
-                                  &h_in, &s_in, &q_in, &k_in};
-  ffi::Result<ffi::AnyBuffer>* outs[9] = {&vals, &keys, &score, &time, &seen, &h, &s, &q, &k};
-  for (int i = 0; i < 9; ++i) {  // the memory: XLA aliases it (copied where it did not);
-    // the buffers: row 0 is step 0's, the kernel writes the others (nothing zeroed)
-    if ((*outs[i])->untyped_data() != ins[i]->untyped_data())
-      std::memcpy((*outs[i])->untyped_data(), ins[i]->untyped_data(), ins[i]->size_bytes());
-  }
+  // The memory: aliased (copied where it is not); the [L, b, h] outputs: row 0
+  // is step 0's, the kernel writes the others (nothing zeroed).
+  CopyUnaliased({{&vals_in, &vals}, {&keys_in, &keys}, {&score_in, &score}, {&time_in, &time},
+                 {&seen_in, &seen}, {&h_in, &h}, {&s_in, &s}, {&q_in, &q}, {&k_in, &k}});
   return ByFloat(keys_in.element_type(), [&](auto zero) {
     using T = decltype(zero);
     ForwardArgs<T> a{L, B, M, H, I, nu, static_cast<T>(attn),
