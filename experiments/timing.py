@@ -33,10 +33,15 @@ def parse_model(spec: str) -> tuple[str, bool]:
 
 
 def streamed_models(specs) -> list[str]:
-  """The registry names to stream for model specs: the streaming step has no
-  reverse pass, so ``Model@autodiff`` streams as ``Model`` (once)."""
-  names = [parse_model(spec)[0] for spec in specs]
-  return list(dict.fromkeys(n for n in names if not memax_peers.is_memax(n) and n != FLOOR))
+  """The model specs to stream: the streaming step has no reverse pass, so
+  ``Model@autodiff`` streams as ``Model`` (once); ``Model@xla`` streams without
+  the CPU kernels."""
+  names = []
+  for spec in specs:
+    name = parse_model(spec)[0]
+    if not memax_peers.is_memax(name) and name != FLOOR:
+      names.append(spec if spec.endswith("@xla") else name)
+  return list(dict.fromkeys(names))
 
 
 def huge_page_mix_warning(specs, batch: int, environ) -> str | None:
@@ -189,9 +194,11 @@ def streaming(name: str, batch: int, hidden: int, nu: int, rho: int, steps: int 
               repeats: int = 5, donate: bool = False) -> dict:
   """Latency of one jitted streaming ``step`` (median over ``steps`` calls, each
   waited for, in ``repeats`` rounds) and the resulting steps/s over all streams;
-  ``donate``: the state donated to each call (``rs.step(..., donate=True)``)."""
+  ``donate``: the state donated to each call (``rs.step(..., donate=True)``);
+  ``name`` a registry name, or one with ``@xla`` (without the CPU kernels)."""
   task = rs.CopyTask(10)
-  cfg = rs.model_config(name, task.input_size, hidden=hidden, nu=nu, rho=rho)
+  cfg = rs.model_config(name.removesuffix("@xla"), task.input_size, hidden=hidden, nu=nu,
+                        rho=rho, cpu_kernel=not name.endswith("@xla"))
   core = rs.RecurrentCore(cfg)
   x = task.batch(jax.random.PRNGKey(0), batch).x[:, 0]
   params = train.init_params(core, jax.random.PRNGKey(1), x[:, None])

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from relscreen import attention, cells, full_memory, memories
-from relscreen.config import CellType, ModelConfig
+from relscreen import attention, cells, full_memory, kernels, memories, rsm
+from relscreen.config import CellType, Eviction, MemoryType, ModelConfig, Relevance
 
 Array = jax.Array
 
@@ -165,6 +165,51 @@ def any_step(params, config, state, xp, probe):
     h = h + probe
     return State(state.t + 1, h, c, None), {"h": h}
   return later_step(params, config, state, xp, probe, first=state.t == 0)
+
+
+def rnn_kernel_fits(config: ModelConfig, params: dict) -> bool:
+  """Whether ``kernels.rnn_forward`` can run this layer's steps (on the CPU, with
+  ``config.cpu_kernel``): an RNN cell with tanh storing every step (k = 1), no
+  diagnostics, in a relevance memory with the paper's rules (relevance sum,
+  eviction top) or a window."""
+  return (config.cpu_kernel and config.cell is CellType.RNN and config.phi is cells.Phi.TANH
+          and config.memory in (MemoryType.RELEVANCE, MemoryType.WINDOW) and config.k == 1
+          and not config.diagnostics and config.relevance is Relevance.SUM
+          and (config.eviction is Eviction.TOP or config.relevant_size == 0)
+          and set(params) >= {"U", "b", "V", "Va", "Ua", "v"})
+
+
+def kernel_step(params, config, state, x_t, first):
+  """``later_step`` of an ``rnn_kernel_fits`` config on the raw input ``x_t``
+  [b, i] with no probe, as one CPU kernel call (``kernels.rnn_forward`` over one
+  step; XLA's ``later_step`` on other devices, or where the kernels are off).
+
+  Differentiable: the kernel has no derivative of its own, so ``jax.custom_jvp``
+  gives it XLA's (``jax.jvp`` of ``later_step``): ``jax.grad`` or ``jax.jvp``
+  through the step runs XLA's step, a plain call the kernel. Their float32
+  results differ in the last bits (the kernels' tanh; docs/RESULTS.md)."""
+  nu, attn = config.nu, config.attn
+
+  def xla(params, state, x_t, first):
+    xp = project_input(params, config, x_t)
+    return later_step(params, config, state, xp, jnp.zeros((), x_t.dtype), first=first)
+
+  def kernel(params, state, x_t, first):
+    restart = jnp.broadcast_to(first, x_t.shape[:1])
+    # Row 0 of the kernel's sequence holds s before the step (its h, q and k
+    # rows are not read: the newest state comes from the memory); row 1 is the step's.
+    mem, (h, s, _, _), _, _ = kernels.rnn_forward(
+        tuple(state.memory), (state.s,) * 4, x_t[None], params, nu, attn, stamp=state.t,
+        restart=restart)
+    return State(state.t + 1, s[1], None, rsm.RSMState(*mem)), {"h": h[1]}
+
+  @jax.custom_jvp
+  def step(params, state, x_t, first):
+    return kernels.dispatch(True, kernel, xla, params, state, x_t, first)
+
+  step.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
+  weights = {k: params[k] for k in ("U", "b", "V", "Va", "Ua", "v")}
+  return step(weights, state, x_t, first)
 
 
 def pick_rows(rows: Array, new, old):

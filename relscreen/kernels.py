@@ -17,8 +17,11 @@ reverse pass's steps is one call (``rnn_block_reverse``: the pop of h_t's
 cotangent, the cell's reverse, the products with Ua^T and [V | Va]^T, the
 mixing's reverse and ``slots_reverse``'s step). Both run the batch's rows in
 fixed groups on XLA's threads for the whole scan or block, instead of about
-thirty XLA operations per step. docs/RESULTS.md ("The attention step as CPU
-kernels", "An RNN cell's scans as kernels") has what they save.
+thirty XLA operations per step. The streaming step of such a model
+(``rs.step``) is ``rnn_forward`` over one step (``core.kernel_step``; its
+derivatives are XLA's step's). docs/RESULTS.md ("The attention step as CPU
+kernels", "An RNN cell's scans as kernels", "The streaming step as one kernel
+call") has what they save.
 
 The kernels are compiled the first time a custom pass is traced, with the C++
 compiler ``$CXX`` (else ``c++``, ``g++`` or ``clang++`` on the ``PATH``) and
@@ -29,7 +32,7 @@ source, the compiler, jaxlib's version and the CPU's feature flags, so later
 processes load it at once and a different machine builds its own.
 
 They are used only where they can be: in the custom pass (``reverse``) of a
-relevance or window memory, on the CPU (``jax.lax.platform_dependent``: on a
+relevance or window memory and in an RNN cell's streaming step, on the CPU (``jax.lax.platform_dependent``: on a
 GPU or TPU the same program runs XLA's version), in float32 and float64.
 Where no compiler is found or the build fails, one warning says so and XLA's
 version runs. ``RELSCREEN_KERNELS=0`` in the environment turns them off
@@ -242,13 +245,18 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
   return tuple(out[:6]), tuple(out[6:9]), out[9]
 
 
-def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float):
+def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=1,
+                restart: Array | None = None):
   """The forward scan of an RNN cell with tanh over a relevance memory with the
   paper's rules (or a window, ``rho = 0``), steps 1 .. L - 1 in one call (see
   ``csrc/slots.cc``): ``mem`` (vals, keys [b, m, h], score [b, m], time [b, m],
-  seen [b]) as after step 0 and ``first`` step 0's (h, s, q, k) [b, h];
+  seen [b]) as after step 0 and ``first`` step 0's (h, s, q, k) [b, h] (only
+  s is read; each step's newest state comes from the memory, S's latest);
   ``x`` [L - 1, b, i] the inputs of steps 1 ..; ``params`` with U, b, Va, V,
-  Ua, v. Returns ``(mem, (h, s, q, k) [L, b, h], (slot, replaced) [L - 1, b]
+  Ua, v. Step t's state is stored with time index ``stamp + t - 1`` (an int32
+  scalar; 1 from a fresh state). ``restart`` [b] bool (optional): rows that
+  take step 0's rule at step 1, the streaming step's rows at t = 0 or reset
+  (the cell runs on ``first``'s s, which then becomes the pre-activation). Returns ``(mem, (h, s, q, k) [L, b, h], (slot, replaced) [L - 1, b]
   int32, alpha [L - 1, b, m])``: the memory after the last step, every step's
   state, mixed state, query and key (row 0 ``first``), and what each step's
   screening did (``rsm.Screened``'s ``slot`` and ``replaced``) with its
@@ -256,6 +264,7 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float):
   _require()
   steps, batch = x.shape[:2]
   m = mem[0].shape[1]
+  restart = jnp.zeros((batch,), jnp.int32) if restart is None else restart.astype(jnp.int32)
   rows = jax.ShapeDtypeStruct((steps, batch), jnp.int32)
   seq = jax.ShapeDtypeStruct((steps + 1,) + first[0].shape, x.dtype)
   out = jax.ffi.ffi_call(
@@ -264,5 +273,6 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float):
           (steps, batch, m), x.dtype)),
       input_output_aliases={i: i for i in range(5)}, vmap_method="sequential")(
       *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *first, x,
-      *(params[k] for k in ("U", "b", "Va", "V", "Ua", "v")), nu=int(nu), attn=float(attn))
+      *(params[k] for k in ("U", "b", "Va", "V", "Ua", "v")), jnp.asarray(stamp, jnp.int32),
+      restart, nu=int(nu), attn=float(attn))
   return tuple(out[:5]), tuple(out[5:9]), (out[9], out[10]), out[11]

@@ -189,6 +189,11 @@ def step(params: dict, config: ModelConfig, state, x_t: Array,
   where the enclosing function decides (``donate_argnums``, or a ``lax.scan``
   carry, which XLA updates in place anyway).
 
+  On the CPU, an RNN cell with tanh over a relevance memory with the paper's
+  rules or a window (RelRNN, WinRNN; k = 1, no probe, no diagnostics) takes the
+  whole step in one kernel call (``core.kernel_step``; ``config.cpu_kernel``);
+  ``jax.grad`` and ``jax.jvp`` through it differentiate XLA's step.
+
   Returns the new state (same shapes as the old one) and the step's outputs:
   ``{"h": [b, h]}`` (the top layer's) plus the diagnostics when ``config.diagnostics``.
   """
@@ -225,6 +230,13 @@ def _unshared(state):
 def _layer_step(params, config, state, x_t, probe, reset):
   # None (no probe) is made zero here, in the program: a jnp.zeros per call
   # outside it is a device dispatch, about 20 us of a batch-1 step.
+  if probe is None and core.rnn_kernel_fits(config, params):
+    # The whole step in one CPU kernel call (differentiable: core.kernel_step).
+    first = state.t == 0
+    if reset is not None:
+      state = core.reset_rows(config, state, reset)
+      first = reset | first
+    return core.kernel_step(params, config, state, x_t, first)
   probe = jnp.zeros((), x_t.dtype) if probe is None else probe
   xp = core.project_input(params, config, x_t)
   if reset is None:

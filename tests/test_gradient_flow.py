@@ -142,7 +142,7 @@ def test_timing_core_measures_memory_and_time():
 
 def test_streaming_timing_runs_every_memory_kind():
   from relscreen_experiments import timing
-  for name in ("RelRNN", "MemLSTM"):
+  for name in ("RelRNN", "RelRNN@xla", "MemLSTM"):
     r = timing.streaming(name, batch=2, hidden=8, nu=2, rho=2, steps=3, repeats=1)
     assert r["median_step_us"] > 0 and r["stream_steps_per_s"] > 0
 
@@ -161,9 +161,10 @@ def test_gradflow_binary_end_to_end(tmp_path):
 
 def test_benchmark_streams_autodiff_variants_as_their_model():
   """A --models list naming ``Model@autodiff`` once crashed the benchmark's
-  streaming part (after every timing, before anything was saved)."""
+  streaming part (after every timing, before anything was saved); ``@xla``
+  streams the step without the CPU kernels."""
   from relscreen_experiments import timing
-  assert timing.streamed_models(["RNN", "RelRNN@autodiff", "RNN@autodiff", "RelRNN"]) == [
-      "RNN", "RelRNN"]
+  assert timing.streamed_models(["RNN", "RelRNN@autodiff", "RNN@autodiff", "RelRNN",
+                                 "RelRNN@xla"]) == ["RNN", "RelRNN", "RelRNN@xla"]
   with pytest.raises(ValueError, match="unknown model 'Transformer'"):
     timing.streamed_models(["Transformer"])

@@ -213,6 +213,69 @@ def test_the_rnn_kernels_at_their_tile_sizes():
     assert err_kernel <= 4 * err_xla + 1e-7, (path, err_kernel, err_xla)
 
 
+def _stream(cfg, params, xs, resets, dtype):
+  """Steps ``rs.step`` over ``xs`` [t, b, i] from a fresh state, rows restarting
+  where ``resets`` [t, b] (every other step without a reset argument): every
+  step's (state, outputs), and the compiled program of one step."""
+  state, steps = rs.init_state(cfg, xs.shape[1], dtype=dtype), []
+  for t in range(xs.shape[0]):
+    state, out = rs.step(params, cfg, state, xs[t], reset=resets[t] if t % 2 else None)
+    steps.append((state, out))
+  hlo = jax.jit(lambda p, s, x: rs.step(p, cfg, s, x)).lower(params, state, xs[0]).compile()
+  return steps, hlo.as_text()
+
+
+@needs_compiler
+@pytest.mark.parametrize("name, rho", [("RelRNN", 2), ("WinRNN", 0)])
+def test_the_streaming_step_as_one_kernel_call(name, rho):
+  """An RNN cell's streaming step over a relevance memory or a window is one
+  kernel call: float64, step by step over 16 steps with rows restarting, the
+  state (slot times and the screening count exactly) and outputs of XLA's
+  step; R fills and evicts. Its gradients (``jax.grad`` and ``jax.jvp``
+  through the steps: XLA's, by ``custom_jvp``) are XLA's. float32: as far
+  from float64 as XLA's own float32 step, within a factor of 4."""
+  kw = {"rho": rho} if rho else {}
+  cfg = rs.model_config(name, 3, hidden=6, nu=3, **kw)
+  off = dataclasses.replace(cfg, cpu_kernel=False)
+  init = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((4, 2, 3)))["params"]
+  init = jax.tree_util.tree_map(lambda a: 2 * a, init)  # weights that make the scores differ
+  xs32 = jax.random.normal(jax.random.PRNGKey(1), (16, 4, 3))
+  resets = np.zeros((16, 4), bool)
+  resets[5, 1] = resets[9, 3] = resets[11, 1] = True
+  with jax.enable_x64(True):
+    cast = lambda t: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), t)
+    params, xs = cast(init), cast(xs32)
+    on, hlo_on = _stream(cfg, params, xs, resets, jnp.float64)
+    ref, hlo_off = _stream(off, params, xs, resets, jnp.float64)
+    assert FORWARD in hlo_on and not any(t in hlo_off for t in kernels.TARGETS)
+    for t, ((state, out), (state_ref, out_ref)) in enumerate(zip(on, ref)):
+      chex.assert_trees_all_close((state, out), (state_ref, out_ref), rtol=1e-12, atol=1e-13)
+      np.testing.assert_array_equal(state.memory.time, state_ref.memory.time, err_msg=f"step {t}")
+      np.testing.assert_array_equal(state.memory.seen, state_ref.memory.seen)
+    final = on[-1][0].memory
+    assert int(final.time[1].max()) == 15 and int((final.time[1] >= 0).sum()) == min(5, 3 + rho)
+    if rho:
+      assert int(final.seen[0]) == 16 - 3  # row 0 never restarted: every state that left S
+
+    def loss(p, c, x0):
+      state, total = rs.init_state(c, 4, dtype=jnp.float64), 0.0
+      for t in range(6):
+        state, out = rs.step(p, c, state, x0 if t == 0 else xs[t])
+        total = total + jnp.sum(jnp.sin(out["h"]) * jnp.arange(1, 7)[None, :])
+      return total
+    grads = [jax.grad(loss, argnums=(0, 2))(params, c, xs[0]) for c in (cfg, off)]
+    chex.assert_trees_all_close(grads[0], grads[1], rtol=1e-12, atol=1e-14)
+    tangent = jax.tree_util.tree_map(jnp.ones_like, params)
+    jvps = [jax.jvp(lambda p, c=c: loss(p, c, xs[0]), (params,), (tangent,)) for c in (cfg, off)]
+    chex.assert_trees_all_close(jvps[0], jvps[1], rtol=1e-12)
+  on32, _ = _stream(cfg, init, xs32, resets, jnp.float32)
+  off32, _ = _stream(off, init, xs32, resets, jnp.float32)
+  h = lambda steps: np.stack([np.asarray(out["h"], np.float64) for _, out in steps])
+  scale = np.abs(h(ref)).max()
+  err_kernel, err_xla = (np.abs(h(run) - h(ref)).max() / scale for run in (on32, off32))
+  assert err_kernel <= 4 * err_xla + 1e-7, (err_kernel, err_xla)
+
+
 def test_build_caches_and_names_what_fails(tmp_path, monkeypatch):
   """A build goes to the cache directory once (a second call finds it); a
   compiler that is missing, or fails, gives a BuildError naming it and saying why.

@@ -370,7 +370,8 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
 // after step 0 (RnnForward): what `reverse.attentive_forward`'s scan does, for
 // steps t = 1 .. L - 1, per batch row:
 //   q = s Va; alpha, context = the attention over the slots holding a state;
-//   score[m] += alpha_m for the S slots; s = (newest + attn context) / 2;
+//   score[m] += alpha_m for the S slots; s = (newest + attn context) / 2, with
+//   newest S's latest state (h_{t-1});
 //   h = tanh(x_t U + b + s V); key = h Ua; store h (and its key) in S's oldest
 //   slot j (its first empty one while S fills); the state leaving S (if any)
 //   enters R while R has room, else in place of R's lowest score (the first of
@@ -378,10 +379,16 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
 // h, s, q and key go to rows t of the [L, b, h] buffers (row 0: step 0's, given),
 // the weights to alpha [L - 1, b, m]. Rows in fixed groups on XLA's threads
 // for the whole sequence: a group's banks stay in the core's cache.
+// Step t's state is stored with time index stamp + t - 1 (a fresh sequence:
+// stamp 1). Rows flagged in restart [b] take step 0's rule at step 1 (the
+// streaming step's rows at t = 0 or reset): the cell runs on s_0 itself and s
+// becomes its pre-activation (x U + b + s_0 V); the attention is as for any row.
 
 template <typename T>
 struct ForwardArgs {
   int64_t L, B, M, H, I, nu;
+  int32_t stamp;                            // time index of step 1's state
+  const int32_t* restart;                   // [b]: rows taking step 0's rule at step 1
   T attn;
   T *vals, *keys, *score;                   // [b, m, h], [b, m, h], [b, m]
   int32_t *time, *seen;                     // [b, m], [b]
@@ -421,9 +428,19 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
                    time.data() + r * M, a.v, ctx + r * H, al, tmp);
       T* sc = score.data() + r * M;
       for (int64_t m = 0; m < nu; ++m) sc[m] += al[m];
-      const T* newest = a.h + ((t - 1) * B + b) * H;
+      // The newest stored state, h_{t-1} (S's latest slot; slot 0 while S is
+      // empty, which a restarting row does not read).
+      const int32_t* tm = time.data() + r * M;
+      int64_t latest = 0;
+      for (int64_t m = 1; m < nu; ++m)
+        if (tm[m] > tm[latest]) latest = m;
+      const T* newest = a.vals + (b * M + latest) * H;
       T* st = a.s + (t * B + b) * H;
       const T* c = ctx + r * H;
+      if (t == 1 && a.restart[b]) {  // the cell runs on s_0
+        std::copy(a.s + b * H, a.s + (b + 1) * H, st);
+        continue;
+      }
       for (int64_t i = 0; i < H; ++i) st[i] = T(0.5) * (newest[i] + a.attn * c[i]);
     }
     // h = tanh((x U + b) + s V)
@@ -442,6 +459,10 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       const T *x = xp + r * H, *y = sv + r * H;
 #pragma omp simd
       for (int64_t i = 0; i < H; ++i) ht[i] = Tanh((x[i] + a.bias[i]) + y[i]);
+      if (t == 1 && a.restart[b0 + r]) {  // s_0 = the pre-activation
+        T* st = a.s + (t * B + b0 + r) * H;
+        for (int64_t i = 0; i < H; ++i) st[i] = (x[i] + a.bias[i]) + y[i];
+      }
       in[r] = ht;
     }
     rows(a.k, t);
@@ -487,7 +508,7 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       std::copy(ht, ht + H, row_v + j * H);
       std::copy(kt, kt + H, row_k + j * H);
       sc[j] = T(0);
-      tm[j] = static_cast<int32_t>(t);
+      tm[j] = static_cast<int32_t>(a.stamp + t - 1);
     }
   }
   std::copy(score.begin(), score.end(), a.score + b0 * M);
@@ -717,7 +738,8 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                           ffi::AnyBuffer h_in, ffi::AnyBuffer s_in, ffi::AnyBuffer q_in,
                           ffi::AnyBuffer k_in, ffi::AnyBuffer x, ffi::AnyBuffer U,
                           ffi::AnyBuffer bias, ffi::AnyBuffer Va, ffi::AnyBuffer V,
-                          ffi::AnyBuffer Ua, ffi::AnyBuffer v, int64_t nu, double attn,
+                          ffi::AnyBuffer Ua, ffi::AnyBuffer v, ffi::AnyBuffer stamp,
+                          ffi::AnyBuffer restart, int64_t nu, double attn,
                           ffi::Result<ffi::AnyBuffer> vals, ffi::Result<ffi::AnyBuffer> keys,
                           ffi::Result<ffi::AnyBuffer> score, ffi::Result<ffi::AnyBuffer> time,
                           ffi::Result<ffi::AnyBuffer> seen, ffi::Result<ffi::AnyBuffer> h,
@@ -728,13 +750,15 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
   const auto dims = keys_in.dimensions(), xs = x.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("the banks must be [b, m, h]");
   if (xs.size() != 3) return ffi::Error::InvalidArgument("x must be [L - 1, b, i]");
-  if (time_in.element_type() != ffi::S32 || seen_in.element_type() != ffi::S32)
-    return ffi::Error::InvalidArgument("the slots' times and seen must be int32");
+  if (time_in.element_type() != ffi::S32 || seen_in.element_type() != ffi::S32 ||
+      stamp.element_type() != ffi::S32 || restart.element_type() != ffi::S32)
+    return ffi::Error::InvalidArgument("the slots' times, seen, stamp and restart must be int32");
   const int64_t B = dims[0], M = dims[1], H = dims[2], L = xs[0] + 1, I = xs[2];
   if (xs[1] != B || nu < 1 || nu > M || U.element_count() != I * H ||
       Va.element_count() != H * H || h_in.element_count() != B * H ||
       s_in.element_count() != B * H || q_in.element_count() != B * H ||
-      k_in.element_count() != B * H)
+      k_in.element_count() != B * H || stamp.element_count() != 1 ||
+      restart.element_count() != B)
     return ffi::Error::InvalidArgument("the forward's arguments do not match the banks' shape");
   if (auto e = SameType(keys_in.element_type(),
                         {{"vals", &vals_in}, {"score", &score_in}, {"h", &h_in}, {"s", &s_in},
@@ -748,7 +772,8 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                  {&seen_in, &seen}, {&h_in, &h}, {&s_in, &s}, {&q_in, &q}, {&k_in, &k}});
   return ByFloat(keys_in.element_type(), [&](auto zero) {
     using T = decltype(zero);
-    ForwardArgs<T> a{L, B, M, H, I, nu, static_cast<T>(attn),
+    ForwardArgs<T> a{L, B, M, H, I, nu, *stamp.typed_data<int32_t>(),
+                     restart.typed_data<int32_t>(), static_cast<T>(attn),
                      vals->typed_data<T>(), keys->typed_data<T>(), score->typed_data<T>(),
                      time->typed_data<int32_t>(), seen->typed_data<int32_t>(),
                      h->typed_data<T>(), s->typed_data<T>(), q->typed_data<T>(),
@@ -850,6 +875,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Arg<ffi::AnyBuffer>()  // V [h, h]
                                   .Arg<ffi::AnyBuffer>()  // Ua [h, h]
                                   .Arg<ffi::AnyBuffer>()  // v [h]
+                                  .Arg<ffi::AnyBuffer>()  // stamp [], int32
+                                  .Arg<ffi::AnyBuffer>()  // restart [b], int32
                                   .Attr<int64_t>("nu")
                                   .Attr<double>("attn")
                                   .Ret<ffi::AnyBuffer>()  // vals
