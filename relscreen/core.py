@@ -167,20 +167,32 @@ def any_step(params, config, state, xp, probe):
   return later_step(params, config, state, xp, probe, first=state.t == 0)
 
 
-def rnn_kernel_fits(config: ModelConfig, params: dict) -> bool:
+def kernel_fits(config: ModelConfig, params: dict) -> bool:
   """Whether ``kernels.rnn_forward`` can run this layer's steps (on the CPU, with
-  ``config.cpu_kernel``): an RNN cell with tanh storing every step (k = 1), no
-  diagnostics, in a relevance memory with the paper's rules (relevance sum,
-  eviction top) or a window."""
-  return (config.cpu_kernel and config.cell is CellType.RNN and config.phi is cells.Phi.TANH
-          and config.memory in (MemoryType.RELEVANCE, MemoryType.WINDOW) and config.k == 1
-          and not config.diagnostics and config.relevance is Relevance.SUM
+  ``config.cpu_kernel``): an RNN cell with tanh or an LSTM cell, storing every
+  step (k = 1), no diagnostics, in a relevance memory with the paper's rules
+  (relevance sum, eviction top) or a window."""
+  weights = {"U", "V"} if config.cell is CellType.RNN else {"W"}
+  return (config.cpu_kernel and config.memory in (MemoryType.RELEVANCE, MemoryType.WINDOW)
+          and ((config.cell is CellType.RNN and config.phi is cells.Phi.TANH)
+               or config.cell is CellType.LSTM)
+          and config.k == 1 and not config.diagnostics and config.relevance is Relevance.SUM
           and (config.eviction is Eviction.TOP or config.relevant_size == 0)
-          and set(params) >= {"U", "b", "V", "Va", "Ua", "v"})
+          and set(params) >= weights | {"b", "Va", "Ua", "v"})
+
+
+def kernel_weights(config: ModelConfig, params: dict) -> dict:
+  """The weights ``kernels.rnn_forward`` takes, from a ``kernel_fits`` layer's
+  parameters: an RNN's U, b, Va, V, Ua, v; an LSTM's input half W_x as U and
+  state half W_s as V."""
+  if config.cell is CellType.LSTM:
+    halves = cells.lstm_halves(params, config.hidden)
+    params = {**params, "U": halves["W_x"], "V": halves["W_s"]}
+  return {k: params[k] for k in ("U", "b", "Va", "V", "Ua", "v")}
 
 
 def kernel_step(params, config, state, x_t, first):
-  """``later_step`` of an ``rnn_kernel_fits`` config on the raw input ``x_t``
+  """``later_step`` of a ``kernel_fits`` config with an RNN cell on the raw input ``x_t``
   [b, i] with no probe, as one CPU kernel call (``kernels.rnn_forward`` over one
   step; XLA's ``later_step`` on other devices, or where the kernels are off).
 
@@ -208,8 +220,7 @@ def kernel_step(params, config, state, x_t, first):
     return kernels.dispatch(True, kernel, xla, params, state, x_t, first)
 
   step.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
-  weights = {k: params[k] for k in ("U", "b", "V", "Va", "Ua", "v")}
-  return step(weights, state, x_t, first)
+  return step(kernel_weights(config, params), state, x_t, first)
 
 
 def pick_rows(rows: Array, new, old):

@@ -222,43 +222,52 @@ def slots_attend(query: Array, keys: Array, vals: Array, time: Array, v: Array):
 
 def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: Array,
                       h: Array, h_keys: Array, g: Array, q: Array, v: Array, ua_t: Array,
-                      both_t: Array, nu: int, attn: float):
-  """A block of the reverse pass's steps for an RNN cell with tanh from a fresh
-  state, in one call (see ``csrc/slots.cc``): per step, from the last, the pop
-  of h_t's slot, the cell's reverse, the products with Ua^T and [V | Va]^T,
-  the mixing's and the ``slots_reverse`` step's. ``carry`` = (vals, keys,
+                      both_t: Array, nu: int, attn: float, lstm=None):
+  """A block of the reverse pass's steps for an RNN cell with tanh, or an LSTM
+  cell, from a fresh state, in one call (see ``csrc/slots.cc``): per step, from
+  the last, the pop of h_t's slot, the cell's reverse, the products with Ua^T
+  and [V | Va]^T ([W_s | Va]^T), the mixing's and the ``slots_reverse`` step's.
+  ``lstm`` = (dc_next [b, h], pre [n, b, 4h], c [L, b, h]) for an LSTM: the
+  carry's cell-state cotangent, the block's gate pre-activations and the
+  whole sequence's cell states; it then returns dpre [n, b, 4h] and the new
+  dc_next last. ``carry`` = (vals, keys,
   d_vals, d_keys [b, m, h], d_newest, dq_next [b, h]); the block is steps
   ``first`` .. ``first + n - 1`` (``first`` an int32 scalar); ``slot``,
   ``evicted`` [n, b] and ``alpha`` [n, b, m] their records (``rsm.Screened``'s
   ``slot`` and ``replaced``, the weights); ``h``, ``h_keys``, ``g`` (h's
   cotangents from the outputs) and ``q`` (the queries) the whole sequence's
-  [L, b, h], read where the steps need them. Returns ``(carry, (dq, dpre, dk)
-  [n, b, h] each, d_v [h])``. Call it only on the CPU."""
+  [L, b, h], read where the steps need them. Returns ``(carry (+ dc_next),
+  (dq, dpre, dk) [n, b, h] each, d_v [h])``. Call it only on the CPU."""
   _require()
   steps = jax.ShapeDtypeStruct(alpha.shape[:2] + h.shape[2:], h.dtype)
+  gates = steps if lstm is None else _shape(lstm[1])
+  extra = () if lstm is None else tuple(lstm)
+  aliases = {i: i for i in range(6)} | ({} if lstm is None else {17: 10})
   out = jax.ffi.ffi_call("relscreen_rnn_block_reverse",
-                         tuple(_shape(a) for a in carry) + (steps, steps, steps, _shape(v)),
-                         input_output_aliases={i: i for i in range(6)},
-                         vmap_method="sequential")(
+                         tuple(_shape(a) for a in carry) + (steps, gates, steps, _shape(v))
+                         + tuple(_shape(a) for a in extra[:1]),
+                         input_output_aliases=aliases, vmap_method="sequential")(
       *carry, jnp.asarray(first, jnp.int32), slot.astype(jnp.int32), evicted.astype(jnp.int32),
-      alpha, h, h_keys, g, q, v, ua_t, both_t, nu=int(nu), attn=float(attn))
-  return tuple(out[:6]), tuple(out[6:9]), out[9]
+      alpha, h, h_keys, g, q, v, ua_t, both_t, *extra, nu=int(nu), attn=float(attn))
+  return tuple(out[:6]) + tuple(out[10:]), tuple(out[6:9]), out[9]
 
 
 def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=1,
                 restart: Array | None = None):
-  """The forward scan of an RNN cell with tanh over a relevance memory with the
-  paper's rules (or a window, ``rho = 0``), steps 1 .. L - 1 in one call (see
-  ``csrc/slots.cc``): ``mem`` (vals, keys [b, m, h], score [b, m], time [b, m],
-  seen [b]) as after step 0 and ``first`` step 0's (h, s, q, k) [b, h] (only
-  s is read; each step's newest state comes from the memory, S's latest);
-  ``x`` [L - 1, b, i] the inputs of steps 1 ..; ``params`` with U, b, Va, V,
-  Ua, v. Step t's state is stored with time index ``stamp + t - 1`` (an int32
+  """The forward scan of an RNN cell with tanh, or an LSTM cell, over a
+  relevance memory with the paper's rules (or a window, ``rho = 0``), steps
+  1 .. L - 1 in one call (see ``csrc/slots.cc``): ``mem`` (vals, keys [b, m, h],
+  score [b, m], time [b, m], seen [b]) as after step 0 and ``first`` step 0's
+  (h, s, q, k) [b, h], and c for an LSTM (only s and c are read; each step's
+  newest state comes from the memory, S's latest); ``x`` [L - 1, b, i] the
+  inputs of steps 1 ..; ``params`` with U, b, Va, V, Ua, v (an LSTM: U its
+  input half W_x [i, 4h], V its state half W_s [h, 4h], b [4h]). Step t's state is stored with time index ``stamp + t - 1`` (an int32
   scalar; 1 from a fresh state). ``restart`` [b] bool (optional): rows that
   take step 0's rule at step 1, the streaming step's rows at t = 0 or reset
-  (the cell runs on ``first``'s s, which then becomes the pre-activation). Returns ``(mem, (h, s, q, k) [L, b, h], (slot, replaced) [L - 1, b]
+  (the cell runs on ``first``'s s, which then becomes the RNN's pre-activation).
+  Returns ``(mem, (h, s, q, k[, c]) [L, b, h], (slot, replaced) [L - 1, b]
   int32, alpha [L - 1, b, m])``: the memory after the last step, every step's
-  state, mixed state, query and key (row 0 ``first``), and what each step's
+  state, mixed state, query, key (and cell state; row 0 ``first``), and what each step's
   screening did (``rsm.Screened``'s ``slot`` and ``replaced``) with its
   weights. Call it only on the CPU."""
   _require()
@@ -267,12 +276,13 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=
   restart = jnp.zeros((batch,), jnp.int32) if restart is None else restart.astype(jnp.int32)
   rows = jax.ShapeDtypeStruct((steps, batch), jnp.int32)
   seq = jax.ShapeDtypeStruct((steps + 1,) + first[0].shape, x.dtype)
+  lstm = len(first) == 5  # c_0 in, every step's c out
   out = jax.ffi.ffi_call(
       "relscreen_rnn_forward",
       tuple(_shape(a) for a in mem) + (seq,) * 4 + (rows, rows, jax.ShapeDtypeStruct(
-          (steps, batch, m), x.dtype)),
+          (steps, batch, m), x.dtype)) + (seq,) * lstm,
       input_output_aliases={i: i for i in range(5)}, vmap_method="sequential")(
-      *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *first, x,
+      *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *first[:4], x,
       *(params[k] for k in ("U", "b", "Va", "V", "Ua", "v")), jnp.asarray(stamp, jnp.int32),
-      restart, nu=int(nu), attn=float(attn))
-  return tuple(out[:5]), tuple(out[5:9]), (out[9], out[10]), out[11]
+      restart, *first[4:], nu=int(nu), attn=float(attn))
+  return tuple(out[:5]), tuple(out[5:9]) + tuple(out[12:]), (out[9], out[10]), out[11]

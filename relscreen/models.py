@@ -230,7 +230,7 @@ def _unshared(state):
 def _layer_step(params, config, state, x_t, probe, reset):
   # None (no probe) is made zero here, in the program: a jnp.zeros per call
   # outside it is a device dispatch, about 20 us of a batch-1 step.
-  if probe is None and core.rnn_kernel_fits(config, params):
+  if probe is None and config.cell is CellType.RNN and core.kernel_fits(config, params):
     # The whole step in one CPU kernel call (differentiable: core.kernel_step).
     first = state.t == 0
     if reset is not None:

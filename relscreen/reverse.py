@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from relscreen import attention, cells, core, full_memory, kernels, memories, rsm
-from relscreen.config import CellType, Eviction, Relevance
+from relscreen.config import CellType
 
 
 def full_segments(length: int) -> int:
@@ -217,19 +217,20 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
           body, carry, (jnp.arange(1, length), x[1:], None if resets is None else resets[1:]))
       return mem, s, c, filled, admitted
 
-    if (config.cpu_kernel and start is None and store and config.cell is CellType.RNN
-        and config.phi is cells.Phi.TANH and rules.relevance is Relevance.SUM
-        and (rules.eviction is Eviction.TOP or config.relevant_size == 0)
-        and set(params) >= {"U", "b"} and length > 1):
-      # The whole scan in one CPU kernel call (``kernels.rnn_forward``).
-      # s_t is in its buffer; an RNN cell has no c.
+    if start is None and store and length > 1 and core.kernel_fits(config, params):
+      # The whole scan in one CPU kernel call (``kernels.rnn_forward``); s_t
+      # (and an LSTM's c_t) is in its buffer.
+      lstm = config.cell is CellType.LSTM
+
       def kernel(mem, row0, xs, weights):
-        mem_out, filled, screened, alpha = kernels.rnn_forward(mem, row0, xs, weights, nu,
-                                                               config.attn)
-        return rsm.RSMState(*mem_out), filled[1][-1], state.c, filled, (*screened, alpha)
-      weights = {k: params[k] for k in ("U", "b", "Va", "V", "Ua", "v")}
-      mem, s, c, buffers, admitted = kernels.dispatch(True, kernel, scanned, state.memory,
-                                                      kept, x[1:], weights)
+        h0, s0, *c0, q0, k0 = row0  # the buffers' order: h, s, (c,) q, k
+        mem_out, filled, screened, alpha = kernels.rnn_forward(
+            mem, (h0, s0, q0, k0, *c0), xs, weights, nu, config.attn if not lstm else 1.0)
+        h, s, q, k, *c = filled
+        return (rsm.RSMState(*mem_out), s[-1], c[0][-1] if lstm else state.c,
+                (h, s, *c, q, k), (*screened, alpha))
+      mem, s, c, buffers, admitted = kernels.dispatch(
+          True, kernel, scanned, state.memory, kept, x[1:], core.kernel_weights(config, params))
     else:
       mem, s, c, buffers, admitted = scanned(state.memory, buffers)
     final = core.State(t0 + length, s, c, mem)
@@ -464,19 +465,22 @@ class _RelevanceReverse:
     del records
     return carry
 
-  def rnn_block(self, carry, first, adm, g, q, v, ua_t, both_t, attn):
-    """A whole block of an RNN cell's (tanh) reverse steps from a fresh state in
-    one kernel call (``kernels.rnn_block_reverse``; the CPU only): what the scan
-    of ``_attentive_scan_bwd``'s ``step`` gives, for ``carry`` = (memory carry,
-    d_newest, dq_next, dc_next, d_small), the block's first step ``first`` and
-    records ``adm``, and the whole sequence's output cotangents ``g`` and
-    queries ``q`` [t, b, h] (the states and their keys are the book's). Returns
-    the carry and (dq, dpre, dk) [n, b, h] each."""
+  def rnn_block(self, carry, first, adm, g, q, v, ua_t, both_t, attn, lstm=None):
+    """A whole block of an RNN cell's (tanh) or an LSTM cell's reverse steps
+    from a fresh state in one kernel call (``kernels.rnn_block_reverse``; the
+    CPU only): what the scan of ``_attentive_scan_bwd``'s ``step`` gives, for
+    ``carry`` = (memory carry, d_newest, dq_next, dc_next, d_small), the
+    block's first step ``first`` and records ``adm``, and the whole sequence's
+    output cotangents ``g`` and queries ``q`` [t, b, h] (the states and their
+    keys are the book's); ``lstm`` = (the block's gate pre-activations [n, b,
+    4h], the sequence's cell states [t, b, h]) for an LSTM. Returns the carry
+    and (dq, dpre, dk) [n, b, h] each (dpre [n, b, 4h] for an LSTM)."""
     mem, d_newest, dq_next, dc_next, d_small = carry
     out, grads, d_v = kernels.rnn_block_reverse(
         (*mem, d_newest, dq_next), first, adm[0], adm[1], adm[-1], self.h, self.h_keys, g, q,
-        v, ua_t, both_t, self.nu, attn)
+        v, ua_t, both_t, self.nu, attn, None if lstm is None else (dc_next, *lstm))
     d_small = {**d_small, "v": d_small["v"] + d_v}
+    dc_next = dc_next if lstm is None else out[6]
     return (tuple(out[:4]), out[4], out[5], dc_next, d_small), grads
 
 
@@ -609,12 +613,12 @@ def _attentive_scan_bwd(config, residuals, cotangents):
     book: Bookkeeping = _RelevanceReverse(config, h, ua, memory, start, keys)
   else:
     book = _FullReverse(config, h, ua, memory)
-  # An RNN cell with tanh over a relevance or window memory from a fresh state,
-  # the queries and keys kept: each block of steps can run as one kernel call on
-  # the CPU (``_RelevanceReverse.rnn_block``).
-  fused = (config.cpu_kernel and config.screened and config.cell is CellType.RNN
-           and config.phi is cells.Phi.TANH and not act and not given
-           and queries is not None)
+  # An RNN cell with tanh or an LSTM cell over a relevance or window memory
+  # from a fresh state, the queries and keys kept: each block of steps can run
+  # as one kernel call on the CPU (``_RelevanceReverse.rnn_block``).
+  fused = (config.cpu_kernel and config.screened and not act and not given
+           and queries is not None
+           and ((config.cell is CellType.RNN and config.phi is cells.Phi.TANH) or lstm))
 
   def step(book, carry, inputs):
     mem, d_newest, dq_next, dc_next, d_small = carry
@@ -680,9 +684,12 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       return (book.end_block(carry[0], records),) + carry[1:], (dq, dpre, dk)
 
     if fused:  # the whole block in one CPU kernel call
+      # An LSTM's gates for the block at once (one product), and its cell states.
+      gates = ((core.project_input(params, config, x_b) + s_b @ recurrent, c),) if lstm else ()
       carry, (dq, dpre, dk) = kernels.dispatch(
-          True, lambda c: book.rnn_block(c, t[0], adm, g_h, queries, params["v"], ua_t,
-                                         both_t, config.attn), scanned, carry)
+          True, lambda c, *g: book.rnn_block(c, t[0], adm, g_h, queries, params["v"], ua_t,
+                                             both_t, 1.0 if lstm else config.attn, *g),
+          lambda c, *_: scanned(c), carry, *gates)
     else:
       carry, (dq, dpre, dk) = scanned(carry)
     dxp, drec = dpre if gru or user else (dpre, dpre)  # input and recurrent terms'

@@ -137,17 +137,18 @@ FORWARD, BLOCK, STEP, ATTEND = ("relscreen_rnn_forward", "relscreen_rnn_block_re
 @needs_compiler
 @pytest.mark.parametrize("name, given, expected", [("RelRNN", False, {FORWARD, BLOCK}),
                                                    ("WinRNN", False, {FORWARD, BLOCK}),
+                                                   ("RelLSTM", False, {FORWARD, BLOCK}),
                                                    ("RelLSTM", True, {STEP, ATTEND})])
 def test_training_gradients_with_and_without_the_kernel(name, given, expected, float64,
                                                         monkeypatch):
   """The custom pass's gradients with the kernels and with XLA's version of the
   step are the same (float64), from a fresh state and from a given state with
   rows restarting; the compiled program calls the kernels only when they are
-  on: for an RNN cell from a fresh state the whole forward scan as one call
-  (``FORWARD``) and each block of reverse steps as one (``BLOCK``); for other
-  cells (and restarting rows) the steps one by one (``STEP``), the forward
-  step's kernel only on banks of ``ATTEND_FROM`` elements or more (here
-  lowered to 0). (tests/test_custom_vjp.py checks the pass against autodiff,
+  on: for an RNN (tanh) or LSTM cell from a fresh state the whole forward
+  scan as one call (``FORWARD``) and each block of reverse steps as one
+  (``BLOCK``); from a given state (with restarting rows) the steps one by
+  one (``STEP``), the forward step's kernel only on banks of ``ATTEND_FROM``
+  elements or more (here lowered to 0). (tests/test_custom_vjp.py checks the pass against autodiff,
   with the kernels where they build.)"""
   cfg = rs.model_config(name, 3, hidden=6, nu=2, rho=2)
   params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((3, 4, 3)))["params"])
@@ -177,17 +178,19 @@ def _rnn_grads(params, cfg, x):
 
 
 @needs_compiler
-def test_the_rnn_kernels_at_their_tile_sizes():
-  """The RNN forward and block kernels' matrix products go in tiles of up to 6
+@pytest.mark.parametrize("name", ["RelRNN", "RelLSTM"])
+def test_the_rnn_kernels_at_their_tile_sizes(name):
+  """The forward and block kernels' matrix products go in tiles of up to 6
   rows and 4 vectors of columns (64 float32, 32 float64 columns) with the
-  rest column by column; at H = 72 and batch 13 (groups of 7 and 6 rows on
-  XLA's threads: tiles of 4 + 3 rows and of 6) both kinds of column run, and
-  over 14 steps R (4 slots) fills and then evicts. float64: XLA's outputs and final state (the
+  rest column by column; at H = 72 (an LSTM's gates: 288 columns; the
+  reverse's [dpre, dq] rows: 144 and 360) and batch 13 (groups of 7 and 6 rows
+  on XLA's threads: tiles of 4 + 3 rows and of 6) both kinds of column run,
+  and over 14 steps R (4 slots) fills and then evicts. float64: XLA's outputs and final state (the
   slots' times, scores and the screening count exactly or to 1e-12) and its
   gradients to 1e-10, the same bits on every call. float32: as far from the
   float64 gradients as XLA's own float32 gradients are, within a factor of 4
   (their sums go in another order)."""
-  cfg = rs.model_config("RelRNN", 3, hidden=72, nu=3, rho=4, reverse_block=4)
+  cfg = rs.model_config(name, 3, hidden=72, nu=3, rho=4, reverse_block=4)
   init = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"]
   x32 = jax.random.normal(jax.random.PRNGKey(1), (13, 14, 3))
   with jax.enable_x64(True):

@@ -77,6 +77,10 @@ inline float Tanh(float x) {
 
 inline double Tanh(double x) { return std::tanh(x); }
 
+// The logistic function: from the float32 tanh above (vectorizes), std::exp in float64.
+inline float Sigmoid(float x) { return 0.5f + 0.5f * Tanh(0.5f * x); }
+inline double Sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
 // The reverse step for batch row b (see the top of the file); the row's d v
 // is added to d_v, d_query[b] is overwritten; d_alpha: scratch of M.
 template <typename T>
@@ -213,6 +217,11 @@ void SlotsAttend(int64_t b0, int64_t b1, int64_t M, int64_t H, const T* __restri
 //   its undo puts back h_{t - nu} (the state that left S) and, where
 //   screening wrote an R slot, the state it had evicted, read with their keys
 //   from the whole sequence's [L, b, h] arrays (no per-block copies).
+// An LSTM cell (pre, c and dc_next given): from the step's gate
+// pre-activations pre (f, i, o, g; XLA's block-wide product) and c_{t-1},
+//   c_t = sig(f) c_{t-1} + sig(i) tanh(g); dc = dc_next + dh sig(o) (1 - tanh(c_t)^2),
+//   dpre = [dc c_{t-1} f', dc tanh(g) i', dh tanh(c_t) o', dc sig(i) (1 - tanh(g)^2)]
+//   (f' = sig(f) (1 - sig(f)), ...), dc_next = dc sig(f), ds = [dpre, dq_next] [W_s | Va]^T.
 // It returns every step's dq, dpre and dk (the caller forms the matrices'
 // gradients from them once per block) and the block's share of d v. Rows are
 // independent but for d v, which is kept per row and summed in row order: the
@@ -292,24 +301,27 @@ void RowsTimes(int64_t R, const T* const* x, const T* __restrict W, int64_t K, i
 template <typename T>
 struct BlockArgs {
   int64_t n, B, M, H, nu, first;  // steps first .. first + n - 1 of the sequence
+  int64_t G;                      // the cell's pre-activation width (h, or an LSTM's 4h)
   T attn;
   T *vals, *keys, *d_vals, *d_keys, *d_newest, *dq_next;  // the carry, updated in place
   const int32_t *slot, *evicted;  // [n, b]: the R slot each store wrote (-1: none) and
                                   // the time of the state it evicted there (-1: none)
   const T* alpha;                 // [n, b, m]
   const T *h, *h_keys, *g, *q;    // [L, b, h]: states, their keys, cotangents, queries
-  const T *v, *ua_t, *both_t;     // [h], [h, h], [2h, h]
-  T *dq, *dpre, *dk;              // [n, b, h]
+  const T *v, *ua_t, *both_t;     // [h], [h, h], [G + h, h]
+  T *dq, *dpre, *dk;              // [n, b, h], [n, b, G], [n, b, h]
   T* d_v_rows;                    // [b, h]
+  const T *pre, *c;               // an LSTM's [n, b, 4h] gates and [L, b, h] cell states
+  T* dc_next;                     // an LSTM's carry [b, h]; null (all three): tanh RNN
 };
 
 template <typename T>
 void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
-  const int64_t R = b1 - b0, B = a.B, M = a.M, H = a.H, nu = a.nu;
-  std::vector<T> scratch(4 * R * H + M);
+  const int64_t R = b1 - b0, B = a.B, M = a.M, H = a.H, nu = a.nu, G = a.G, W = G + H;
+  std::vector<T> scratch(2 * R * H + R * W + M);
   T* dh = scratch.data();   // [R, H]
-  T* x2 = dh + R * H;       // [R, 2H]: dpre, dq_next
-  T* ds = x2 + 2 * R * H;   // [R, H]
+  T* x2 = dh + R * H;       // [R, G + H]: dpre, dq_next
+  T* ds = x2 + R * W;       // [R, H]
   T* d_alpha = ds + R * H;  // [M]
   std::vector<const T*> in(R);
   std::vector<T*> out(R);
@@ -330,18 +342,36 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
     }
     RowsTimes<T>(R, in.data(), a.ua_t, H, H, out.data(), true);  // dh += dk Ua^T
     for (int64_t r = 0; r < R; ++r) {
-      const int64_t b = b0 + r, o = (i * B + b) * H;
-      const T* h = a.h + (t * B + b) * H;
-      T* dp = a.dpre + o;
+      const int64_t b = b0 + r;
+      T* dp = a.dpre + (i * B + b) * G;
       const T* d = dh + r * H;
+      if (a.c) {  // the LSTM's gating, from its gates and c_{t-1}
+        const T* p = a.pre + (i * B + b) * G;
+        const T* cp = a.c + ((t - 1) * B + b) * H;
+        T* dcn = a.dc_next + b * H;
 #pragma omp simd
-      for (int64_t c = 0; c < H; ++c) dp[c] = d[c] * (T(1) - h[c] * h[c]);
-      std::copy(dp, dp + H, x2 + 2 * r * H);
-      std::copy(a.dq_next + b * H, a.dq_next + (b + 1) * H, x2 + 2 * r * H + H);
-      in[r] = x2 + 2 * r * H;
+        for (int64_t c = 0; c < H; ++c) {
+          const T f = Sigmoid(p[c]), in_ = Sigmoid(p[H + c]), og = Sigmoid(p[2 * H + c]);
+          const T gg = Tanh(p[3 * H + c]);
+          const T tc = Tanh(f * cp[c] + in_ * gg);
+          const T dc = dcn[c] + d[c] * og * (T(1) - tc * tc);
+          dp[c] = dc * cp[c] * f * (T(1) - f);
+          dp[H + c] = dc * gg * in_ * (T(1) - in_);
+          dp[2 * H + c] = d[c] * tc * og * (T(1) - og);
+          dp[3 * H + c] = dc * in_ * (T(1) - gg * gg);
+          dcn[c] = dc * f;
+        }
+      } else {
+        const T* h = a.h + (t * B + b) * H;
+#pragma omp simd
+        for (int64_t c = 0; c < H; ++c) dp[c] = d[c] * (T(1) - h[c] * h[c]);
+      }
+      std::copy(dp, dp + G, x2 + r * W);
+      std::copy(a.dq_next + b * H, a.dq_next + (b + 1) * H, x2 + r * W + G);
+      in[r] = x2 + r * W;
       out[r] = ds + r * H;
     }
-    RowsTimes<T>(R, in.data(), a.both_t, 2 * H, H, out.data(), false);  // ds
+    RowsTimes<T>(R, in.data(), a.both_t, W, H, out.data(), false);  // ds
     for (int64_t r = 0; r < R; ++r) {
       const int64_t b = b0 + r, o = (i * B + b) * H, row = i * B + b;
       T* dn = a.d_newest + b * H;
@@ -383,29 +413,34 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
 // stamp 1). Rows flagged in restart [b] take step 0's rule at step 1 (the
 // streaming step's rows at t = 0 or reset): the cell runs on s_0 itself and s
 // becomes its pre-activation (x U + b + s_0 V); the attention is as for any row.
+// An LSTM cell (c given): U = W_x [i, 4h], V = W_s [h, 4h], b [4h], gates f, i,
+// o, g of pre = (x W_x + b) + s W_s: c_t = sig(f) c_{t-1} + sig(i) tanh(g),
+// h_t = sig(o) tanh(c_t), c_t to rows t of c [L, b, h]; a restarting row's s
+// stays s_0 (the mixing's attn is 1).
 
 template <typename T>
 struct ForwardArgs {
-  int64_t L, B, M, H, I, nu;
+  int64_t L, B, M, H, I, nu, G;             // G: the cell's pre-activation width (h or 4h)
   int32_t stamp;                            // time index of step 1's state
   const int32_t* restart;                   // [b]: rows taking step 0's rule at step 1
   T attn;
   T *vals, *keys, *score;                   // [b, m, h], [b, m, h], [b, m]
   int32_t *time, *seen;                     // [b, m], [b]
   T *h, *s, *q, *k;                         // [L, b, h]
-  const T *x, *U, *bias, *Va, *V, *Ua, *v;  // [L - 1, b, i], [i, h], [h], [h, h] x 3, [h]
+  const T *x, *U, *bias, *Va, *V, *Ua, *v;  // [L - 1, b, i], [i, G], [G], [h, h], [h, G], [h, h], [h]
   int32_t *slot, *replaced;                 // [L - 1, b]
   T* alpha;                                 // [L - 1, b, m]
+  T* c;                                     // [L, b, h] an LSTM's cell states; null: tanh RNN
 };
 
 template <typename T>
 void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
-  const int64_t R = b1 - b0, B = a.B, M = a.M, H = a.H, nu = a.nu, rho = a.M - a.nu;
-  std::vector<T> scratch(3 * R * H + H);
+  const int64_t R = b1 - b0, B = a.B, M = a.M, H = a.H, nu = a.nu, rho = a.M - a.nu, G = a.G;
+  std::vector<T> scratch(R * H + 2 * R * G + H);
   T* ctx = scratch.data();   // [R, H]
-  T* xp = ctx + R * H;       // [R, H]
-  T* sv = xp + R * H;        // [R, H]
-  T* tmp = sv + R * H;       // [H]
+  T* xp = ctx + R * H;       // [R, G]
+  T* sv = xp + R * G;        // [R, G]
+  T* tmp = sv + R * G;       // [H]
   // The group's scores, times, count and screening records are its own until
   // the end: rows of other groups share their cache lines.
   std::vector<T> score(a.score + b0 * M, a.score + b1 * M);
@@ -443,20 +478,34 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       }
       for (int64_t i = 0; i < H; ++i) st[i] = T(0.5) * (newest[i] + a.attn * c[i]);
     }
-    // h = tanh((x U + b) + s V)
+    // pre = (x U + b) + s V; h = tanh(pre), or the LSTM's gating
     for (int64_t r = 0; r < R; ++r) {
       in[r] = a.x + ((t - 1) * B + b0 + r) * a.I;
-      out[r] = xp + r * H;
+      out[r] = xp + r * G;
     }
-    RowsTimes<T>(R, in.data(), a.U, a.I, H, out.data(), false);
+    RowsTimes<T>(R, in.data(), a.U, a.I, G, out.data(), false);
     for (int64_t r = 0; r < R; ++r) {
       in[r] = a.s + (t * B + b0 + r) * H;
-      out[r] = sv + r * H;
+      out[r] = sv + r * G;
     }
-    RowsTimes<T>(R, in.data(), a.V, H, H, out.data(), false);
+    RowsTimes<T>(R, in.data(), a.V, H, G, out.data(), false);
     for (int64_t r = 0; r < R; ++r) {
       T* ht = a.h + (t * B + b0 + r) * H;
-      const T *x = xp + r * H, *y = sv + r * H;
+      T *x = xp + r * G;
+      const T* y = sv + r * G;
+      if (a.c) {
+#pragma omp simd
+        for (int64_t i = 0; i < G; ++i) x[i] = (x[i] + a.bias[i]) + y[i];
+        const T* cp = a.c + ((t - 1) * B + b0 + r) * H;
+        T* ct = a.c + (t * B + b0 + r) * H;
+#pragma omp simd
+        for (int64_t i = 0; i < H; ++i) {
+          ct[i] = Sigmoid(x[i]) * cp[i] + Sigmoid(x[H + i]) * Tanh(x[3 * H + i]);
+          ht[i] = Sigmoid(x[2 * H + i]) * Tanh(ct[i]);
+        }
+        in[r] = ht;
+        continue;
+      }
 #pragma omp simd
       for (int64_t i = 0; i < H; ++i) ht[i] = Tanh((x[i] + a.bias[i]) + y[i]);
       if (t == 1 && a.restart[b0 + r]) {  // s_0 = the pre-activation
@@ -688,12 +737,15 @@ ffi::Error RnnBlockReverseImpl(
     ffi::AnyBuffer d_keys_in, ffi::AnyBuffer d_newest_in, ffi::AnyBuffer dq_next_in,
     ffi::AnyBuffer first, ffi::AnyBuffer slot, ffi::AnyBuffer evicted, ffi::AnyBuffer alpha,
     ffi::AnyBuffer h, ffi::AnyBuffer h_keys, ffi::AnyBuffer g, ffi::AnyBuffer q,
-    ffi::AnyBuffer v, ffi::AnyBuffer ua_t, ffi::AnyBuffer both_t, int64_t nu, double attn,
+    ffi::AnyBuffer v, ffi::AnyBuffer ua_t, ffi::AnyBuffer both_t,
+    std::optional<ffi::AnyBuffer> dc_next_in, std::optional<ffi::AnyBuffer> pre,
+    std::optional<ffi::AnyBuffer> c, int64_t nu, double attn,
     ffi::Result<ffi::AnyBuffer> vals, ffi::Result<ffi::AnyBuffer> keys,
     ffi::Result<ffi::AnyBuffer> d_vals, ffi::Result<ffi::AnyBuffer> d_keys,
     ffi::Result<ffi::AnyBuffer> d_newest, ffi::Result<ffi::AnyBuffer> dq_next,
     ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dpre,
-    ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> d_v) {
+    ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> d_v,
+    std::optional<ffi::Result<ffi::AnyBuffer>> dc_next) {
   const auto dims = keys_in.dimensions(), seq = h.dimensions(), steps = alpha.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("the banks must be [b, m, h]");
   if (seq.size() != 3 || steps.size() != 3)
@@ -703,8 +755,21 @@ ffi::Error RnnBlockReverseImpl(
     return ffi::Error::InvalidArgument("first, slot and evicted must be int32");
   const int64_t B = dims[0], M = dims[1], H = dims[2], L = seq[0], n = steps[0];
   const int64_t start = first.typed_data<int32_t>()[0];
+  const bool lstm = dc_next_in.has_value();
+  if (pre.has_value() != lstm || c.has_value() != lstm || dc_next.has_value() != lstm)
+    return ffi::Error::InvalidArgument("an LSTM's block takes dc_next, pre and c, returns dc_next");
+  const int64_t G = lstm ? 4 * H : H;
+  if (lstm && (dc_next_in->element_count() != B * H || pre->element_count() != n * B * G ||
+               c->element_count() != L * B * H))
+    return ffi::Error::InvalidArgument("dc_next must be [b, h], pre [n, b, 4h] and c [L, b, h]");
+  if (lstm)
+    if (auto e = SameType(keys_in.element_type(),
+                          {{"dc_next", &*dc_next_in}, {"pre", &*pre}, {"c", &*c}});
+        e.failure())
+      return e;
   if (slot.element_count() != n * B || evicted.element_count() != n * B || steps[1] != B ||
-      steps[2] != M || seq[1] != B || seq[2] != H || both_t.element_count() != 2 * H * H ||
+      steps[2] != M || seq[1] != B || seq[2] != H || both_t.element_count() != (G + H) * H ||
+      dpre->element_count() != n * B * G ||
       ua_t.element_count() != H * H || nu < 1 || nu > M || start < 1 || start + n > L)
     return ffi::Error::InvalidArgument("the block's arguments do not match the banks' shape");
   if (auto e = SameType(keys_in.element_type(),
@@ -716,17 +781,20 @@ ffi::Error RnnBlockReverseImpl(
     return e;
   CopyUnaliased({{&vals_in, &vals}, {&keys_in, &keys}, {&d_vals_in, &d_vals},
                  {&d_keys_in, &d_keys}, {&d_newest_in, &d_newest}, {&dq_next_in, &dq_next}});
+  if (lstm) CopyUnaliased({{&*dc_next_in, &*dc_next}});
   return ByFloat(keys_in.element_type(), [&](auto zero) {
     using T = decltype(zero);
     std::vector<T> d_v_rows(B * H, T(0));
-    BlockArgs<T> a{n, B, M, H, nu, start, static_cast<T>(attn),
+    BlockArgs<T> a{n, B, M, H, nu, start, G, static_cast<T>(attn),
                    vals->typed_data<T>(), keys->typed_data<T>(), d_vals->typed_data<T>(),
                    d_keys->typed_data<T>(), d_newest->typed_data<T>(), dq_next->typed_data<T>(),
                    slot.typed_data<int32_t>(), evicted.typed_data<int32_t>(),
                    alpha.typed_data<T>(), h.typed_data<T>(), h_keys.typed_data<T>(),
                    g.typed_data<T>(), q.typed_data<T>(), v.typed_data<T>(), ua_t.typed_data<T>(),
                    both_t.typed_data<T>(), dq->typed_data<T>(), dpre->typed_data<T>(),
-                   dk->typed_data<T>(), d_v_rows.data()};
+                   dk->typed_data<T>(), d_v_rows.data(),
+                   lstm ? pre->typed_data<T>() : nullptr, lstm ? c->typed_data<T>() : nullptr,
+                   lstm ? (*dc_next)->typed_data<T>() : nullptr};
     ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnBlockRows<T>(a, b0, b1); },
               BlockRows(B));
     SumRows(d_v_rows.data(), B, H, d_v->typed_data<T>());
@@ -739,14 +807,16 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                           ffi::AnyBuffer k_in, ffi::AnyBuffer x, ffi::AnyBuffer U,
                           ffi::AnyBuffer bias, ffi::AnyBuffer Va, ffi::AnyBuffer V,
                           ffi::AnyBuffer Ua, ffi::AnyBuffer v, ffi::AnyBuffer stamp,
-                          ffi::AnyBuffer restart, int64_t nu, double attn,
+                          ffi::AnyBuffer restart, std::optional<ffi::AnyBuffer> c_in,
+                          int64_t nu, double attn,
                           ffi::Result<ffi::AnyBuffer> vals, ffi::Result<ffi::AnyBuffer> keys,
                           ffi::Result<ffi::AnyBuffer> score, ffi::Result<ffi::AnyBuffer> time,
                           ffi::Result<ffi::AnyBuffer> seen, ffi::Result<ffi::AnyBuffer> h,
                           ffi::Result<ffi::AnyBuffer> s, ffi::Result<ffi::AnyBuffer> q,
                           ffi::Result<ffi::AnyBuffer> k, ffi::Result<ffi::AnyBuffer> slot,
                           ffi::Result<ffi::AnyBuffer> replaced,
-                          ffi::Result<ffi::AnyBuffer> alpha) {
+                          ffi::Result<ffi::AnyBuffer> alpha,
+                          std::optional<ffi::Result<ffi::AnyBuffer>> c) {
   const auto dims = keys_in.dimensions(), xs = x.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("the banks must be [b, m, h]");
   if (xs.size() != 3) return ffi::Error::InvalidArgument("x must be [L - 1, b, i]");
@@ -754,7 +824,14 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
       stamp.element_type() != ffi::S32 || restart.element_type() != ffi::S32)
     return ffi::Error::InvalidArgument("the slots' times, seen, stamp and restart must be int32");
   const int64_t B = dims[0], M = dims[1], H = dims[2], L = xs[0] + 1, I = xs[2];
-  if (xs[1] != B || nu < 1 || nu > M || U.element_count() != I * H ||
+  if (c_in.has_value() != c.has_value())
+    return ffi::Error::InvalidArgument("an LSTM's forward takes c_0 and returns c");
+  const int64_t G = c_in ? 4 * H : H;  // the cell's pre-activation width
+  if (c_in && (c_in->element_count() != B * H || (*c)->element_count() != L * B * H ||
+               c_in->element_type() != keys_in.element_type()))
+    return ffi::Error::InvalidArgument("c_0 must be [b, h] and c [L, b, h] of the banks' type");
+  if (xs[1] != B || nu < 1 || nu > M || U.element_count() != I * G ||
+      bias.element_count() != G || V.element_count() != H * G ||
       Va.element_count() != H * H || h_in.element_count() != B * H ||
       s_in.element_count() != B * H || q_in.element_count() != B * H ||
       k_in.element_count() != B * H || stamp.element_count() != 1 ||
@@ -770,9 +847,10 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
   // is step 0's, the kernel writes the others (nothing zeroed).
   CopyUnaliased({{&vals_in, &vals}, {&keys_in, &keys}, {&score_in, &score}, {&time_in, &time},
                  {&seen_in, &seen}, {&h_in, &h}, {&s_in, &s}, {&q_in, &q}, {&k_in, &k}});
+  if (c_in) CopyUnaliased({{&*c_in, &*c}});
   return ByFloat(keys_in.element_type(), [&](auto zero) {
     using T = decltype(zero);
-    ForwardArgs<T> a{L, B, M, H, I, nu, *stamp.typed_data<int32_t>(),
+    ForwardArgs<T> a{L, B, M, H, I, nu, G, *stamp.typed_data<int32_t>(),
                      restart.typed_data<int32_t>(), static_cast<T>(attn),
                      vals->typed_data<T>(), keys->typed_data<T>(), score->typed_data<T>(),
                      time->typed_data<int32_t>(), seen->typed_data<int32_t>(),
@@ -780,7 +858,8 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                      k->typed_data<T>(), x.typed_data<T>(), U.typed_data<T>(),
                      bias.typed_data<T>(), Va.typed_data<T>(), V.typed_data<T>(),
                      Ua.typed_data<T>(), v.typed_data<T>(), slot->typed_data<int32_t>(),
-                     replaced->typed_data<int32_t>(), alpha->typed_data<T>()};
+                     replaced->typed_data<int32_t>(), alpha->typed_data<T>(),
+                     c ? (*c)->typed_data<T>() : nullptr};
     ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnForwardRows<T>(a, b0, b1); },
               BlockRows(B));
   });
@@ -842,7 +921,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnBlockReverse, RnnBlockReverseImpl,
                                   .Arg<ffi::AnyBuffer>()  // q [L, b, h]
                                   .Arg<ffi::AnyBuffer>()  // v [h]
                                   .Arg<ffi::AnyBuffer>()  // ua_t [h, h]
-                                  .Arg<ffi::AnyBuffer>()  // both_t [2h, h]
+                                  .Arg<ffi::AnyBuffer>()  // both_t [G + h, h]
+                                  .OptionalArg<ffi::AnyBuffer>()  // dc_next [b, h] (LSTM)
+                                  .OptionalArg<ffi::AnyBuffer>()  // pre [n, b, 4h] (LSTM)
+                                  .OptionalArg<ffi::AnyBuffer>()  // c [L, b, h] (LSTM)
                                   .Attr<int64_t>("nu")
                                   .Attr<double>("attn")
                                   .Ret<ffi::AnyBuffer>()  // vals
@@ -852,9 +934,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnBlockReverse, RnnBlockReverseImpl,
                                   .Ret<ffi::AnyBuffer>()  // d_newest
                                   .Ret<ffi::AnyBuffer>()  // dq_next
                                   .Ret<ffi::AnyBuffer>()  // dq [n, b, h]
-                                  .Ret<ffi::AnyBuffer>()  // dpre [n, b, h]
+                                  .Ret<ffi::AnyBuffer>()  // dpre [n, b, G]
                                   .Ret<ffi::AnyBuffer>()  // dk [n, b, h]
-                                  .Ret<ffi::AnyBuffer>());  // d_v [h]
+                                  .Ret<ffi::AnyBuffer>()  // d_v [h]
+                                  .OptionalRet<ffi::AnyBuffer>());  // dc_next (LSTM)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                               ffi::Ffi::Bind()
@@ -877,6 +960,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Arg<ffi::AnyBuffer>()  // v [h]
                                   .Arg<ffi::AnyBuffer>()  // stamp [], int32
                                   .Arg<ffi::AnyBuffer>()  // restart [b], int32
+                                  .OptionalArg<ffi::AnyBuffer>()  // c_0 [b, h] (LSTM)
                                   .Attr<int64_t>("nu")
                                   .Attr<double>("attn")
                                   .Ret<ffi::AnyBuffer>()  // vals
@@ -890,4 +974,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Ret<ffi::AnyBuffer>()  // k
                                   .Ret<ffi::AnyBuffer>()  // slot [L - 1, b], int32
                                   .Ret<ffi::AnyBuffer>()  // replaced [L - 1, b], int32
-                                  .Ret<ffi::AnyBuffer>());  // alpha [L - 1, b, m]
+                                  .Ret<ffi::AnyBuffer>()  // alpha [L - 1, b, m]
+                                  .OptionalRet<ffi::AnyBuffer>());  // c [L, b, h] (LSTM)
