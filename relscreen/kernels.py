@@ -9,7 +9,7 @@ place. ``csrc/slots.cc`` does the forward step in one pass over the keys and
 one over the values per batch row (``slots_attend``; used for large banks
 only, ``ATTEND_FROM``), and the reverse step in two passes per row, updating
 the four banks in place (``slots_reverse``). For an RNN cell with tanh (RelRNN,
-WinRNN) they go further. The forward scan from a fresh state, over a
+WinRNN) and an LSTM cell (RelLSTM, WinLSTM) they go further. The forward scan from a fresh state, over a
 relevance memory with the paper's rules or a window, is one call
 (``rnn_forward``: per step the query, the attention, the scores, the mixing,
 the cell, the key and the store with its screening). Each block of the
@@ -17,11 +17,11 @@ reverse pass's steps is one call (``rnn_block_reverse``: the pop of h_t's
 cotangent, the cell's reverse, the products with Ua^T and [V | Va]^T, the
 mixing's reverse and ``slots_reverse``'s step). Both run the batch's rows in
 fixed groups on XLA's threads for the whole scan or block, instead of about
-thirty XLA operations per step. The streaming step of such a model
+thirty XLA operations per step. The streaming step of such an RNN
 (``rs.step``) is ``rnn_forward`` over one step (``core.kernel_step``; its
 derivatives are XLA's step's). docs/RESULTS.md ("The attention step as CPU
 kernels", "An RNN cell's scans as kernels", "The streaming step as one kernel
-call") has what they save.
+call", "An LSTM cell's scans as kernels") has what they save.
 
 The kernels are compiled the first time a custom pass is traced, with the C++
 compiler ``$CXX`` (else ``c++``, ``g++`` or ``clang++`` on the ``PATH``) and

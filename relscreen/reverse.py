@@ -111,8 +111,9 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
   before the step (``core.step_with_reset``); the records then also hold the
   memory's slot times just before each step's reset ([t - 1, b, slots]).
 
-  On the CPU, an RNN cell with tanh from a fresh state over a relevance memory
-  with the paper's rules (or a window), keeping the queries and keys, runs
+  On the CPU, an RNN cell with tanh or an LSTM cell from a fresh state over a
+  relevance memory with the paper's rules (or a window), keeping the queries
+  and keys (``core.kernel_fits``), runs
   steps 1 .. t - 1 as one kernel call (``kernels.rnn_forward``) instead of
   the scan, with the same records."""
   length = x.shape[0]
