@@ -253,7 +253,7 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
 
 
 def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=1,
-                restart: Array | None = None):
+                restart: Array | None = None, lean: bool = False):
   """The forward scan of an RNN cell with tanh, or an LSTM cell, over a
   relevance memory with the paper's rules (or a window, ``rho = 0``), steps
   1 .. L - 1 in one call (see ``csrc/slots.cc``): ``mem`` (vals, keys [b, m, h],
@@ -269,20 +269,23 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=
   int32, alpha [L - 1, b, m])``: the memory after the last step, every step's
   state, mixed state, query, key (and cell state; row 0 ``first``), and what each step's
   screening did (``rsm.Screened``'s ``slot`` and ``replaced``) with its
-  weights. Call it only on the CPU."""
+  weights. ``lean`` (no reverse pass to follow): s, q, k and c come back as
+  [2, b, h], step t in row t mod 2, and alpha as [1, b, m] (the last step's);
+  h has every step. Call it only on the CPU."""
   _require()
   steps, batch = x.shape[:2]
   m = mem[0].shape[1]
   restart = jnp.zeros((batch,), jnp.int32) if restart is None else restart.astype(jnp.int32)
   rows = jax.ShapeDtypeStruct((steps, batch), jnp.int32)
   seq = jax.ShapeDtypeStruct((steps + 1,) + first[0].shape, x.dtype)
+  kept = jax.ShapeDtypeStruct((2 if lean else steps + 1,) + first[0].shape, x.dtype)
   lstm = len(first) == 5  # c_0 in, every step's c out
   out = jax.ffi.ffi_call(
       "relscreen_rnn_forward",
-      tuple(_shape(a) for a in mem) + (seq,) * 4 + (rows, rows, jax.ShapeDtypeStruct(
-          (steps, batch, m), x.dtype)) + (seq,) * lstm,
+      tuple(_shape(a) for a in mem) + (seq,) + (kept,) * 3 + (rows, rows, jax.ShapeDtypeStruct(
+          (1 if lean else steps, batch, m), x.dtype)) + (kept,) * lstm,
       input_output_aliases={i: i for i in range(5)}, vmap_method="sequential")(
       *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *first[:4], x,
       *(params[k] for k in ("U", "b", "Va", "V", "Ua", "v")), jnp.asarray(stamp, jnp.int32),
-      restart, *first[4:], nu=int(nu), attn=float(attn))
+      restart, *first[4:], nu=int(nu), attn=float(attn), lean=int(lean))
   return tuple(out[:5]), tuple(out[5:9]) + tuple(out[12:]), (out[9], out[10]), out[11]

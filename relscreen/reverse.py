@@ -87,7 +87,8 @@ def _local_first(config, p, s_init, c_init, x_0):
   return h, s, (jnp.zeros_like(h) if c is None else c)
 
 
-def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None):
+def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None,
+                      records=True):
   """The plain forward scan over time-major inputs ``x`` [t, b, i]; also returns
   what the custom reverse pass needs: h, s and (LSTM) c of every step
   [t, b, h], written in place into buffers, and (RSM) the R slot each step's
@@ -115,7 +116,12 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
   relevance memory with the paper's rules (or a window), keeping the queries
   and keys (``core.kernel_fits``), runs
   steps 1 .. t - 1 as one kernel call (``kernels.rnn_forward``) instead of
-  the scan, with the same records."""
+  the scan, with the same records.
+
+  ``records=False`` (a forward with no reverse pass to follow): only the final
+  state and h are wanted, and the rest comes back as None; the kernel then
+  keeps only h for every step (XLA's scan drops the rest by itself), and
+  runs whether or not the queries and keys would be kept."""
   length = x.shape[0]
   params = core.loop_params(params, config)
   zero = jnp.zeros((), x.dtype)
@@ -218,23 +224,36 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
           body, carry, (jnp.arange(1, length), x[1:], None if resets is None else resets[1:]))
       return mem, s, c, filled, admitted
 
-    if start is None and store and length > 1 and core.kernel_fits(config, params):
+    lean = not records
+    if (start is None and (store or lean) and length > 1
+        and core.kernel_fits(config, params)):
       # The whole scan in one CPU kernel call (``kernels.rnn_forward``); s_t
       # (and an LSTM's c_t) is in its buffer.
       lstm = config.cell is CellType.LSTM
+      row0 = (first["h"], state.s, jnp.zeros_like(first["h"]), first["h"] @ params["Ua"],
+              *((state.c,) if lstm else ()))
 
       def kernel(mem, row0, xs, weights):
-        h0, s0, *c0, q0, k0 = row0  # the buffers' order: h, s, (c,) q, k
         mem_out, filled, screened, alpha = kernels.rnn_forward(
-            mem, (h0, s0, q0, k0, *c0), xs, weights, nu, config.attn if not lstm else 1.0)
+            mem, row0, xs, weights, nu, config.attn if not lstm else 1.0, lean=lean)
         h, s, q, k, *c = filled
-        return (rsm.RSMState(*mem_out), s[-1], c[0][-1] if lstm else state.c,
-                (h, s, *c, q, k), (*screened, alpha))
-      mem, s, c, buffers, admitted = kernels.dispatch(
-          True, kernel, scanned, state.memory, kept, x[1:], core.kernel_weights(config, params))
+        last = (length - 1) % 2 if lean else -1  # a lean forward's s and c: rings of 2
+        out = (rsm.RSMState(*mem_out), s[last], c[0][last] if lstm else state.c)
+        if lean:
+          return out + ((h,),)
+        return out + ((h, s, *c) + ((q, k) if store else ()), (*screened, alpha))
+
+      def fallback(mem, *_):
+        mem, s, c, filled, admitted = scanned(mem)
+        return (mem, s, c, filled[:1]) if lean else (mem, s, c, filled, admitted)
+      found = kernels.dispatch(True, kernel, fallback, state.memory, row0, x[1:],
+                               core.kernel_weights(config, params))
+      mem, s, c, buffers, admitted = found if not lean else (*found, None)
     else:
       mem, s, c, buffers, admitted = scanned(state.memory, buffers)
     final = core.State(t0 + length, s, c, mem)
+    if lean:
+      return final, buffers[0], None, None, None, None
   proj = buffers[-2:] if store else None
   buffers = buffers[:-2] if store else buffers
   h, s, c = buffers if keep_c else (*buffers, None)
@@ -259,7 +278,7 @@ def _attend(config, query, mem, v):
 def attentive_scan(params, config, x, s_init, c_init):
   """Hidden states h [t, b, h] of a fresh attentive layer over time-major
   ``x`` [t, b, i], and its final state; differentiated by the pass below."""
-  final, h, *_ = attentive_forward(params, config, x, s_init, c_init)
+  final, h, *_ = attentive_forward(params, config, x, s_init, c_init, records=False)
   return h, final
 
 

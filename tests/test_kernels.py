@@ -216,6 +216,27 @@ def test_the_rnn_kernels_at_their_tile_sizes(name):
     assert err_kernel <= 4 * err_xla + 1e-7, (path, err_kernel, err_xla)
 
 
+@needs_compiler
+@pytest.mark.parametrize("name", ["RelRNN", "RelLSTM"])
+@pytest.mark.parametrize("mib", [256, 0])  # queries and keys kept for a reverse pass, or not
+def test_a_forward_alone_keeps_only_h(name, mib, float64):
+  """A forward pass with no gradient taken runs the forward kernel lean: s, q,
+  k (and c) as rings of two steps, so its scratch memory is one [L, b, h]
+  array (h) and a little, as XLA's scan's, not five; it runs even where the
+  queries and keys would not be kept (``keep_projections_mib=0``). Outputs and
+  final state are XLA's (float64) at an odd length (the rings end in row 0)."""
+  cfg = rs.model_config(name, 3, hidden=16, nu=3, rho=4, keep_projections_mib=mib)
+  off = dataclasses.replace(cfg, cpu_kernel=False)
+  params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"])
+  x = float64(jax.random.normal(jax.random.PRNGKey(1), (5, 301, 3)))
+  run = lambda c: jax.jit(lambda p, x: models.forward(p, c, x))
+  chex.assert_trees_all_close(run(cfg)(params, x), run(off)(params, x), rtol=1e-12, atol=1e-13)
+  compiled = run(cfg).lower(params, x).compile()
+  assert FORWARD in compiled.as_text()
+  lbh = 301 * 5 * 16 * 8  # one [L, b, h] float64 array
+  assert compiled.memory_analysis().temp_size_in_bytes < 1.5 * lbh
+
+
 def _stream(cfg, params, xs, resets, dtype):
   """Steps ``rs.step`` over ``xs`` [t, b, i] from a fresh state, rows restarting
   where ``resets`` [t, b] (every other step without a reset argument): every

@@ -417,6 +417,9 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
 // o, g of pre = (x W_x + b) + s W_s: c_t = sig(f) c_{t-1} + sig(i) tanh(g),
 // h_t = sig(o) tanh(c_t), c_t to rows t of c [L, b, h]; a restarting row's s
 // stays s_0 (the mixing's attn is 1).
+// Lean (a forward with no reverse pass to follow): s, q, k and c are [2, b, h]
+// rings (step t in row t mod 2) and alpha is [1, b, m] (the last step's), so
+// only h is kept for every step.
 
 template <typename T>
 struct ForwardArgs {
@@ -431,6 +434,7 @@ struct ForwardArgs {
   int32_t *slot, *replaced;                 // [L - 1, b]
   T* alpha;                                 // [L - 1, b, m]
   T* c;                                     // [L, b, h] an LSTM's cell states; null: tanh RNN
+  bool lean;                                // s, q, k, c as [2, b, h] rings, alpha [1, b, m]
 };
 
 template <typename T>
@@ -448,18 +452,20 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
   std::vector<int32_t> slots(2 * (a.L - 1) * R);  // [L - 1, R] R slots, then replaced times
   std::vector<const T*> in(R);
   std::vector<T*> out(R);
+  // Step t's row of s, q, k and c: t, or t mod 2 in a lean forward.
+  auto at = [&](int64_t t) { return a.lean ? t % 2 : t; };
   auto rows = [&](T* base, int64_t t) {  // row pointers of [L, b, h] buffer rows t
-    for (int64_t r = 0; r < R; ++r) out[r] = base + (t * B + b0 + r) * H;
+    for (int64_t r = 0; r < R; ++r) out[r] = base + (at(t) * B + b0 + r) * H;
   };
   for (int64_t t = 1; t < a.L; ++t) {
     // The query from s_{t-1}.
-    for (int64_t r = 0; r < R; ++r) in[r] = a.s + ((t - 1) * B + b0 + r) * H;
+    for (int64_t r = 0; r < R; ++r) in[r] = a.s + (at(t - 1) * B + b0 + r) * H;
     rows(a.q, t);
     RowsTimes<T>(R, in.data(), a.Va, H, H, out.data(), false);
     for (int64_t r = 0; r < R; ++r) {
       const int64_t b = b0 + r;
-      T* al = a.alpha + ((t - 1) * B + b) * M;
-      AttendRow<T>(M, H, a.q + (t * B + b) * H, a.keys + b * M * H, a.vals + b * M * H,
+      T* al = a.alpha + ((a.lean ? 0 : t - 1) * B + b) * M;
+      AttendRow<T>(M, H, a.q + (at(t) * B + b) * H, a.keys + b * M * H, a.vals + b * M * H,
                    time.data() + r * M, a.v, ctx + r * H, al, tmp);
       T* sc = score.data() + r * M;
       for (int64_t m = 0; m < nu; ++m) sc[m] += al[m];
@@ -470,7 +476,7 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       for (int64_t m = 1; m < nu; ++m)
         if (tm[m] > tm[latest]) latest = m;
       const T* newest = a.vals + (b * M + latest) * H;
-      T* st = a.s + (t * B + b) * H;
+      T* st = a.s + (at(t) * B + b) * H;
       const T* c = ctx + r * H;
       if (t == 1 && a.restart[b]) {  // the cell runs on s_0
         std::copy(a.s + b * H, a.s + (b + 1) * H, st);
@@ -485,7 +491,7 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
     }
     RowsTimes<T>(R, in.data(), a.U, a.I, G, out.data(), false);
     for (int64_t r = 0; r < R; ++r) {
-      in[r] = a.s + (t * B + b0 + r) * H;
+      in[r] = a.s + (at(t) * B + b0 + r) * H;
       out[r] = sv + r * G;
     }
     RowsTimes<T>(R, in.data(), a.V, H, G, out.data(), false);
@@ -496,8 +502,8 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       if (a.c) {
 #pragma omp simd
         for (int64_t i = 0; i < G; ++i) x[i] = (x[i] + a.bias[i]) + y[i];
-        const T* cp = a.c + ((t - 1) * B + b0 + r) * H;
-        T* ct = a.c + (t * B + b0 + r) * H;
+        const T* cp = a.c + (at(t - 1) * B + b0 + r) * H;
+        T* ct = a.c + (at(t) * B + b0 + r) * H;
 #pragma omp simd
         for (int64_t i = 0; i < H; ++i) {
           ct[i] = Sigmoid(x[i]) * cp[i] + Sigmoid(x[H + i]) * Tanh(x[3 * H + i]);
@@ -509,7 +515,7 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
 #pragma omp simd
       for (int64_t i = 0; i < H; ++i) ht[i] = Tanh((x[i] + a.bias[i]) + y[i]);
       if (t == 1 && a.restart[b0 + r]) {  // s_0 = the pre-activation
-        T* st = a.s + (t * B + b0 + r) * H;
+        T* st = a.s + (at(t) * B + b0 + r) * H;
         for (int64_t i = 0; i < H; ++i) st[i] = (x[i] + a.bias[i]) + y[i];
       }
       in[r] = ht;
@@ -553,7 +559,7 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
         tm[r_slot] = cand_time;
       }
       const T* ht = a.h + (t * B + b) * H;
-      const T* kt = a.k + (t * B + b) * H;
+      const T* kt = a.k + (at(t) * B + b) * H;
       std::copy(ht, ht + H, row_v + j * H);
       std::copy(kt, kt + H, row_k + j * H);
       sc[j] = T(0);
@@ -808,7 +814,7 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                           ffi::AnyBuffer bias, ffi::AnyBuffer Va, ffi::AnyBuffer V,
                           ffi::AnyBuffer Ua, ffi::AnyBuffer v, ffi::AnyBuffer stamp,
                           ffi::AnyBuffer restart, std::optional<ffi::AnyBuffer> c_in,
-                          int64_t nu, double attn,
+                          int64_t nu, double attn, int64_t lean,
                           ffi::Result<ffi::AnyBuffer> vals, ffi::Result<ffi::AnyBuffer> keys,
                           ffi::Result<ffi::AnyBuffer> score, ffi::Result<ffi::AnyBuffer> time,
                           ffi::Result<ffi::AnyBuffer> seen, ffi::Result<ffi::AnyBuffer> h,
@@ -827,7 +833,8 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
   if (c_in.has_value() != c.has_value())
     return ffi::Error::InvalidArgument("an LSTM's forward takes c_0 and returns c");
   const int64_t G = c_in ? 4 * H : H;  // the cell's pre-activation width
-  if (c_in && (c_in->element_count() != B * H || (*c)->element_count() != L * B * H ||
+  const int64_t kept = lean ? 2 : L;  // rows of s, q, k and c
+  if (c_in && (c_in->element_count() != B * H || (*c)->element_count() != kept * B * H ||
                c_in->element_type() != keys_in.element_type()))
     return ffi::Error::InvalidArgument("c_0 must be [b, h] and c [L, b, h] of the banks' type");
   if (xs[1] != B || nu < 1 || nu > M || U.element_count() != I * G ||
@@ -835,7 +842,9 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
       Va.element_count() != H * H || h_in.element_count() != B * H ||
       s_in.element_count() != B * H || q_in.element_count() != B * H ||
       k_in.element_count() != B * H || stamp.element_count() != 1 ||
-      restart.element_count() != B)
+      restart.element_count() != B || h->element_count() != L * B * H ||
+      s->element_count() != kept * B * H || q->element_count() != kept * B * H ||
+      k->element_count() != kept * B * H || alpha->element_count() != (lean ? 1 : L - 1) * B * M)
     return ffi::Error::InvalidArgument("the forward's arguments do not match the banks' shape");
   if (auto e = SameType(keys_in.element_type(),
                         {{"vals", &vals_in}, {"score", &score_in}, {"h", &h_in}, {"s", &s_in},
@@ -859,7 +868,7 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                      bias.typed_data<T>(), Va.typed_data<T>(), V.typed_data<T>(),
                      Ua.typed_data<T>(), v.typed_data<T>(), slot->typed_data<int32_t>(),
                      replaced->typed_data<int32_t>(), alpha->typed_data<T>(),
-                     c ? (*c)->typed_data<T>() : nullptr};
+                     c ? (*c)->typed_data<T>() : nullptr, lean != 0};
     ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnForwardRows<T>(a, b0, b1); },
               BlockRows(B));
   });
@@ -963,6 +972,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .OptionalArg<ffi::AnyBuffer>()  // c_0 [b, h] (LSTM)
                                   .Attr<int64_t>("nu")
                                   .Attr<double>("attn")
+                                  .Attr<int64_t>("lean")
                                   .Ret<ffi::AnyBuffer>()  // vals
                                   .Ret<ffi::AnyBuffer>()  // keys
                                   .Ret<ffi::AnyBuffer>()  // score
