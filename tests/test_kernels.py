@@ -345,10 +345,11 @@ def test_without_a_compiler_a_warning_and_xlas_version(monkeypatch, tmp_path, fl
 
 
 @needs_compiler
-def test_gradients_under_vmap(float64):
+@pytest.mark.parametrize("name", ["RelRNN", "RelLSTM"])
+def test_gradients_under_vmap(name, float64):
   """vmap over two models' parameters (an ensemble, per-example gradients) runs
   the kernel once per member and gives each member's own gradients."""
-  cfg = rs.model_config("RelRNN", 2, hidden=4, nu=2, rho=1)
+  cfg = rs.model_config(name, 2, hidden=4, nu=2, rho=1)
   init = lambda k: rs.RecurrentCore(cfg).init(k, jnp.zeros((2, 5, 2)))["params"]
   params = float64(jax.vmap(init)(jax.random.split(jax.random.PRNGKey(0), 2)))
   x = float64(jax.random.normal(jax.random.PRNGKey(1), (2, 5, 2)))
