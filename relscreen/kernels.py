@@ -32,15 +32,17 @@ source, the compiler, jaxlib's version and the CPU's feature flags, so later
 processes load it at once and a different machine builds its own.
 
 They are used only where they can be: in the custom pass (``reverse``) of a
-relevance or window memory and in an RNN cell's streaming step, on the CPU (``jax.lax.platform_dependent``: on a
-GPU or TPU the same program runs XLA's version), in float32 and float64.
-Where no compiler is found or the build fails, one warning says so and XLA's
-version runs. ``RELSCREEN_KERNELS=0`` in the environment turns them off
-everywhere, ``ModelConfig(cpu_kernel=False)`` for one model (the benchmark's
-``RelRNN@xla``). Both are read when a model is traced: a program JAX has
-already traced and cached for a config keeps what it was traced with. The float32 kernels' tanh is a rational approximation (within
-5 ulp, as XLA's own), so their results differ from XLA's in the last bits; in
-float64 they call ``std::tanh`` (the tests compare both paths there).
+relevance or window memory and in an RNN cell's streaming step, on the CPU
+(``jax.lax.platform_dependent``: on a GPU or TPU the same program runs XLA's
+version), in float32 and float64. Where no compiler is found or the build
+fails, one warning says so and XLA's version runs. ``RELSCREEN_KERNELS=0``
+in the environment turns them off everywhere, ``ModelConfig(cpu_kernel=False)``
+for one model (the benchmark's ``RelRNN@xla``). Both are read when a model is
+traced: a program JAX has already traced and cached for a config keeps what
+it was traced with. The float32 kernels' tanh is a rational approximation
+(within 5 ulp, as XLA's own; the LSTM's sigmoid is 0.5 + 0.5 tanh(x / 2)),
+so their results differ from XLA's in the last bits; in float64 they call
+``std::tanh`` and ``std::exp`` (the tests compare both paths there).
 """
 
 import ctypes
