@@ -136,7 +136,7 @@ class ModelConfig:
     cpu_kernel: the custom pass of a relevance or window memory runs each
       step's attention over the slots, forward and reverse, in hand-written
       kernels on the CPU, and with an RNN cell (tanh) or an LSTM cell from a
-      fresh state (relevance memories with the paper's rules, windows) the
+      fresh state (relevance memories with top or fifo eviction, windows) the
       whole forward scan and each block of reverse steps in one each, and the
       RNN's streaming step (``step``, without probes or diagnostics, k = 1)
       in one call

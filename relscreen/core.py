@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from relscreen import attention, cells, full_memory, kernels, memories, rsm
-from relscreen.config import CellType, Eviction, MemoryType, ModelConfig, Relevance
+from relscreen.config import CellType, Eviction, MemoryType, ModelConfig
 
 Array = jax.Array
 
@@ -170,15 +170,21 @@ def any_step(params, config, state, xp, probe):
 def kernel_fits(config: ModelConfig, params: dict) -> bool:
   """Whether ``kernels.rnn_forward`` can run this layer's steps (on the CPU, with
   ``config.cpu_kernel``): an RNN cell with tanh or an LSTM cell, storing every
-  step (k = 1), no diagnostics, in a relevance memory with the paper's rules
-  (relevance sum, eviction top) or a window."""
+  step (k = 1), no diagnostics, in a relevance memory with any relevance rule
+  and top or fifo eviction (not reservoir), or a window."""
   weights = {"U", "V"} if config.cell is CellType.RNN else {"W"}
   return (config.cpu_kernel and config.memory in (MemoryType.RELEVANCE, MemoryType.WINDOW)
           and ((config.cell is CellType.RNN and config.phi is cells.Phi.TANH)
                or config.cell is CellType.LSTM)
-          and config.k == 1 and not config.diagnostics and config.relevance is Relevance.SUM
-          and (config.eviction is Eviction.TOP or config.relevant_size == 0)
+          and config.k == 1 and not config.diagnostics
+          and (config.eviction is not Eviction.RESERVOIR or config.relevant_size == 0)
           and set(params) >= weights | {"b", "Va", "Ua", "v"})
+
+
+def kernel_rules(config: ModelConfig) -> dict:
+  """A ``kernel_fits`` config's memory rules as ``kernels.rnn_forward`` takes them."""
+  return {"relevance": kernels.RELEVANCE.index(config.relevance.value),
+          "decay": config.decay, "fifo": config.eviction is Eviction.FIFO}
 
 
 def kernel_weights(config: ModelConfig, params: dict) -> dict:
@@ -212,7 +218,7 @@ def kernel_step(params, config, state, x_t, first):
     # rows are not read: the newest state comes from the memory); row 1 is the step's.
     mem, (h, s, _, _), _, _ = kernels.rnn_forward(
         tuple(state.memory), (state.s,) * 4, x_t[None], params, nu, attn, stamp=state.t,
-        restart=restart)
+        restart=restart, **kernel_rules(config))
     return State(state.t + 1, s[1], None, rsm.RSMState(*mem)), {"h": h[1]}
 
   @jax.custom_jvp

@@ -8,9 +8,10 @@ into the banks' cotangents (about a dozen), copying banks it cannot update in
 place. ``csrc/slots.cc`` does the forward step in one pass over the keys and
 one over the values per batch row (``slots_attend``; used for large banks
 only, ``ATTEND_FROM``), and the reverse step in two passes per row, updating
-the four banks in place (``slots_reverse``). For an RNN cell with tanh (RelRNN,
-WinRNN) and an LSTM cell (RelLSTM, WinLSTM) they go further. The forward scan from a fresh state, over a
-relevance memory with the paper's rules or a window, is one call
+the four banks in place (``slots_reverse``). For an RNN cell with tanh
+(RelRNN, WinRNN) and an LSTM cell (RelLSTM, WinLSTM) they go further. The
+forward scan from a fresh state, over a relevance memory (any relevance
+rule, top or fifo eviction) or a window, is one call
 (``rnn_forward``: per step the query, the attention, the scores, the mixing,
 the cell, the key and the store with its screening). Each block of the
 reverse pass's steps is one call (``rnn_block_reverse``: the pop of h_t's
@@ -69,6 +70,7 @@ TARGETS = {"relscreen_slots_attend": "RelscreenSlotsAttend",
            "relscreen_rnn_block_reverse": "RelscreenRnnBlockReverse",
            "relscreen_rnn_forward": "RelscreenRnnForward"}
 ENV = "RELSCREEN_KERNELS"  # "0": never build or use the kernels
+RELEVANCE = ("sum", "mean", "max", "decay")  # rnn_forward's relevance codes, in order
 # The forward kernel runs on banks of at least this many elements (b m h: batch
 # 41 at 25 slots and H 128), where it is faster than XLA's attention (batch 64:
 # the forward pass 0.84-0.90 of XLA's); below, XLA's ran faster (batch 10: the
@@ -255,9 +257,10 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
 
 
 def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=1,
-                restart: Array | None = None, lean: bool = False):
+                restart: Array | None = None, lean: bool = False, relevance: int = 0,
+                decay: float = 0.9, fifo: bool = False):
   """The forward scan of an RNN cell with tanh, or an LSTM cell, over a
-  relevance memory with the paper's rules (or a window, ``rho = 0``), steps
+  relevance memory (or a window, ``rho = 0``), steps
   1 .. L - 1 in one call (see ``csrc/slots.cc``): ``mem`` (vals, keys [b, m, h],
   score [b, m], time [b, m], seen [b]) as after step 0 and ``first`` step 0's
   (h, s, q, k) [b, h], and c for an LSTM (only s and c are read; each step's
@@ -273,7 +276,9 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=
   screening did (``rsm.Screened``'s ``slot`` and ``replaced``) with its
   weights. ``lean`` (no reverse pass to follow): s, q, k and c come back as
   [2, b, h], step t in row t mod 2, and alpha as [1, b, m] (the last step's);
-  h has every step. Call it only on the CPU."""
+  h has every step. ``relevance`` 0 (sum, the paper's), 1 (mean), 2 (max) or
+  3 (decay, with ``decay`` its gamma) and ``fifo`` (else top) are the memory's
+  rules (``RELEVANCE``; reservoir eviction has no kernel). Call it only on the CPU."""
   _require()
   steps, batch = x.shape[:2]
   m = mem[0].shape[1]
@@ -289,5 +294,6 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=
       input_output_aliases={i: i for i in range(5)}, vmap_method="sequential")(
       *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *first[:4], x,
       *(params[k] for k in ("U", "b", "Va", "V", "Ua", "v")), jnp.asarray(stamp, jnp.int32),
-      restart, *first[4:], nu=int(nu), attn=float(attn), lean=int(lean))
+      restart, *first[4:], nu=int(nu), attn=float(attn), lean=int(lean),
+      relevance=int(relevance), decay=float(decay), fifo=int(fifo))
   return tuple(out[:5]), tuple(out[5:9]) + tuple(out[12:]), (out[9], out[10]), out[11]

@@ -113,7 +113,7 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
   memory's slot times just before each step's reset ([t - 1, b, slots]).
 
   On the CPU, an RNN cell with tanh or an LSTM cell from a fresh state over a
-  relevance memory with the paper's rules (or a window), keeping the queries
+  relevance memory with top or fifo eviction (or a window), keeping the queries
   and keys (``core.kernel_fits``), runs
   steps 1 .. t - 1 as one kernel call (``kernels.rnn_forward``) instead of
   the scan, with the same records.
@@ -235,7 +235,8 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
 
       def kernel(mem, row0, xs, weights):
         mem_out, filled, screened, alpha = kernels.rnn_forward(
-            mem, row0, xs, weights, nu, config.attn if not lstm else 1.0, lean=lean)
+            mem, row0, xs, weights, nu, config.attn if not lstm else 1.0, lean=lean,
+            **core.kernel_rules(config))
         h, s, q, k, *c = filled
         last = (length - 1) % 2 if lean else -1  # a lean forward's s and c: rings of 2
         out = (rsm.RSMState(*mem_out), s[last], c[0][last] if lstm else state.c)

@@ -237,6 +237,43 @@ def test_a_forward_alone_keeps_only_h(name, mib, float64):
   assert compiled.memory_analysis().temp_size_in_bytes < 1.5 * lbh
 
 
+@needs_compiler
+@pytest.mark.parametrize("name, relevance, eviction", [
+    ("RelRNN", "mean", "top"), ("RelRNN", "max", "fifo"), ("RelLSTM", "decay", "top"),
+    ("RelLSTM", "sum", "fifo")])
+def test_the_forward_kernel_with_other_rules(name, relevance, eviction, float64):
+  """The forward kernel runs the memory's other rules (mean, max and decay
+  relevance, fifo eviction) as ``rsm`` does: float64 outputs, final scores,
+  slot times (exactly) and screening count of XLA's scan over 23 steps, and
+  its gradients; the rules change which states R keeps or their scores, so
+  a kernel that ran the paper's rules instead would leave others there.
+  Reservoir eviction keeps XLA's scan."""
+  def run(cfg):
+    params = float64(jax.tree_util.tree_map(lambda a: 2 * a, rs.RecurrentCore(cfg).init(
+        jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"]))
+    x = float64(jax.random.normal(jax.random.PRNGKey(1), (5, 23, 3)))
+    fwd = jax.jit(lambda p, x: models.forward(p, cfg, x))
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(models.forward(p, cfg, x)[0]["h"]))))
+    return fwd(params, x), grads(params), fwd.lower(params, x).compile().as_text()
+
+  cfg = rs.model_config(name, 3, hidden=16, nu=3, rho=3, relevance=relevance,
+                        eviction=eviction)
+  (out, final), grads, hlo = run(cfg)
+  (out_ref, final_ref), grads_ref, _ = run(dataclasses.replace(cfg, cpu_kernel=False))
+  assert FORWARD in hlo
+  chex.assert_trees_all_close((out, final), (out_ref, final_ref), rtol=1e-12, atol=1e-13)
+  np.testing.assert_array_equal(final.memory.time, final_ref.memory.time)
+  chex.assert_trees_all_close(grads, grads_ref, rtol=1e-10, atol=1e-13)
+  paper = run(rs.model_config(name, 3, hidden=16, nu=3, rho=3))[0][1].memory
+  # The rules made a difference: other states in R, or other scores (mean
+  # divides each candidate's sum by the nu steps it spent in S, so it keeps
+  # the paper's states but not its scores).
+  assert not (np.array_equal(paper.time, final.memory.time)
+              and np.allclose(paper.score, final.memory.score))
+  _, _, hlo_reservoir = run(dataclasses.replace(cfg, eviction="reservoir"))
+  assert FORWARD not in hlo_reservoir
+
+
 def _stream(cfg, params, xs, resets, dtype):
   """Steps ``rs.step`` over ``xs`` [t, b, i] from a fresh state, rows restarting
   where ``resets`` [t, b] (every other step without a reset argument): every
@@ -250,15 +287,17 @@ def _stream(cfg, params, xs, resets, dtype):
 
 
 @needs_compiler
-@pytest.mark.parametrize("name, rho", [("RelRNN", 2), ("WinRNN", 0)])
-def test_the_streaming_step_as_one_kernel_call(name, rho):
+@pytest.mark.parametrize("name, rho, rules", [
+    ("RelRNN", 2, {}), ("WinRNN", 0, {}), ("RelRNN", 2, {"relevance": "mean", "eviction": "fifo"})])
+def test_the_streaming_step_as_one_kernel_call(name, rho, rules):
   """An RNN cell's streaming step over a relevance memory or a window is one
   kernel call: float64, step by step over 16 steps with rows restarting, the
   state (slot times and the screening count exactly) and outputs of XLA's
-  step; R fills and evicts. Its gradients (``jax.grad`` and ``jax.jvp``
+  step; R fills and evicts (also under the mean and fifo rules, whose
+  candidate's score divides by the steps since its stored time). Its gradients (``jax.grad`` and ``jax.jvp``
   through the steps: XLA's, by ``custom_jvp``) are XLA's. float32: as far
   from float64 as XLA's own float32 step, within a factor of 4."""
-  kw = {"rho": rho} if rho else {}
+  kw = {"rho": rho, **rules} if rho else {}
   cfg = rs.model_config(name, 3, hidden=6, nu=3, **kw)
   off = dataclasses.replace(cfg, cpu_kernel=False)
   init = rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((4, 2, 3)))["params"]

@@ -30,10 +30,11 @@
 // are large (ForChunks).
 //
 // RnnBlockReverse: a block of the reverse pass's steps of an RNN cell with
-// tanh, each step's cell, matrix products and mixing around the reverse step
-// above, in one call; RnnForward: the forward scan of the same cell over a
-// relevance memory (the paper's rules) or a window, the attention, the cell
-// and the store with its screening at every step (see their own comments).
+// tanh or an LSTM cell, each step's cell, matrix products and mixing around
+// the reverse step above, in one call; RnnForward: the forward scan of the
+// same cells over a relevance memory (any relevance rule, top or fifo
+// eviction) or a window, the attention, the cell and the store with its
+// screening at every step (see their own comments).
 
 #include <algorithm>
 #include <atomic>
@@ -396,7 +397,7 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
 
 // ---------------------------------------------------------------------------
 // The forward scan of an RNN cell with tanh over a relevance memory with the
-// paper's rules (sum of weights, top eviction) or a window, from the state
+// paper's rules (sum of weights, top eviction; others below) or a window, from the state
 // after step 0 (RnnForward): what `reverse.attentive_forward`'s scan does, for
 // steps t = 1 .. L - 1, per batch row:
 //   q = s Va; alpha, context = the attention over the slots holding a state;
@@ -417,6 +418,11 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
 // o, g of pre = (x W_x + b) + s W_s: c_t = sig(f) c_{t-1} + sig(i) tanh(g),
 // h_t = sig(o) tanh(c_t), c_t to rows t of c [L, b, h]; a restarting row's s
 // stays s_0 (the mixing's attn is 1).
+// Other rules (rsm.accumulate, rsm.choose): relevance mean (sum in S, the
+// candidate's sum divided by the steps it spent there, t - t_j, at least 1),
+// max (S's scores keep their largest weight) or decay (every score in S and
+// every held one in R becomes gamma score + weight); eviction fifo (every
+// candidate enters R, at slot seen mod rho). Reservoir eviction stays XLA's.
 // Lean (a forward with no reverse pass to follow): s, q, k and c are [2, b, h]
 // rings (step t in row t mod 2) and alpha is [1, b, m] (the last step's), so
 // only h is kept for every step.
@@ -435,7 +441,12 @@ struct ForwardArgs {
   T* alpha;                                 // [L - 1, b, m]
   T* c;                                     // [L, b, h] an LSTM's cell states; null: tanh RNN
   bool lean;                                // s, q, k, c as [2, b, h] rings, alpha [1, b, m]
+  int relevance;                            // kSum, kMean, kMax or kDecay
+  T decay;                                  // gamma of kDecay
+  bool fifo;                                // eviction fifo (else top)
 };
+
+enum Relevance { kSum = 0, kMean = 1, kMax = 2, kDecay = 3 };
 
 template <typename T>
 void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
@@ -468,7 +479,15 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       AttendRow<T>(M, H, a.q + (at(t) * B + b) * H, a.keys + b * M * H, a.vals + b * M * H,
                    time.data() + r * M, a.v, ctx + r * H, al, tmp);
       T* sc = score.data() + r * M;
-      for (int64_t m = 0; m < nu; ++m) sc[m] += al[m];
+      const int32_t* held = time.data() + r * M;
+      if (a.relevance == kMax) {
+        for (int64_t m = 0; m < nu; ++m) sc[m] = std::max(sc[m], al[m]);
+      } else if (a.relevance == kDecay) {
+        for (int64_t m = 0; m < M; ++m)
+          if (m < nu || held[m] >= 0) sc[m] = a.decay * sc[m] + al[m];
+      } else {
+        for (int64_t m = 0; m < nu; ++m) sc[m] += al[m];
+      }
       // The newest stored state, h_{t-1} (S's latest slot; slot 0 while S is
       // empty, which a restarting row does not read).
       const int32_t* tm = time.data() + r * M;
@@ -529,20 +548,26 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       int64_t j = 0;
       for (int64_t m = 1; m < nu; ++m)
         if (tm[m] < tm[j]) j = m;
-      const int32_t cand_time = tm[j];
-      const T cand_score = sc[j];
+      const int32_t cand_time = tm[j], now = static_cast<int32_t>(a.stamp + t - 1);
+      T cand_score = sc[j];
+      if (a.relevance == kMean && cand_time >= 0)
+        cand_score /= static_cast<T>(std::max<int32_t>(now - cand_time, 1));
       int64_t r_slot = -1;
       if (rho > 0 && cand_time >= 0) {
-        int64_t count = 0, low = -1;
-        for (int64_t m = nu; m < M; ++m) {
-          if (tm[m] < 0) continue;
-          ++count;
-          if (low < 0 || sc[m] < sc[low]) low = m;
-        }
-        if (count < rho) {
-          r_slot = nu + count;
-        } else if (cand_score > sc[low]) {
-          r_slot = low;
+        if (a.fifo) {
+          r_slot = nu + seen[r] % rho;
+        } else {
+          int64_t count = 0, low = -1;
+          for (int64_t m = nu; m < M; ++m) {
+            if (tm[m] < 0) continue;
+            ++count;
+            if (low < 0 || sc[m] < sc[low]) low = m;
+          }
+          if (count < rho) {
+            r_slot = nu + count;
+          } else if (cand_score > sc[low]) {
+            r_slot = low;
+          }
         }
         seen[r] += 1;
       }
@@ -563,7 +588,7 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       std::copy(ht, ht + H, row_v + j * H);
       std::copy(kt, kt + H, row_k + j * H);
       sc[j] = T(0);
-      tm[j] = static_cast<int32_t>(a.stamp + t - 1);
+      tm[j] = now;
     }
   }
   std::copy(score.begin(), score.end(), a.score + b0 * M);
@@ -814,7 +839,8 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                           ffi::AnyBuffer bias, ffi::AnyBuffer Va, ffi::AnyBuffer V,
                           ffi::AnyBuffer Ua, ffi::AnyBuffer v, ffi::AnyBuffer stamp,
                           ffi::AnyBuffer restart, std::optional<ffi::AnyBuffer> c_in,
-                          int64_t nu, double attn, int64_t lean,
+                          int64_t nu, double attn, int64_t lean, int64_t relevance,
+                          double decay, int64_t fifo,
                           ffi::Result<ffi::AnyBuffer> vals, ffi::Result<ffi::AnyBuffer> keys,
                           ffi::Result<ffi::AnyBuffer> score, ffi::Result<ffi::AnyBuffer> time,
                           ffi::Result<ffi::AnyBuffer> seen, ffi::Result<ffi::AnyBuffer> h,
@@ -830,6 +856,8 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
       stamp.element_type() != ffi::S32 || restart.element_type() != ffi::S32)
     return ffi::Error::InvalidArgument("the slots' times, seen, stamp and restart must be int32");
   const int64_t B = dims[0], M = dims[1], H = dims[2], L = xs[0] + 1, I = xs[2];
+  if (relevance < kSum || relevance > kDecay)
+    return ffi::Error::InvalidArgument("relevance must be 0 (sum), 1 (mean), 2 (max) or 3 (decay)");
   if (c_in.has_value() != c.has_value())
     return ffi::Error::InvalidArgument("an LSTM's forward takes c_0 and returns c");
   const int64_t G = c_in ? 4 * H : H;  // the cell's pre-activation width
@@ -868,7 +896,8 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                      bias.typed_data<T>(), Va.typed_data<T>(), V.typed_data<T>(),
                      Ua.typed_data<T>(), v.typed_data<T>(), slot->typed_data<int32_t>(),
                      replaced->typed_data<int32_t>(), alpha->typed_data<T>(),
-                     c ? (*c)->typed_data<T>() : nullptr, lean != 0};
+                     c ? (*c)->typed_data<T>() : nullptr, lean != 0,
+                     static_cast<int>(relevance), static_cast<T>(decay), fifo != 0};
     ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnForwardRows<T>(a, b0, b1); },
               BlockRows(B));
   });
@@ -973,6 +1002,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Attr<int64_t>("nu")
                                   .Attr<double>("attn")
                                   .Attr<int64_t>("lean")
+                                  .Attr<int64_t>("relevance")
+                                  .Attr<double>("decay")
+                                  .Attr<int64_t>("fifo")
                                   .Ret<ffi::AnyBuffer>()  // vals
                                   .Ret<ffi::AnyBuffer>()  // keys
                                   .Ret<ffi::AnyBuffer>()  // score
