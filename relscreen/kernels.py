@@ -270,11 +270,12 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=
   scalar; 1 from a fresh state). ``restart`` [b] bool (optional): rows that
   take step 0's rule at step 1, the streaming step's rows at t = 0 or reset
   (the cell runs on ``first``'s s, which then becomes the RNN's pre-activation).
-  Returns ``(mem, (h, s, q, k[, c]) [L, b, h], (slot, replaced) [L - 1, b]
-  int32, alpha [L - 1, b, m])``: the memory after the last step, every step's
-  state, mixed state, query, key (and cell state; row 0 ``first``), and what each step's
-  screening did (``rsm.Screened``'s ``slot`` and ``replaced``) with its
-  weights. ``lean`` (no reverse pass to follow): s, q, k and c come back as
+  Returns ``(mem, (h, s, q, k[, c]) [L, b, h], (slot, replaced, stored,
+  time) [L - 1, b] int32, alpha [L - 1, b, m])``: the memory after the last
+  step, every step's state, mixed state, query, key (and cell state; row 0
+  ``first``), and what each step's store and screening did (``rsm.Screened``'s
+  ``slot``, ``replaced``, ``stored`` and ``time``) with its weights. ``lean``
+  (no reverse pass to follow): s, q, k and c come back as
   [2, b, h], step t in row t mod 2, and alpha as [1, b, m] (the last step's);
   h has every step. ``relevance`` 0 (sum, the paper's), 1 (mean), 2 (max) or
   3 (decay, with ``decay`` its gamma) and ``fifo`` (else top) are the memory's
@@ -289,11 +290,11 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=
   lstm = len(first) == 5  # c_0 in, every step's c out
   out = jax.ffi.ffi_call(
       "relscreen_rnn_forward",
-      tuple(_shape(a) for a in mem) + (seq,) + (kept,) * 3 + (rows, rows, jax.ShapeDtypeStruct(
-          (1 if lean else steps, batch, m), x.dtype)) + (kept,) * lstm,
+      tuple(_shape(a) for a in mem) + (seq,) + (kept,) * 3 + (rows,) * 4
+      + (jax.ShapeDtypeStruct((1 if lean else steps, batch, m), x.dtype),) + (kept,) * lstm,
       input_output_aliases={i: i for i in range(5)}, vmap_method="sequential")(
       *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *first[:4], x,
       *(params[k] for k in ("U", "b", "Va", "V", "Ua", "v")), jnp.asarray(stamp, jnp.int32),
       restart, *first[4:], nu=int(nu), attn=float(attn), lean=int(lean),
       relevance=int(relevance), decay=float(decay), fifo=int(fifo))
-  return tuple(out[:5]), tuple(out[5:9]) + tuple(out[12:]), (out[9], out[10]), out[11]
+  return tuple(out[:5]), tuple(out[5:9]) + tuple(out[14:]), tuple(out[9:13]), out[13]

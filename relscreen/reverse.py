@@ -112,9 +112,9 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
   before the step (``core.step_with_reset``); the records then also hold the
   memory's slot times just before each step's reset ([t - 1, b, slots]).
 
-  On the CPU, an RNN cell with tanh or an LSTM cell from a fresh state over a
-  relevance memory with top or fifo eviction (or a window), keeping the queries
-  and keys (``core.kernel_fits``), runs
+  On the CPU, an RNN cell with tanh or an LSTM cell, from a fresh or a given
+  state (no resets), over a relevance memory with top or fifo eviction (or a
+  window), keeping the queries and keys (``core.kernel_fits``), runs
   steps 1 .. t - 1 as one kernel call (``kernels.rnn_forward``) instead of
   the scan, with the same records.
 
@@ -225,7 +225,7 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
       return mem, s, c, filled, admitted
 
     lean = not records
-    if (start is None and (store or lean) and length > 1
+    if (resets is None and (store or lean) and length > 1
         and core.kernel_fits(config, params)):
       # The whole scan in one CPU kernel call (``kernels.rnn_forward``); s_t
       # (and an LSTM's c_t) is in its buffer.
@@ -235,8 +235,11 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
 
       def kernel(mem, row0, xs, weights):
         mem_out, filled, screened, alpha = kernels.rnn_forward(
-            mem, row0, xs, weights, nu, config.attn if not lstm else 1.0, lean=lean,
-            **core.kernel_rules(config))
+            mem, row0, xs, weights, nu, config.attn if not lstm else 1.0, stamp=t0 + 1,
+            lean=lean, **core.kernel_rules(config))
+        # From a given state S's order is its slots' times: also which slot each
+        # store wrote and the time of the state that left it (as ``body`` keeps).
+        screened = screened if start is not None else screened[:2]
         h, s, q, k, *c = filled
         last = (length - 1) % 2 if lean else -1  # a lean forward's s and c: rings of 2
         out = (rsm.RSMState(*mem_out), s[last], c[0][last] if lstm else state.c)
@@ -297,7 +300,8 @@ def attentive_scan_from(params, config, x, start, resets=None):
   states and keys; the scores, times and counters get none, as under autodiff,
   where they only steer which state is kept). ``resets`` [t, b] (optional):
   rows that restart from a fresh state before a step, as ``core.step_with_reset``."""
-  final, h, *_ = attentive_forward(params, config, x, None, None, start, resets)
+  final, h, *_ = attentive_forward(params, config, x, None, None, start, resets,
+                                   records=False)
   return h, final
 
 

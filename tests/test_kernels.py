@@ -135,10 +135,11 @@ FORWARD, BLOCK, STEP, ATTEND = ("relscreen_rnn_forward", "relscreen_rnn_block_re
 
 
 @needs_compiler
-@pytest.mark.parametrize("name, given, expected", [("RelRNN", False, {FORWARD, BLOCK}),
-                                                   ("WinRNN", False, {FORWARD, BLOCK}),
-                                                   ("RelLSTM", False, {FORWARD, BLOCK}),
-                                                   ("RelLSTM", True, {STEP, ATTEND})])
+@pytest.mark.parametrize("name, given, expected", [("RelRNN", None, {FORWARD, BLOCK}),
+                                                   ("WinRNN", None, {FORWARD, BLOCK}),
+                                                   ("RelLSTM", None, {FORWARD, BLOCK}),
+                                                   ("RelRNN", "state", {FORWARD, STEP}),
+                                                   ("RelLSTM", "resets", {STEP, ATTEND})])
 def test_training_gradients_with_and_without_the_kernel(name, given, expected, float64,
                                                         monkeypatch):
   """The custom pass's gradients with the kernels and with XLA's version of the
@@ -146,9 +147,10 @@ def test_training_gradients_with_and_without_the_kernel(name, given, expected, f
   rows restarting; the compiled program calls the kernels only when they are
   on: for an RNN (tanh) or LSTM cell from a fresh state the whole forward
   scan as one call (``FORWARD``) and each block of reverse steps as one
-  (``BLOCK``); from a given state (with restarting rows) the steps one by
-  one (``STEP``), the forward step's kernel only on banks of ``ATTEND_FROM``
-  elements or more (here lowered to 0). (tests/test_custom_vjp.py checks the pass against autodiff,
+  (``BLOCK``); from a given state the forward scan as one call and the
+  reverse steps one by one (``STEP``); with rows restarting the forward
+  steps one by one too, the forward step's kernel only on banks of
+  ``ATTEND_FROM`` elements or more (here lowered to 0). (tests/test_custom_vjp.py checks the pass against autodiff,
   with the kernels where they build.)"""
   cfg = rs.model_config(name, 3, hidden=6, nu=2, rho=2)
   params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((3, 4, 3)))["params"])
@@ -157,8 +159,9 @@ def test_training_gradients_with_and_without_the_kernel(name, given, expected, f
   if given:
     before = float64(jax.random.normal(jax.random.PRNGKey(2), (3, 7, 3)))
     _, state = models.forward(params, cfg, before, state=float64(rs.init_state(cfg, 3)))
+  if given == "resets":
     reset = jnp.zeros((3, 11), bool).at[0, 4].set(True).at[2, 9].set(True)
-  if not given:  # at the default threshold a small bank gets XLA's forward attention
+  if given != "resets":  # at the default threshold a small bank gets XLA's forward attention
     _, hlo_small = _grads(cfg, params, x, state, reset)
     assert {t for t in kernels.TARGETS if t in hlo_small} == expected - {ATTEND}
   monkeypatch.setattr(kernels, "ATTEND_FROM", 0)
@@ -217,21 +220,27 @@ def test_the_rnn_kernels_at_their_tile_sizes(name):
 
 
 @needs_compiler
-@pytest.mark.parametrize("name", ["RelRNN", "RelLSTM"])
-@pytest.mark.parametrize("mib", [256, 0])  # queries and keys kept for a reverse pass, or not
-def test_a_forward_alone_keeps_only_h(name, mib, float64):
+@pytest.mark.parametrize("name, mib, given", [  # mib 0: no queries or keys kept for a reverse
+    ("RelRNN", 256, False), ("RelRNN", 0, False), ("RelLSTM", 256, False),
+    ("RelLSTM", 0, True)])
+def test_a_forward_alone_keeps_only_h(name, mib, given, float64):
   """A forward pass with no gradient taken runs the forward kernel lean: s, q,
   k (and c) as rings of two steps, so its scratch memory is one [L, b, h]
   array (h) and a little, as XLA's scan's, not five; it runs even where the
-  queries and keys would not be kept (``keep_projections_mib=0``). Outputs and
-  final state are XLA's (float64) at an odd length (the rings end in row 0)."""
+  queries and keys would not be kept (``keep_projections_mib=0``), from a
+  fresh or a given state. Outputs and final state are XLA's (float64) at an
+  odd length (the rings end in row 0)."""
   cfg = rs.model_config(name, 3, hidden=16, nu=3, rho=4, keep_projections_mib=mib)
   off = dataclasses.replace(cfg, cpu_kernel=False)
   params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"])
   x = float64(jax.random.normal(jax.random.PRNGKey(1), (5, 301, 3)))
-  run = lambda c: jax.jit(lambda p, x: models.forward(p, c, x))
-  chex.assert_trees_all_close(run(cfg)(params, x), run(off)(params, x), rtol=1e-12, atol=1e-13)
-  compiled = run(cfg).lower(params, x).compile()
+  state = None
+  if given:
+    _, state = models.forward(params, off, x[:, :9], state=float64(rs.init_state(cfg, 5)))
+  run = lambda c: jax.jit(lambda p, x, st: models.forward(p, c, x, state=st))
+  chex.assert_trees_all_close(run(cfg)(params, x, state), run(off)(params, x, state),
+                              rtol=1e-12, atol=1e-13)
+  compiled = run(cfg).lower(params, x, state).compile()
   assert FORWARD in compiled.as_text()
   lbh = 301 * 5 * 16 * 8  # one [L, b, h] float64 array
   assert compiled.memory_analysis().temp_size_in_bytes < 1.5 * lbh

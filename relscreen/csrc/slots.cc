@@ -408,7 +408,9 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
 //   enters R while R has room, else in place of R's lowest score (the first of
 //   equal ones) if its own is larger; R slot and evicted time recorded.
 // h, s, q and key go to rows t of the [L, b, h] buffers (row 0: step 0's, given),
-// the weights to alpha [L - 1, b, m]. Rows in fixed groups on XLA's threads
+// the weights to alpha [L - 1, b, m]; per step and row the R slot written and
+// the time it held, the S slot written and the time of the state that left S
+// (the records a reverse pass from a given state reads). Rows in fixed groups on XLA's threads
 // for the whole sequence: a group's banks stay in the core's cache.
 // Step t's state is stored with time index stamp + t - 1 (a fresh sequence:
 // stamp 1). Rows flagged in restart [b] take step 0's rule at step 1 (the
@@ -437,7 +439,7 @@ struct ForwardArgs {
   int32_t *time, *seen;                     // [b, m], [b]
   T *h, *s, *q, *k;                         // [L, b, h]
   const T *x, *U, *bias, *Va, *V, *Ua, *v;  // [L - 1, b, i], [i, G], [G], [h, h], [h, G], [h, h], [h]
-  int32_t *slot, *replaced;                 // [L - 1, b]
+  int32_t *slot, *replaced, *stored, *left; // [L - 1, b]
   T* alpha;                                 // [L - 1, b, m]
   T* c;                                     // [L, b, h] an LSTM's cell states; null: tanh RNN
   bool lean;                                // s, q, k, c as [2, b, h] rings, alpha [1, b, m]
@@ -460,7 +462,8 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
   // the end: rows of other groups share their cache lines.
   std::vector<T> score(a.score + b0 * M, a.score + b1 * M);
   std::vector<int32_t> time(a.time + b0 * M, a.time + b1 * M), seen(a.seen + b0, a.seen + b1);
-  std::vector<int32_t> slots(2 * (a.L - 1) * R);  // [L - 1, R] R slots, then replaced times
+  // [L - 1, R] each: R slots, replaced times, S slots written, times leaving S
+  std::vector<int32_t> slots(4 * (a.L - 1) * R);
   std::vector<const T*> in(R);
   std::vector<T*> out(R);
   // Step t's row of s, q, k and c: t, or t mod 2 in a lean forward.
@@ -575,6 +578,8 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       int32_t* rep = sl + (a.L - 1) * R;
       *sl = r_slot < 0 ? -1 : static_cast<int32_t>(r_slot - nu);
       *rep = r_slot < 0 ? -1 : tm[r_slot];
+      rep[(a.L - 1) * R] = static_cast<int32_t>(j);
+      rep[2 * (a.L - 1) * R] = cand_time;
       T* row_v = a.vals + b * M * H;
       T* row_k = a.keys + b * M * H;
       if (r_slot >= 0) {
@@ -594,11 +599,12 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
   std::copy(score.begin(), score.end(), a.score + b0 * M);
   std::copy(time.begin(), time.end(), a.time + b0 * M);
   std::copy(seen.begin(), seen.end(), a.seen + b0);
-  for (int64_t t = 0; t < a.L - 1; ++t) {
-    std::copy(slots.data() + t * R, slots.data() + (t + 1) * R, a.slot + t * B + b0);
-    std::copy(slots.data() + (a.L - 1 + t) * R, slots.data() + (a.L + t) * R,
-              a.replaced + t * B + b0);
-  }
+  int32_t* const records[4] = {a.slot, a.replaced, a.stored, a.left};
+  for (int k = 0; k < 4; ++k)
+    for (int64_t t = 0; t < a.L - 1; ++t) {
+      const int32_t* from = slots.data() + (k * (a.L - 1) + t) * R;
+      std::copy(from, from + R, records[k] + t * B + b0);
+    }
 }
 
 // Rows go in chunks of kRows, a chunk's results its own (the reverse pass's
@@ -847,6 +853,7 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                           ffi::Result<ffi::AnyBuffer> s, ffi::Result<ffi::AnyBuffer> q,
                           ffi::Result<ffi::AnyBuffer> k, ffi::Result<ffi::AnyBuffer> slot,
                           ffi::Result<ffi::AnyBuffer> replaced,
+                          ffi::Result<ffi::AnyBuffer> stored, ffi::Result<ffi::AnyBuffer> left,
                           ffi::Result<ffi::AnyBuffer> alpha,
                           std::optional<ffi::Result<ffi::AnyBuffer>> c) {
   const auto dims = keys_in.dimensions(), xs = x.dimensions();
@@ -895,7 +902,8 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                      k->typed_data<T>(), x.typed_data<T>(), U.typed_data<T>(),
                      bias.typed_data<T>(), Va.typed_data<T>(), V.typed_data<T>(),
                      Ua.typed_data<T>(), v.typed_data<T>(), slot->typed_data<int32_t>(),
-                     replaced->typed_data<int32_t>(), alpha->typed_data<T>(),
+                     replaced->typed_data<int32_t>(), stored->typed_data<int32_t>(),
+                     left->typed_data<int32_t>(), alpha->typed_data<T>(),
                      c ? (*c)->typed_data<T>() : nullptr, lean != 0,
                      static_cast<int>(relevance), static_cast<T>(decay), fifo != 0};
     ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnForwardRows<T>(a, b0, b1); },
@@ -1016,5 +1024,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Ret<ffi::AnyBuffer>()  // k
                                   .Ret<ffi::AnyBuffer>()  // slot [L - 1, b], int32
                                   .Ret<ffi::AnyBuffer>()  // replaced [L - 1, b], int32
+                                  .Ret<ffi::AnyBuffer>()  // stored [L - 1, b], int32
+                                  .Ret<ffi::AnyBuffer>()  // left [L - 1, b], int32
                                   .Ret<ffi::AnyBuffer>()  // alpha [L - 1, b, m]
                                   .OptionalRet<ffi::AnyBuffer>());  // c [L, b, h] (LSTM)
