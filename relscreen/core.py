@@ -113,10 +113,15 @@ def first_mixed(config, a, s_init):
   return a if config.cell is CellType.RNN else s_init
 
 
+def context_weight(config) -> float:
+  """The attended context's weight in the mixed state: ``attn`` for the RNN
+  cell, 1 for the others."""
+  return config.attn if config.cell is CellType.RNN else 1.0
+
+
 def mixed(config, newest, context):
   """s_t = 0.5 (newest stored state + attn * attended context), t >= 1."""
-  attn = config.attn if config.cell is CellType.RNN else 1.0
-  return 0.5 * (newest + attn * context)
+  return 0.5 * (newest + context_weight(config) * context)
 
 
 def first_step(params, config, state, xp, probe):
@@ -174,11 +179,16 @@ def kernel_fits(config: ModelConfig, params: dict) -> bool:
   and top or fifo eviction (not reservoir), or a window."""
   weights = {"U", "V"} if config.cell is CellType.RNN else {"W"}
   return (config.cpu_kernel and config.memory in (MemoryType.RELEVANCE, MemoryType.WINDOW)
-          and ((config.cell is CellType.RNN and config.phi is cells.Phi.TANH)
-               or config.cell is CellType.LSTM)
-          and config.k == 1 and not config.diagnostics
+          and kernel_cell(config) and config.k == 1 and not config.diagnostics
           and (config.eviction is not Eviction.RESERVOIR or config.relevant_size == 0)
           and set(params) >= weights | {"b", "Va", "Ua", "v"})
+
+
+def kernel_cell(config: ModelConfig) -> bool:
+  """Whether the scan kernels (``kernels.rnn_forward``, ``rnn_block_reverse``)
+  have this layer's cell: an RNN cell with tanh, or an LSTM cell."""
+  return ((config.cell is CellType.RNN and config.phi is cells.Phi.TANH)
+          or config.cell is CellType.LSTM)
 
 
 def kernel_rules(config: ModelConfig) -> dict:
@@ -206,7 +216,7 @@ def kernel_step(params, config, state, x_t, first):
   gives it XLA's (``jax.jvp`` of ``later_step``): ``jax.grad`` or ``jax.jvp``
   through the step runs XLA's step, a plain call the kernel. Their float32
   results differ in the last bits (the kernels' tanh; docs/RESULTS.md)."""
-  nu, attn = config.nu, config.attn
+  nu, attn = config.nu, context_weight(config)
 
   def xla(params, state, x_t, first):
     xp = project_input(params, config, x_t)

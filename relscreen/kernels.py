@@ -245,14 +245,15 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
   _require()
   steps = jax.ShapeDtypeStruct(alpha.shape[:2] + h.shape[2:], h.dtype)
   gates = steps if lstm is None else _shape(lstm[1])
-  extra = () if lstm is None else tuple(lstm)
-  aliases = {i: i for i in range(6)} | ({} if lstm is None else {17: 10})
-  out = jax.ffi.ffi_call("relscreen_rnn_block_reverse",
-                         tuple(_shape(a) for a in carry) + (steps, gates, steps, _shape(v))
-                         + tuple(_shape(a) for a in extra[:1]),
-                         input_output_aliases=aliases, vmap_method="sequential")(
-      *carry, jnp.asarray(first, jnp.int32), slot.astype(jnp.int32), evicted.astype(jnp.int32),
-      alpha, h, h_keys, g, q, v, ua_t, both_t, *extra, nu=int(nu), attn=float(attn))
+  args = (*carry, jnp.asarray(first, jnp.int32), slot.astype(jnp.int32),
+          evicted.astype(jnp.int32), alpha, h, h_keys, g, q, v, ua_t, both_t)
+  results = tuple(_shape(a) for a in carry) + (steps, gates, steps, _shape(v))
+  aliases = {i: i for i in range(len(carry))}
+  if lstm is not None:  # dc_next in (after the fixed arguments) and out (last)
+    aliases[len(args)] = len(results)
+    args, results = args + tuple(lstm), results + (_shape(lstm[0]),)
+  out = jax.ffi.ffi_call("relscreen_rnn_block_reverse", results, input_output_aliases=aliases,
+                         vmap_method="sequential")(*args, nu=int(nu), attn=float(attn))
   return tuple(out[:6]) + tuple(out[10:]), tuple(out[6:9]), out[9]
 
 

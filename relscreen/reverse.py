@@ -218,7 +218,7 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
       kept += (jax.lax.stop_gradient(alpha),)  # the reverse pass's weights
       return (mem, s, c, h, record(buffers, t, h, s, c, (query, key) if store else ())), kept
 
-    def scanned(mem, *_):
+    def scanned(mem):
       carry = (mem, state.s, state.c, first["h"], buffers)
       (mem, s, c, _, filled), admitted = jax.lax.scan(
           body, carry, (jnp.arange(1, length), x[1:], None if resets is None else resets[1:]))
@@ -235,7 +235,7 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
 
       def kernel(mem, row0, xs, weights):
         mem_out, filled, screened, alpha = kernels.rnn_forward(
-            mem, row0, xs, weights, nu, config.attn if not lstm else 1.0, stamp=t0 + 1,
+            mem, row0, xs, weights, nu, core.context_weight(config), stamp=t0 + 1,
             lean=lean, **core.kernel_rules(config))
         # From a given state S's order is its slots' times: also which slot each
         # store wrote and the time of the state that left it (as ``body`` keeps).
@@ -254,7 +254,7 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
                                core.kernel_weights(config, params))
       mem, s, c, buffers, admitted = found if not lean else (*found, None)
     else:
-      mem, s, c, buffers, admitted = scanned(state.memory, buffers)
+      mem, s, c, buffers, admitted = scanned(state.memory)
     final = core.State(t0 + length, s, c, mem)
     if lean:
       return final, buffers[0], None, None, None, None
@@ -642,8 +642,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   # from a fresh state, the queries and keys kept: each block of steps can run
   # as one kernel call on the CPU (``_RelevanceReverse.rnn_block``).
   fused = (config.cpu_kernel and config.screened and not act and not given
-           and queries is not None
-           and ((config.cell is CellType.RNN and config.phi is cells.Phi.TANH) or lstm))
+           and queries is not None and core.kernel_cell(config))
 
   def step(book, carry, inputs):
     mem, d_newest, dq_next, dc_next, d_small = carry
@@ -713,7 +712,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       gates = ((core.project_input(params, config, x_b) + s_b @ recurrent, c),) if lstm else ()
       carry, (dq, dpre, dk) = kernels.dispatch(
           True, lambda c, *g: book.rnn_block(c, t[0], adm, g_h, queries, params["v"], ua_t,
-                                             both_t, 1.0 if lstm else config.attn, *g),
+                                             both_t, core.context_weight(config), *g),
           lambda c, *_: scanned(c), carry, *gates)
     else:
       carry, (dq, dpre, dk) = scanned(carry)

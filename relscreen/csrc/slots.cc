@@ -437,11 +437,12 @@ struct ForwardArgs {
   T attn;
   T *vals, *keys, *score;                   // [b, m, h], [b, m, h], [b, m]
   int32_t *time, *seen;                     // [b, m], [b]
-  T *h, *s, *q, *k;                         // [L, b, h]
+  T *h, *s, *q, *k;                         // [L, b, h] (s, q, k: [2, b, h] when lean)
   const T *x, *U, *bias, *Va, *V, *Ua, *v;  // [L - 1, b, i], [i, G], [G], [h, h], [h, G], [h, h], [h]
   int32_t *slot, *replaced, *stored, *left; // [L - 1, b]
   T* alpha;                                 // [L - 1, b, m]
-  T* c;                                     // [L, b, h] an LSTM's cell states; null: tanh RNN
+  T* c;                                     // [L, b, h] (lean: [2, b, h]) an LSTM's cell
+                                            // states; null: tanh RNN
   bool lean;                                // s, q, k, c as [2, b, h] rings, alpha [1, b, m]
   int relevance;                            // kSum, kMean, kMax or kDecay
   T decay;                                  // gamma of kDecay
@@ -869,9 +870,10 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
     return ffi::Error::InvalidArgument("an LSTM's forward takes c_0 and returns c");
   const int64_t G = c_in ? 4 * H : H;  // the cell's pre-activation width
   const int64_t kept = lean ? 2 : L;  // rows of s, q, k and c
-  if (c_in && (c_in->element_count() != B * H || (*c)->element_count() != kept * B * H ||
-               c_in->element_type() != keys_in.element_type()))
-    return ffi::Error::InvalidArgument("c_0 must be [b, h] and c [L, b, h] of the banks' type");
+  if (c_in && (c_in->element_count() != B * H || (*c)->element_count() != kept * B * H))
+    return ffi::Error::InvalidArgument("c_0 must be [b, h] and c [L, b, h]");
+  if (c_in)
+    if (auto e = SameType(keys_in.element_type(), {{"c_0", &*c_in}}); e.failure()) return e;
   if (xs[1] != B || nu < 1 || nu > M || U.element_count() != I * G ||
       bias.element_count() != G || V.element_count() != H * G ||
       Va.element_count() != H * H || h_in.element_count() != B * H ||
@@ -998,10 +1000,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Arg<ffi::AnyBuffer>()  // q_0 (zeros)
                                   .Arg<ffi::AnyBuffer>()  // k_0
                                   .Arg<ffi::AnyBuffer>()  // x [L - 1, b, i]
-                                  .Arg<ffi::AnyBuffer>()  // U [i, h]
-                                  .Arg<ffi::AnyBuffer>()  // b [h]
+                                  .Arg<ffi::AnyBuffer>()  // U [i, G] (G: h, an LSTM's 4h)
+                                  .Arg<ffi::AnyBuffer>()  // b [G]
                                   .Arg<ffi::AnyBuffer>()  // Va [h, h]
-                                  .Arg<ffi::AnyBuffer>()  // V [h, h]
+                                  .Arg<ffi::AnyBuffer>()  // V [h, G]
                                   .Arg<ffi::AnyBuffer>()  // Ua [h, h]
                                   .Arg<ffi::AnyBuffer>()  // v [h]
                                   .Arg<ffi::AnyBuffer>()  // stamp [], int32
@@ -1019,7 +1021,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Ret<ffi::AnyBuffer>()  // time
                                   .Ret<ffi::AnyBuffer>()  // seen
                                   .Ret<ffi::AnyBuffer>()  // h [L, b, h]
-                                  .Ret<ffi::AnyBuffer>()  // s
+                                  .Ret<ffi::AnyBuffer>()  // s (lean: [2, b, h])
                                   .Ret<ffi::AnyBuffer>()  // q
                                   .Ret<ffi::AnyBuffer>()  // k
                                   .Ret<ffi::AnyBuffer>()  // slot [L - 1, b], int32
