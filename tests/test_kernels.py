@@ -183,12 +183,15 @@ def _rnn_grads(params, cfg, x):
 @needs_compiler
 @pytest.mark.parametrize("name", ["RelRNN", "RelLSTM"])
 def test_the_rnn_kernels_at_their_tile_sizes(name):
-  """The forward and block kernels' matrix products go in tiles of up to 6
-  rows and 4 vectors of columns (64 float32, 32 float64 columns) with the
-  rest column by column; at H = 72 (an LSTM's gates: 288 columns; the
-  reverse's [dpre, dq] rows: 144 and 360) and batch 13 (groups of 7 and 6 rows
-  on XLA's threads: tiles of 4 + 3 rows and of 6) both kinds of column run,
-  and over 14 steps R (4 slots) fills and then evicts. float64: XLA's outputs and final state (the
+  """The forward and block kernels' matrix products go in tiles of 7 or 8
+  rows and 2 vectors of columns (32 float32, 16 float64 columns) or of up to 6
+  rows and 4 vectors, then whole vectors one at a time, then the rest column
+  by column; at H = 72 (an LSTM's gates: 288 columns; the reverse's [dpre, dq]
+  rows: 144 and 360) and batch 13 (groups of 7 and 6 rows on XLA's threads)
+  every kind of column block runs (float32 H: 2 x 32 or 64, then 8 single
+  columns; float64 H: 4 x 16 or 2 x 32, then one vector; float32 gates: 9 x 32,
+  or 4 x 64 and two vectors), and over 14 steps R (4 slots) fills and then
+  evicts. float64: XLA's outputs and final state (the
   slots' times, scores and the screening count exactly or to 1e-12) and its
   gradients to 1e-10, the same bits on every call. float32: as far from the
   float64 gradients as XLA's own float32 gradients are, within a factor of 4
