@@ -238,9 +238,11 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
   d_vals, d_keys [b, m, h], d_newest, dq_next [b, h]); the block is steps
   ``first`` .. ``first + n - 1`` (``first`` an int32 scalar); ``slot``,
   ``evicted`` [n, b] and ``alpha`` [n, b, m] their records (``rsm.Screened``'s
-  ``slot`` and ``replaced``, the weights); ``h``, ``h_keys``, ``g`` (h's
-  cotangents from the outputs) and ``q`` (the queries) the whole sequence's
-  [L, b, h], read where the steps need them. Returns ``(carry (+ dc_next),
+  ``slot`` and ``replaced``, the weights); ``h``, ``h_keys`` and ``q`` (the
+  queries) the whole sequence's [L, b, h], and ``g`` (h's cotangents from the
+  outputs) its [b, L, h], batch-major as the outputs (the model's transpose to
+  time-major and its cotangent's back cancel: no copy), read where the steps
+  need them. Returns ``(carry (+ dc_next),
   (dq, dpre, dk) [n, b, h] each, d_v [h])``. Call it only on the CPU."""
   _require()
   steps = jax.ShapeDtypeStruct(alpha.shape[:2] + h.shape[2:], h.dtype)

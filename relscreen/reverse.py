@@ -495,9 +495,9 @@ class _RelevanceReverse:
     from a fresh state in one kernel call (``kernels.rnn_block_reverse``; the
     CPU only): what the scan of ``_attentive_scan_bwd``'s ``step`` gives, for
     ``carry`` = (memory carry, d_newest, dq_next, dc_next, d_small), the
-    block's first step ``first`` and records ``adm``, and the whole sequence's
-    output cotangents ``g`` and queries ``q`` [t, b, h] (the states and their
-    keys are the book's); ``lstm`` = (the block's gate pre-activations [n, b,
+    block's first step ``first`` and records ``adm``, the whole sequence's
+    output cotangents ``g`` [b, t, h] (batch-major) and queries ``q`` [t, b, h]
+    (the states and their keys are the book's); ``lstm`` = (the block's gate pre-activations [n, b,
     4h], the sequence's cell states [t, b, h]) for an LSTM. Returns the carry
     and (dq, dpre, dk) [n, b, h] each (dpre [n, b, 4h] for an LSTM)."""
     mem, d_newest, dq_next, dc_next, d_small = carry
@@ -643,6 +643,11 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   # as one kernel call on the CPU (``_RelevanceReverse.rnn_block``).
   fused = (config.cpu_kernel and config.screened and not act and not given
            and queries is not None and core.kernel_cell(config))
+  # The kernel reads the outputs' cotangents batch-major, as they arrive: g_h
+  # is the transpose of a [b, t, h] array, and XLA cancels the two transposes
+  # (time-major, XLA transposed it once for the loop over blocks and once for
+  # the first short block, and copied one to the loop's layout: three passes).
+  g_batch = jnp.swapaxes(g_h, 0, 1) if fused else None
 
   def step(book, carry, inputs):
     mem, d_newest, dq_next, dc_next, d_small = carry
@@ -711,7 +716,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       # An LSTM's gates for the block at once (one product), and its cell states.
       gates = ((core.project_input(params, config, x_b) + s_b @ recurrent, c),) if lstm else ()
       carry, (dq, dpre, dk) = kernels.dispatch(
-          True, lambda c, *g: book.rnn_block(c, t[0], adm, g_h, queries, params["v"], ua_t,
+          True, lambda c, *g: book.rnn_block(c, t[0], adm, g_batch, queries, params["v"], ua_t,
                                              both_t, core.context_weight(config), *g),
           lambda c, *_: scanned(c), carry, *gates)
     else:

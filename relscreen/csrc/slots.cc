@@ -426,14 +426,17 @@ void RowsTimes(int64_t R, const T* const* x, const T* __restrict W, int64_t K, i
 
 template <typename T>
 struct BlockArgs {
-  int64_t n, B, M, H, nu, first;  // steps first .. first + n - 1 of the sequence
+  int64_t n, B, M, H, nu, first, L;  // steps first .. first + n - 1 of a sequence of L
   int64_t G;                      // the cell's pre-activation width (h, or an LSTM's 4h)
   T attn;
   T *vals, *keys, *d_vals, *d_keys, *d_newest, *dq_next;  // the carry, updated in place
   const int32_t *slot, *evicted;  // [n, b]: the R slot each store wrote (-1: none) and
                                   // the time of the state it evicted there (-1: none)
   const T* alpha;                 // [n, b, m]
-  const T *h, *h_keys, *g, *q;    // [L, b, h]: states, their keys, cotangents, queries
+  const T *h, *h_keys;            // [L, b, h]: states, their keys
+  const T* g;                     // [b, L, h]: the states' cotangents from the outputs,
+                                  // batch-major as the outputs are (no transpose)
+  const T* q;                     // [L, b, h]: the queries
   const T *v, *ua_t, *both_t;     // [h], [h, h], [G + h, h]
   T *dq, *dpre, *dk;              // [n, b, h], [n, b, G], [n, b, h]
   T* d_v_rows;                    // [b, h]
@@ -459,7 +462,7 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
       for (int64_t r = 0; r < R; ++r) {
         const int64_t b = b0 + r, row = (i - 1) * B + b;
         const int64_t put = std::max<int32_t>(a.evicted[row], 0);
-        for (const T* p : {a.h + ((t - 1) * B + b) * H, a.g + ((t - 1) * B + b) * H,
+        for (const T* p : {a.h + ((t - 1) * B + b) * H, a.g + (b * a.L + t - 1) * H,
                            a.q + ((t - 1) * B + b) * H, a.h + (s_back * B + b) * H,
                            a.h_keys + (s_back * B + b) * H, a.h + (put * B + b) * H,
                            a.h_keys + (put * B + b) * H})
@@ -470,7 +473,7 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
     for (int64_t r = 0; r < R; ++r) {  // pop h_t's cotangents from its slot
       const int64_t b = b0 + r, o = (i * B + b) * H;
       T* dk = a.dk + o;
-      const T* g = a.g + (t * B + b) * H;
+      const T* g = a.g + (b * a.L + t) * H;
       const T* dn = a.d_newest + b * H;
       const T* dv = a.d_vals + (b * M + j) * H;
       T* d = dh + r * H;
@@ -948,6 +951,9 @@ ffi::Error RnnBlockReverseImpl(
       dpre->element_count() != n * B * G ||
       ua_t.element_count() != H * H || nu < 1 || nu > M || start < 1 || start + n > L)
     return ffi::Error::InvalidArgument("the block's arguments do not match the banks' shape");
+  const auto gs = g.dimensions();
+  if (gs.size() != 3 || gs[0] != B || gs[1] != L || gs[2] != H)
+    return ffi::Error::InvalidArgument("g must be [b, L, h]");
   if (auto e = SameType(keys_in.element_type(),
                         {{"vals", &vals_in}, {"d_vals", &d_vals_in}, {"d_keys", &d_keys_in},
                          {"d_newest", &d_newest_in}, {"dq_next", &dq_next_in},
@@ -961,7 +967,7 @@ ffi::Error RnnBlockReverseImpl(
   return ByFloat(keys_in.element_type(), [&](auto zero) {
     using T = decltype(zero);
     std::vector<T> d_v_rows(B * H, T(0));
-    BlockArgs<T> a{n, B, M, H, nu, start, G, static_cast<T>(attn),
+    BlockArgs<T> a{n, B, M, H, nu, start, L, G, static_cast<T>(attn),
                    vals->typed_data<T>(), keys->typed_data<T>(), d_vals->typed_data<T>(),
                    d_keys->typed_data<T>(), d_newest->typed_data<T>(), dq_next->typed_data<T>(),
                    slot.typed_data<int32_t>(), evicted.typed_data<int32_t>(),
@@ -1103,7 +1109,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnBlockReverse, RnnBlockReverseImpl,
                                   .Arg<ffi::AnyBuffer>()  // alpha [n, b, m]
                                   .Arg<ffi::AnyBuffer>()  // h [L, b, h]
                                   .Arg<ffi::AnyBuffer>()  // h_keys [L, b, h]
-                                  .Arg<ffi::AnyBuffer>()  // g [L, b, h]
+                                  .Arg<ffi::AnyBuffer>()  // g [b, L, h]
                                   .Arg<ffi::AnyBuffer>()  // q [L, b, h]
                                   .Arg<ffi::AnyBuffer>()  // v [h]
                                   .Arg<ffi::AnyBuffer>()  // ua_t [h, h]
