@@ -120,6 +120,26 @@ def test_forward_kernel_equals_additive_attention_in_float64(b, m, h, float64):
   assert float(jnp.abs(alpha[2, m // 2:]).max()) == 0.0
 
 
+@needs_compiler
+def test_the_attentions_tanh_saturates_to_one():
+  """float32: beyond the rational tanh's clamp (|x| > 7.905) the kernel's tanh
+  is exactly +-1, as float32's tanh is from x = 9.01 on (the rational function
+  at the clamp gives 0.99999976). With v all ones, a query of 0 and keys of
+  +20 and -20 in every unit, the two slots score +h and -h exactly, so the
+  second one's weight is exp(-2h) / (1 + exp(-2h)); at 0.99999976 it is
+  4e-6 off at h = 32 (two 512-bit vectors; at 16 the scores' float32 sums
+  round the difference away, at 64 the weight underflows)."""
+  h = 32
+  query = jnp.zeros((1, h), jnp.float32)
+  keys = jnp.stack([jnp.full((h,), 20.0), jnp.full((h,), -20.0)])[None].astype(jnp.float32)
+  vals = jnp.asarray(np.random.default_rng(0).normal(size=(1, 2, h)), jnp.float32)
+  time = jnp.asarray([[0, 1]], jnp.int32)
+  _, alpha = jax.jit(kernels.slots_attend)(query, keys, vals, time, jnp.ones((h,), jnp.float32))
+  expected = np.exp(-2.0 * h) / (1 + np.exp(-2.0 * h))
+  np.testing.assert_allclose(float(alpha[0, 1]), expected, rtol=2e-6)
+  assert float(alpha[0, 0]) == 1.0
+
+
 def _grads(cfg, params, x, state, reset):
   def loss(p, x, st):
     out, _ = models.forward(p, cfg, x, state=st, reset=reset)

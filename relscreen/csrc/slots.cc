@@ -116,23 +116,26 @@ inline void Store(T* p, typename Vec<T>::type v) {
 
 // x as it is: keeps the compiler from fusing the product x into the sum it
 // feeds (a fused multiply-add rounds once; the loops these replaced did not fuse
-// there, and their float32 results are kept to the bit).
+// there, and their float32 results are kept to the bit). Only where a 512-bit
+// vector is one register (AVX-512); elsewhere the compiler may fuse, which
+// changes float rounding only.
 template <typename V>
 inline V Rounded(V x) {
-#if defined(__GNUC__) && defined(__x86_64__)
+#if defined(__GNUC__) && defined(__AVX512F__)
   asm("" : "+v"(x));
-#elif defined(__GNUC__) && defined(__aarch64__)
-  asm("" : "+w"(x));
 #endif
   return x;
 }
 
-// Tanh lane by lane: the float32 function above on a vector (clamped with the
-// target's min and max where it has AVX-512: the compiler's selects cost 10%
-// of the attention), float64's std::tanh per lane.
+// Tanh lane by lane: the float32 function above on a vector, as the compiler
+// made of it (beyond the clamp exactly +-1, which the rational function at the
+// clamp is not: 0.99999976), with the target's min, max, compares and blends
+// where it has AVX-512 (the compiler's own selects cost 10% of the attention);
+// float64's std::tanh per lane.
 inline Vec<float>::type VTanh(Vec<float>::type x) {
   typedef Vec<float>::type V;
   const float c = 7.90531110763549805f;
+  const V x0 = x;
 #ifdef __AVX512F__
   x = (V)_mm512_min_ps(_mm512_set1_ps(c), _mm512_max_ps(_mm512_set1_ps(-c), (__m512)x));
 #else
@@ -149,7 +152,18 @@ inline Vec<float>::type VTanh(Vec<float>::type x) {
   V q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
-  return p * x / q;
+  V r = p * x / q;
+#ifdef __AVX512F__
+  const __m512 z = (__m512)x0;
+  r = (V)_mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, _mm512_set1_ps(c), _CMP_GT_OQ), (__m512)r,
+                              _mm512_set1_ps(1.f));
+  r = (V)_mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, _mm512_set1_ps(-c), _CMP_LT_OQ), (__m512)r,
+                              _mm512_set1_ps(-1.f));
+#else
+  r = x0 > c ? 1.f : r;
+  r = x0 < -c ? -1.f : r;
+#endif
+  return r;
 }
 
 inline Vec<double>::type VTanh(Vec<double>::type x) {
