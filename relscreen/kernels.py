@@ -226,7 +226,7 @@ def slots_attend(query: Array, keys: Array, vals: Array, time: Array, v: Array):
 
 def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: Array,
                       h: Array, h_keys: Array, g: Array, q: Array, v: Array, ua_t: Array,
-                      both_t: Array, nu: int, attn: float, lstm=None):
+                      both_t: Array, nu: int, attn: float, lstm=None, given=None):
   """A block of the reverse pass's steps for an RNN cell with tanh, or an LSTM
   cell, from a fresh state, in one call (see ``csrc/slots.cc``): per step, from
   the last, the pop of h_t's slot, the cell's reverse, the products with Ua^T
@@ -242,13 +242,20 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
   queries) the whole sequence's [L, b, h], and ``g`` (h's cotangents from the
   outputs) its [b, L, h], batch-major as the outputs (the model's transpose to
   time-major and its cotangent's back cancel: no copy), read where the steps
-  need them. Returns ``(carry (+ dc_next),
+  need them. From a given state (``given`` = (stored [n, b], (back, back_key,
+  put_back, put_back_key) [n, b, h] each)): h_t is in the S slot ``stored``
+  names, not t mod nu, and undoing each store puts back the states given
+  (gathered by time, ``_RelevanceReverse.block_inputs``). Returns ``(carry (+ dc_next),
   (dq, dpre, dk) [n, b, h] each, d_v [h])``. Call it only on the CPU."""
   _require()
   steps = jax.ShapeDtypeStruct(alpha.shape[:2] + h.shape[2:], h.dtype)
   gates = steps if lstm is None else _shape(lstm[1])
+  if given is None:  # empty: a fresh state
+    stored, undo = jnp.zeros((0,), jnp.int32), jnp.zeros((0,), h.dtype)
+  else:
+    stored, undo = given[0].astype(jnp.int32), jnp.stack(given[1])
   args = (*carry, jnp.asarray(first, jnp.int32), slot.astype(jnp.int32),
-          evicted.astype(jnp.int32), alpha, h, h_keys, g, q, v, ua_t, both_t)
+          evicted.astype(jnp.int32), alpha, h, h_keys, g, q, v, ua_t, both_t, stored, undo)
   results = tuple(_shape(a) for a in carry) + (steps, gates, steps, _shape(v))
   aliases = {i: i for i in range(len(carry))}
   if lstm is not None:  # dc_next in (after the fixed arguments) and out (last)

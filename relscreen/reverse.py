@@ -498,12 +498,19 @@ class _RelevanceReverse:
     block's first step ``first`` and records ``adm``, the whole sequence's
     output cotangents ``g`` [b, t, h] (batch-major) and queries ``q`` [t, b, h]
     (the states and their keys are the book's); ``lstm`` = (the block's gate pre-activations [n, b,
-    4h], the sequence's cell states [t, b, h]) for an LSTM. Returns the carry
+    4h], the sequence's cell states [t, b, h]) for an LSTM. From a given state
+    the block's S slots and the states its undoing puts back come from the
+    records (``block_inputs``, gathered by time here). Returns the carry
     and (dq, dpre, dk) [n, b, h] each (dpre [n, b, 4h] for an LSTM)."""
     mem, d_newest, dq_next, dc_next, d_small = carry
+    given = None
+    if self.start is not None:
+      n = adm[-1].shape[0]
+      back, back_key, put_back, put_back_key, j = self.block_inputs(first + jnp.arange(n), adm)
+      given = (j, (back, back_key, put_back, put_back_key))
     out, grads, d_v = kernels.rnn_block_reverse(
         (*mem, d_newest, dq_next), first, adm[0], adm[1], adm[-1], self.h, self.h_keys, g, q,
-        v, ua_t, both_t, self.nu, attn, None if lstm is None else (dc_next, *lstm))
+        v, ua_t, both_t, self.nu, attn, None if lstm is None else (dc_next, *lstm), given)
     d_small = {**d_small, "v": d_small["v"] + d_v}
     dc_next = dc_next if lstm is None else out[6]
     return (tuple(out[:4]), out[4], out[5], dc_next, d_small), grads
@@ -639,9 +646,10 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   else:
     book = _FullReverse(config, h, ua, memory)
   # An RNN cell with tanh or an LSTM cell over a relevance or window memory
-  # from a fresh state, the queries and keys kept: each block of steps can run
-  # as one kernel call on the CPU (``_RelevanceReverse.rnn_block``).
-  fused = (config.cpu_kernel and config.screened and not act and not given
+  # from a fresh state or a given one without restarting rows, the queries and
+  # keys kept: each block of steps can run as one kernel call on the CPU
+  # (``_RelevanceReverse.rnn_block``).
+  fused = (config.cpu_kernel and config.screened and not act and resets is None
            and queries is not None and core.kernel_cell(config))
   # The kernel reads the outputs' cotangents batch-major, as they arrive: g_h
   # is the transpose of a [b, t, h] array, and XLA cancels the two transposes

@@ -158,21 +158,24 @@ FORWARD, BLOCK, STEP, ATTEND = ("relscreen_rnn_forward", "relscreen_rnn_block_re
 @pytest.mark.parametrize("name, given, expected", [("RelRNN", None, {FORWARD, BLOCK}),
                                                    ("WinRNN", None, {FORWARD, BLOCK}),
                                                    ("RelLSTM", None, {FORWARD, BLOCK}),
-                                                   ("RelRNN", "state", {FORWARD, STEP}),
+                                                   ("RelRNN", "state", {FORWARD, BLOCK}),
+                                                   ("RelLSTM", "state", {FORWARD, BLOCK}),
                                                    ("RelLSTM", "resets", {STEP, ATTEND})])
 def test_training_gradients_with_and_without_the_kernel(name, given, expected, float64,
                                                         monkeypatch):
   """The custom pass's gradients with the kernels and with XLA's version of the
   step are the same (float64), from a fresh state and from a given state with
   rows restarting; the compiled program calls the kernels only when they are
-  on: for an RNN (tanh) or LSTM cell from a fresh state the whole forward
-  scan as one call (``FORWARD``) and each block of reverse steps as one
-  (``BLOCK``); from a given state the forward scan as one call and the
-  reverse steps one by one (``STEP``); with rows restarting the forward
-  steps one by one too, the forward step's kernel only on banks of
-  ``ATTEND_FROM`` elements or more (here lowered to 0). (tests/test_custom_vjp.py checks the pass against autodiff,
-  with the kernels where they build.)"""
-  cfg = rs.model_config(name, 3, hidden=6, nu=2, rho=2)
+  on: for an RNN (tanh) or LSTM cell from a fresh state or a given one the
+  whole forward scan as one call (``FORWARD``) and each block of reverse
+  steps as one (``BLOCK``; blocks of 4 steps here, so the loop over blocks
+  and the short first block both run; from a given state, 7 steps before it,
+  undoing stores puts back states the given memory held); with rows
+  restarting the reverse steps one by one (``STEP``) and the forward steps
+  too, the forward step's kernel only on banks of ``ATTEND_FROM`` elements
+  or more (here lowered to 0). (tests/test_custom_vjp.py checks the pass
+  against autodiff, with the kernels where they build.)"""
+  cfg = rs.model_config(name, 3, hidden=6, nu=2, rho=2, reverse_block=4)
   params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((3, 4, 3)))["params"])
   x = float64(jax.random.normal(jax.random.PRNGKey(1), (3, 11, 3)))
   state, reset = None, None

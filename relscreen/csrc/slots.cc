@@ -349,6 +349,10 @@ void SlotsAttend(int64_t b0, int64_t b1, int64_t M, int64_t H, const T* __restri
 //   its undo puts back h_{t - nu} (the state that left S) and, where
 //   screening wrote an R slot, the state it had evicted, read with their keys
 //   from the whole sequence's [L, b, h] arrays (no per-block copies).
+// From a given state (stored and undo given): h_t is in the S slot the
+// forward's records name (stored [n, b]), and the states undoing puts back,
+// some of them the given memory's, come gathered by time in undo [4, n, b, h]
+// (values and keys of the one that left S and of the one R had evicted).
 // An LSTM cell (pre, c and dc_next given): from the step's gate
 // pre-activations pre (f, i, o, g; XLA's block-wide product) and c_{t-1},
 //   c_t = sig(f) c_{t-1} + sig(i) tanh(g); dc = dc_next + dh sig(o) (1 - tanh(c_t)^2),
@@ -456,6 +460,9 @@ struct BlockArgs {
   T* d_v_rows;                    // [b, h]
   const T *pre, *c;               // an LSTM's [n, b, 4h] gates and [L, b, h] cell states
   T* dc_next;                     // an LSTM's carry [b, h]; null (all three): tanh RNN
+  const int32_t* stored;          // from a given state: [n, b] the S slot each store wrote
+  const T* undo;                  // and [4, n, b, h] the states (and keys) it puts back,
+                                  // as block_inputs gathers them; null: a fresh state
 };
 
 template <typename T>
@@ -469,23 +476,27 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
   std::vector<const T*> in(R);
   std::vector<T*> out(R);
   for (int64_t i = a.n - 1; i >= 0; --i) {
-    // Step t = first + i: h_t is in S's slot t mod nu (a fresh state's ring).
-    const int64_t t = a.first + i, j = t % nu, back_at = std::max<int64_t>(t - nu, 0);
+    // Step t = first + i: h_t is in S's slot t mod nu (a fresh state's ring),
+    // or the one the records name (a given state's).
+    const int64_t t = a.first + i, back_at = std::max<int64_t>(t - nu, 0);
+    auto slot_of = [&](int64_t b) -> int64_t { return a.stored ? a.stored[i * B + b] : t % nu; };
     if (i > 0) {  // the rows step t - 1 reads from the sequence's arrays, out of cache by now
       const int64_t s_back = std::max<int64_t>(t - 1 - nu, 0);
       for (int64_t r = 0; r < R; ++r) {
         const int64_t b = b0 + r, row = (i - 1) * B + b;
         const int64_t put = std::max<int32_t>(a.evicted[row], 0);
         for (const T* p : {a.h + ((t - 1) * B + b) * H, a.g + (b * a.L + t - 1) * H,
-                           a.q + ((t - 1) * B + b) * H, a.h + (s_back * B + b) * H,
-                           a.h_keys + (s_back * B + b) * H, a.h + (put * B + b) * H,
-                           a.h_keys + (put * B + b) * H})
+                           a.q + ((t - 1) * B + b) * H})
           Prefetch(p, H);
+        if (!a.undo)
+          for (const T* p : {a.h + (s_back * B + b) * H, a.h_keys + (s_back * B + b) * H,
+                             a.h + (put * B + b) * H, a.h_keys + (put * B + b) * H})
+            Prefetch(p, H);
         if (a.c) Prefetch(a.c + ((t - 2) * B + b) * H, H);
       }
     }
     for (int64_t r = 0; r < R; ++r) {  // pop h_t's cotangents from its slot
-      const int64_t b = b0 + r, o = (i * B + b) * H;
+      const int64_t b = b0 + r, o = (i * B + b) * H, j = slot_of(b);
       T* dk = a.dk + o;
       const T* g = a.g + (b * a.L + t) * H;
       const T* dn = a.d_newest + b * H;
@@ -542,8 +553,17 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
       const int64_t r_col = slot >= 0 ? nu + slot : -1;
       const int64_t put_back_at = std::max<int32_t>(a.evicted[row], 0);
       const int64_t back_o = (back_at * B + b) * H, put_o = (put_back_at * B + b) * H;
-      ReverseRow<T>(b, M, H, a.vals, a.keys, a.d_vals, a.d_keys, j, r_col, a.h + back_o,
-                    a.h_keys + back_o, a.h + put_o, a.h_keys + put_o, a.q + (t * B + b) * H,
+      const T *back = a.h + back_o, *back_key = a.h_keys + back_o, *put = a.h + put_o,
+              *put_key = a.h_keys + put_o;
+      if (a.undo) {  // a given state's: gathered per block, [4, n, b, h]
+        const int64_t q4 = a.n * B * H;
+        back = a.undo + o;
+        back_key = back + q4;
+        put = back + 2 * q4;
+        put_key = back + 3 * q4;
+      }
+      ReverseRow<T>(b, M, H, a.vals, a.keys, a.d_vals, a.d_keys, slot_of(b), r_col, back,
+                    back_key, put, put_key, a.q + (t * B + b) * H,
                     a.alpha + row * M, a.v, dc, a.dq + o, a.d_v_rows + b * H, d_alpha);
       std::copy(a.dq + o, a.dq + o + H, a.dq_next + b * H);
     }
@@ -930,8 +950,8 @@ ffi::Error RnnBlockReverseImpl(
     ffi::AnyBuffer d_keys_in, ffi::AnyBuffer d_newest_in, ffi::AnyBuffer dq_next_in,
     ffi::AnyBuffer first, ffi::AnyBuffer slot, ffi::AnyBuffer evicted, ffi::AnyBuffer alpha,
     ffi::AnyBuffer h, ffi::AnyBuffer h_keys, ffi::AnyBuffer g, ffi::AnyBuffer q,
-    ffi::AnyBuffer v, ffi::AnyBuffer ua_t, ffi::AnyBuffer both_t,
-    std::optional<ffi::AnyBuffer> dc_next_in, std::optional<ffi::AnyBuffer> pre,
+    ffi::AnyBuffer v, ffi::AnyBuffer ua_t, ffi::AnyBuffer both_t, ffi::AnyBuffer stored,
+    ffi::AnyBuffer undo, std::optional<ffi::AnyBuffer> dc_next_in, std::optional<ffi::AnyBuffer> pre,
     std::optional<ffi::AnyBuffer> c, int64_t nu, double attn,
     ffi::Result<ffi::AnyBuffer> vals, ffi::Result<ffi::AnyBuffer> keys,
     ffi::Result<ffi::AnyBuffer> d_vals, ffi::Result<ffi::AnyBuffer> d_keys,
@@ -968,6 +988,16 @@ ffi::Error RnnBlockReverseImpl(
   const auto gs = g.dimensions();
   if (gs.size() != 3 || gs[0] != B || gs[1] != L || gs[2] != H)
     return ffi::Error::InvalidArgument("g must be [b, L, h]");
+  // From a given state: the S slots stores wrote and the states undoing puts
+  // back; both empty from a fresh state.
+  const bool given = stored.element_count() > 0;
+  if (stored.element_type() != ffi::S32 ||
+      stored.element_count() != (given ? n * B : 0) ||
+      undo.element_count() != (given ? 4 * n * B * H : 0))
+    return ffi::Error::InvalidArgument(
+        "stored must be int32 [n, b] and undo [4, n, b, h] (both empty from a fresh state)");
+  if (given)
+    if (auto e = SameType(keys_in.element_type(), {{"undo", &undo}}); e.failure()) return e;
   if (auto e = SameType(keys_in.element_type(),
                         {{"vals", &vals_in}, {"d_vals", &d_vals_in}, {"d_keys", &d_keys_in},
                          {"d_newest", &d_newest_in}, {"dq_next", &dq_next_in},
@@ -990,7 +1020,9 @@ ffi::Error RnnBlockReverseImpl(
                    both_t.typed_data<T>(), dq->typed_data<T>(), dpre->typed_data<T>(),
                    dk->typed_data<T>(), d_v_rows.data(),
                    lstm ? pre->typed_data<T>() : nullptr, lstm ? c->typed_data<T>() : nullptr,
-                   lstm ? (*dc_next)->typed_data<T>() : nullptr};
+                   lstm ? (*dc_next)->typed_data<T>() : nullptr,
+                   given ? stored.typed_data<int32_t>() : nullptr,
+                   given ? undo.typed_data<T>() : nullptr};
     ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnBlockRows<T>(a, b0, b1); },
               BlockRows(B));
     SumRows(d_v_rows.data(), B, H, d_v->typed_data<T>());
@@ -1128,6 +1160,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnBlockReverse, RnnBlockReverseImpl,
                                   .Arg<ffi::AnyBuffer>()  // v [h]
                                   .Arg<ffi::AnyBuffer>()  // ua_t [h, h]
                                   .Arg<ffi::AnyBuffer>()  // both_t [G + h, h]
+                                  .Arg<ffi::AnyBuffer>()  // stored [n, b] int32 (given; else [0])
+                                  .Arg<ffi::AnyBuffer>()  // undo [4, n, b, h] (given; else [0])
                                   .OptionalArg<ffi::AnyBuffer>()  // dc_next [b, h] (LSTM)
                                   .OptionalArg<ffi::AnyBuffer>()  // pre [n, b, 4h] (LSTM)
                                   .OptionalArg<ffi::AnyBuffer>()  // c [L, b, h] (LSTM)
