@@ -228,7 +228,7 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
                       h: Array, h_keys: Array, g: Array, q: Array, v: Array, ua_t: Array,
                       both_t: Array, nu: int, attn: float, lstm=None, given=None):
   """A block of the reverse pass's steps for an RNN cell with tanh, or an LSTM
-  cell, from a fresh state, in one call (see ``csrc/slots.cc``): per step, from
+  cell, from a fresh or a given state, in one call (see ``csrc/slots.cc``): per step, from
   the last, the pop of h_t's slot, the cell's reverse, the products with Ua^T
   and [V | Va]^T ([W_s | Va]^T), the mixing's and the ``slots_reverse`` step's.
   ``lstm`` = (dc_next [b, h], pre [n, b, 4h], c [L, b, h]) for an LSTM: the
@@ -245,8 +245,9 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
   need them. From a given state (``given`` = (stored [n, b], (back, back_key,
   put_back, put_back_key) [n, b, h] each)): h_t is in the S slot ``stored``
   names, not t mod nu, and undoing each store puts back the states given
-  (gathered by time, ``_RelevanceReverse.block_inputs``). Returns ``(carry (+ dc_next),
-  (dq, dpre, dk) [n, b, h] each, d_v [h])``. Call it only on the CPU."""
+  (gathered by time, ``_RelevanceReverse.block_inputs``). Returns ``(carry
+  (+ dc_next), (dq, dpre, dk) [n, b, h] each, d_v [h])``. Call it only on the
+  CPU."""
   _require()
   steps = jax.ShapeDtypeStruct(alpha.shape[:2] + h.shape[2:], h.dtype)
   gates = steps if lstm is None else _shape(lstm[1])

@@ -492,16 +492,16 @@ class _RelevanceReverse:
 
   def rnn_block(self, carry, first, adm, g, q, v, ua_t, both_t, attn, lstm=None):
     """A whole block of an RNN cell's (tanh) or an LSTM cell's reverse steps
-    from a fresh state in one kernel call (``kernels.rnn_block_reverse``; the
-    CPU only): what the scan of ``_attentive_scan_bwd``'s ``step`` gives, for
-    ``carry`` = (memory carry, d_newest, dq_next, dc_next, d_small), the
-    block's first step ``first`` and records ``adm``, the whole sequence's
-    output cotangents ``g`` [b, t, h] (batch-major) and queries ``q`` [t, b, h]
-    (the states and their keys are the book's); ``lstm`` = (the block's gate pre-activations [n, b,
+    in one kernel call (``kernels.rnn_block_reverse``; the CPU only): what the
+    scan of ``_attentive_scan_bwd``'s ``step`` gives, for ``carry`` = (memory
+    carry, d_newest, dq_next, dc_next, d_small), the block's first step
+    ``first`` and records ``adm``, the whole sequence's output cotangents ``g``
+    [b, t, h] (batch-major) and queries ``q`` [t, b, h] (the states and their
+    keys are the book's); ``lstm`` = (the block's gate pre-activations [n, b,
     4h], the sequence's cell states [t, b, h]) for an LSTM. From a given state
     the block's S slots and the states its undoing puts back come from the
-    records (``block_inputs``, gathered by time here). Returns the carry
-    and (dq, dpre, dk) [n, b, h] each (dpre [n, b, 4h] for an LSTM)."""
+    records (``block_inputs``, gathered by time here). Returns the carry and
+    (dq, dpre, dk) [n, b, h] each (dpre [n, b, 4h] for an LSTM)."""
     mem, d_newest, dq_next, dc_next, d_small = carry
     given = None
     if self.start is not None:
