@@ -175,12 +175,11 @@ def any_step(params, config, state, xp, probe):
 def kernel_fits(config: ModelConfig, params: dict) -> bool:
   """Whether ``kernels.rnn_forward`` can run this layer's steps (on the CPU, with
   ``config.cpu_kernel``): an RNN cell with tanh or an LSTM cell, storing every
-  step (k = 1), no diagnostics, in a relevance memory with any relevance rule
-  and top or fifo eviction (not reservoir), or a window."""
+  step (k = 1), no diagnostics, in a relevance memory with any relevance and
+  eviction rule, or a window."""
   weights = {"U", "V"} if config.cell is CellType.RNN else {"W"}
   return (config.cpu_kernel and config.memory in (MemoryType.RELEVANCE, MemoryType.WINDOW)
           and kernel_cell(config) and config.k == 1 and not config.diagnostics
-          and (config.eviction is not Eviction.RESERVOIR or config.relevant_size == 0)
           and set(params) >= weights | {"b", "Va", "Ua", "v"})
 
 
@@ -191,10 +190,15 @@ def kernel_cell(config: ModelConfig) -> bool:
           or config.cell is CellType.LSTM)
 
 
-def kernel_rules(config: ModelConfig) -> dict:
-  """A ``kernel_fits`` config's memory rules as ``kernels.rnn_forward`` takes them."""
+def kernel_rules(config: ModelConfig, seen: Array, steps: int) -> dict:
+  """A ``kernel_fits`` config's memory rules as ``kernels.rnn_forward`` takes them
+  for ``steps`` steps from a memory that has offered ``seen`` [b] candidates to
+  R: reservoir eviction's draws made here, by ``rsm.choose``'s generator."""
+  reservoir = config.eviction is Eviction.RESERVOIR and config.relevant_size > 0
   return {"relevance": kernels.RELEVANCE.index(config.relevance.value),
-          "decay": config.decay, "fifo": config.eviction is Eviction.FIFO}
+          "decay": config.decay, "fifo": config.eviction is Eviction.FIFO,
+          "draws": (rsm.reservoir_draws(memories.rules_of(config), seen, steps)
+                    if reservoir else None)}
 
 
 def kernel_weights(config: ModelConfig, params: dict) -> dict:
@@ -228,7 +232,7 @@ def kernel_step(params, config, state, x_t, first):
     # rows are not read: the newest state comes from the memory); row 1 is the step's.
     mem, (h, s, _, _), _, _ = kernels.rnn_forward(
         tuple(state.memory), (state.s,) * 4, x_t[None], params, nu, attn, stamp=state.t,
-        restart=restart, **kernel_rules(config))
+        restart=restart, **kernel_rules(config, state.memory.seen, 1))
     return State(state.t + 1, s[1], None, rsm.RSMState(*mem)), {"h": h[1]}
 
   @jax.custom_jvp

@@ -269,7 +269,7 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
 
 def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=1,
                 restart: Array | None = None, lean: bool = False, relevance: int = 0,
-                decay: float = 0.9, fifo: bool = False):
+                decay: float = 0.9, fifo: bool = False, draws: Array | None = None):
   """The forward scan of an RNN cell with tanh, or an LSTM cell, over a
   relevance memory (or a window, ``rho = 0``), steps
   1 .. L - 1 in one call (see ``csrc/slots.cc``): ``mem`` (vals, keys [b, m, h],
@@ -290,7 +290,9 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=
   [2, b, h], step t in row t mod 2, and alpha as [1, b, m] (the last step's);
   h has every step. ``relevance`` 0 (sum, the paper's), 1 (mean), 2 (max) or
   3 (decay, with ``decay`` its gamma) and ``fifo`` (else top) are the memory's
-  rules (``RELEVANCE``; reservoir eviction has no kernel). Call it only on the CPU."""
+  rules (``RELEVANCE``); ``draws`` [L - 1, b] int32 (``rsm.reservoir_draws``
+  from the memory's ``seen``) makes the eviction reservoir. Call it only on the
+  CPU."""
   _require()
   steps, batch = x.shape[:2]
   m = mem[0].shape[1]
@@ -306,6 +308,7 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=
       input_output_aliases={i: i for i in range(5)}, vmap_method="sequential")(
       *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *first[:4], x,
       *(params[k] for k in ("U", "b", "Va", "V", "Ua", "v")), jnp.asarray(stamp, jnp.int32),
-      restart, *first[4:], nu=int(nu), attn=float(attn), lean=int(lean),
+      restart, jnp.zeros((0,), jnp.int32) if draws is None else draws.astype(jnp.int32),
+      *first[4:], nu=int(nu), attn=float(attn), lean=int(lean),
       relevance=int(relevance), decay=float(decay), fifo=int(fifo))
   return tuple(out[:5]), tuple(out[5:9]) + tuple(out[14:]), tuple(out[9:13]), out[13]

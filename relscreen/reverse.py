@@ -236,7 +236,7 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
       def kernel(mem, row0, xs, weights):
         mem_out, filled, screened, alpha = kernels.rnn_forward(
             mem, row0, xs, weights, nu, core.context_weight(config), stamp=t0 + 1,
-            lean=lean, **core.kernel_rules(config))
+            lean=lean, **core.kernel_rules(config, mem[4], length - 1))
         # From a given state S's order is its slots' times: also which slot each
         # store wrote and the time of the state that left it (as ``body`` keeps).
         screened = screened if start is not None else screened[:2]

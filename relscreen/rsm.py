@@ -128,6 +128,14 @@ def _row_draws(rules: Rules, seen: Array) -> Array:
   return jax.vmap(draw)(jnp.arange(seen.shape[0]), seen)
 
 
+def reservoir_draws(rules: Rules, seen: Array, steps: int) -> Array:
+  """[steps, b]: row b's draws (as ``choose`` makes them) for its next
+  ``steps`` candidates, the (seen_b + 1)-th first: a step offers a row at most
+  one candidate, so a scan of ``steps`` steps reads at most these (the
+  forward kernel takes them whole)."""
+  return jax.vmap(lambda k: _row_draws(rules, seen + k))(jnp.arange(steps, dtype=seen.dtype))
+
+
 def _candidate(cand_time: Array, cand_score: Array, do: Array, t, rules: Rules):
   """The candidate's score under ``rules`` (``mean`` divides the sum by the t - t_j
   steps it spent in S) and whether it is offered: where ``do`` and S is full."""

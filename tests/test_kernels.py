@@ -275,14 +275,16 @@ def test_a_forward_alone_keeps_only_h(name, mib, given, float64):
 @needs_compiler
 @pytest.mark.parametrize("name, relevance, eviction", [
     ("RelRNN", "mean", "top"), ("RelRNN", "max", "fifo"), ("RelLSTM", "decay", "top"),
-    ("RelLSTM", "sum", "fifo")])
+    ("RelLSTM", "sum", "fifo"), ("RelRNN", "sum", "reservoir"), ("RelLSTM", "max", "reservoir")])
 def test_the_forward_kernel_with_other_rules(name, relevance, eviction, float64):
   """The forward kernel runs the memory's other rules (mean, max and decay
-  relevance, fifo eviction) as ``rsm`` does: float64 outputs, final scores,
-  slot times (exactly) and screening count of XLA's scan over 23 steps, and
-  its gradients; the rules change which states R keeps or their scores, so
-  a kernel that ran the paper's rules instead would leave others there.
-  Reservoir eviction keeps XLA's scan."""
+  relevance, fifo and reservoir eviction) as ``rsm`` does: float64 outputs,
+  final scores, slot times (exactly) and screening count of XLA's scan over
+  23 steps, and its gradients; the rules change which states R keeps or their
+  scores, so a kernel that ran the paper's rules instead would leave others
+  there. Reservoir's draws come from ``rsm``'s generator by the count of
+  candidates offered: from a given state (9 steps before) they continue where
+  its count stands."""
   def run(cfg):
     params = float64(jax.tree_util.tree_map(lambda a: 2 * a, rs.RecurrentCore(cfg).init(
         jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"]))
@@ -305,8 +307,15 @@ def test_the_forward_kernel_with_other_rules(name, relevance, eviction, float64)
   # the paper's states but not its scores).
   assert not (np.array_equal(paper.time, final.memory.time)
               and np.allclose(paper.score, final.memory.score))
-  _, _, hlo_reservoir = run(dataclasses.replace(cfg, eviction="reservoir"))
-  assert FORWARD not in hlo_reservoir
+  if eviction == "reservoir":  # from a given state: the draws continue from its count
+    params = float64(rs.RecurrentCore(cfg).init(jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))[
+        "params"])
+    x = float64(jax.random.normal(jax.random.PRNGKey(2), (5, 32, 3)))
+    finals = [jax.jit(lambda p, x, c=c: models.forward(p, c, x[:, 9:], state=models.forward(
+        p, c, x[:, :9])[1]))(params, x)[1] for c in (cfg, dataclasses.replace(cfg, cpu_kernel=False))]
+    assert int(finals[0].memory.seen.min()) > 6  # it had offered candidates before
+    np.testing.assert_array_equal(finals[0].memory.time, finals[1].memory.time)
+    chex.assert_trees_all_close(finals[0], finals[1], rtol=1e-12, atol=1e-13)
 
 
 def _stream(cfg, params, xs, resets, dtype):
@@ -323,7 +332,8 @@ def _stream(cfg, params, xs, resets, dtype):
 
 @needs_compiler
 @pytest.mark.parametrize("name, rho, rules", [
-    ("RelRNN", 2, {}), ("WinRNN", 0, {}), ("RelRNN", 2, {"relevance": "mean", "eviction": "fifo"})])
+    ("RelRNN", 2, {}), ("WinRNN", 0, {}), ("RelRNN", 2, {"relevance": "mean", "eviction": "fifo"}),
+    ("RelRNN", 2, {"eviction": "reservoir"})])
 def test_the_streaming_step_as_one_kernel_call(name, rho, rules):
   """An RNN cell's streaming step over a relevance memory or a window is one
   kernel call: float64, step by step over 16 steps with rows restarting, the

@@ -599,7 +599,9 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
 // candidate's sum divided by the steps it spent there, t - t_j, at least 1),
 // max (S's scores keep their largest weight) or decay (every score in S and
 // every held one in R becomes gamma score + weight); eviction fifo (every
-// candidate enters R, at slot seen mod rho). Reservoir eviction stays XLA's.
+// candidate enters R, at slot seen mod rho) or reservoir (R fills, then the
+// n-th candidate takes slot d if its draw d in [0, n] is below rho; the draws
+// come in, made by XLA from JAX's PRNG as rsm.choose makes them).
 // Lean (a forward with no reverse pass to follow): s, q, k and c are [2, b, h]
 // rings (step t in row t mod 2) and alpha is [1, b, m] (the last step's), so
 // only h is kept for every step.
@@ -621,7 +623,10 @@ struct ForwardArgs {
   bool lean;                                // s, q, k, c as [2, b, h] rings, alpha [1, b, m]
   int relevance;                            // kSum, kMean, kMax or kDecay
   T decay;                                  // gamma of kDecay
-  bool fifo;                                // eviction fifo (else top)
+  bool fifo;                                // eviction fifo (else top, or reservoir:)
+  const int32_t* draws;                     // [L - 1, b] reservoir draws: row b's for its
+                                            // (seen_0 + k + 1)-th candidate in row k;
+                                            // null: top or fifo
 };
 
 enum Relevance { kSum = 0, kMean = 1, kMax = 2, kDecay = 3 };
@@ -638,6 +643,7 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
   // the end: rows of other groups share their cache lines.
   std::vector<T> score(a.score + b0 * M, a.score + b1 * M);
   std::vector<int32_t> time(a.time + b0 * M, a.time + b1 * M), seen(a.seen + b0, a.seen + b1);
+  const std::vector<int32_t> seen0(seen);  // the count the reservoir draws start from
   // [L - 1, R] each: R slots, replaced times, S slots written, times leaving S
   std::vector<int32_t> slots(4 * (a.L - 1) * R);
   std::vector<const T*> in(R);
@@ -735,6 +741,15 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       if (rho > 0 && cand_time >= 0) {
         if (a.fifo) {
           r_slot = nu + seen[r] % rho;
+        } else if (a.draws) {  // Vitter's R: fill R, then slot draw if draw < rho
+          int64_t count = 0;
+          for (int64_t m = nu; m < M; ++m) count += tm[m] >= 0;
+          const int32_t draw = a.draws[(seen[r] - seen0[r]) * B + b];
+          if (count < rho) {
+            r_slot = nu + count;
+          } else if (draw < rho) {
+            r_slot = nu + draw;
+          }
         } else {
           int64_t count = 0, low = -1;
           for (int64_t m = nu; m < M; ++m) {
@@ -1036,7 +1051,8 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                           ffi::AnyBuffer k_in, ffi::AnyBuffer x, ffi::AnyBuffer U,
                           ffi::AnyBuffer bias, ffi::AnyBuffer Va, ffi::AnyBuffer V,
                           ffi::AnyBuffer Ua, ffi::AnyBuffer v, ffi::AnyBuffer stamp,
-                          ffi::AnyBuffer restart, std::optional<ffi::AnyBuffer> c_in,
+                          ffi::AnyBuffer restart, ffi::AnyBuffer draws,
+                          std::optional<ffi::AnyBuffer> c_in,
                           int64_t nu, double attn, int64_t lean, int64_t relevance,
                           double decay, int64_t fifo,
                           ffi::Result<ffi::AnyBuffer> vals, ffi::Result<ffi::AnyBuffer> keys,
@@ -1055,6 +1071,10 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
       stamp.element_type() != ffi::S32 || restart.element_type() != ffi::S32)
     return ffi::Error::InvalidArgument("the slots' times, seen, stamp and restart must be int32");
   const int64_t B = dims[0], M = dims[1], H = dims[2], L = xs[0] + 1, I = xs[2];
+  const bool reservoir = draws.element_count() > 0;
+  if (draws.element_type() != ffi::S32 ||
+      (reservoir && (fifo || draws.element_count() != (L - 1) * B)))
+    return ffi::Error::InvalidArgument("draws must be int32 [L - 1, b] (reservoir; else empty)");
   if (relevance < kSum || relevance > kDecay)
     return ffi::Error::InvalidArgument("relevance must be 0 (sum), 1 (mean), 2 (max) or 3 (decay)");
   if (c_in.has_value() != c.has_value())
@@ -1098,7 +1118,8 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                      replaced->typed_data<int32_t>(), stored->typed_data<int32_t>(),
                      left->typed_data<int32_t>(), alpha->typed_data<T>(),
                      c ? (*c)->typed_data<T>() : nullptr, lean != 0,
-                     static_cast<int>(relevance), static_cast<T>(decay), fifo != 0};
+                     static_cast<int>(relevance), static_cast<T>(decay), fifo != 0,
+                     reservoir ? draws.typed_data<int32_t>() : nullptr};
     ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnForwardRows<T>(a, b0, b1); },
               BlockRows(B));
   });
@@ -1201,6 +1222,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Arg<ffi::AnyBuffer>()  // v [h]
                                   .Arg<ffi::AnyBuffer>()  // stamp [], int32
                                   .Arg<ffi::AnyBuffer>()  // restart [b], int32
+                                  .Arg<ffi::AnyBuffer>()  // draws [L - 1, b] int32 (or [0])
                                   .OptionalArg<ffi::AnyBuffer>()  // c_0 [b, h] (LSTM)
                                   .Attr<int64_t>("nu")
                                   .Attr<double>("attn")
