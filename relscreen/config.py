@@ -135,14 +135,13 @@ class ModelConfig:
       batch 514 (H 128, float32), not at L = 100,000 and batch 10 (488 MiB each).
     cpu_kernel: the custom pass of a relevance or window memory runs each
       step's attention over the slots, forward and reverse, in hand-written
-      kernels on the CPU, and with an RNN cell (tanh) or an LSTM cell from a
-      fresh state (relevance memories with top or fifo eviction, windows) the
-      whole forward scan and each block of reverse steps in one each, and the
-      RNN's streaming step (``step``, without probes or diagnostics, k = 1)
-      in one call
-      (``relscreen.kernels``; built on first use, XLA's version where they
-      cannot be built, on other devices, and when off). A speed knob: the
-      results are the same up to float rounding.
+      kernels on the CPU, and with an RNN cell (tanh) or an LSTM cell (relevance
+      memories with any rules, windows; from a given state only without
+      restarting rows) the whole forward scan and each block of reverse steps
+      in one each, and the RNN's streaming step (``step``, without probes or
+      diagnostics, k = 1) in one call (``relscreen.kernels``; built on first
+      use, XLA's version where they cannot be built, on other devices, and
+      when off). A speed knob: the results are the same up to float rounding.
   """
 
   name: str

@@ -10,8 +10,8 @@ one over the values per batch row (``slots_attend``; used for large banks
 only, ``ATTEND_FROM``), and the reverse step in two passes per row, updating
 the four banks in place (``slots_reverse``). For an RNN cell with tanh
 (RelRNN, WinRNN) and an LSTM cell (RelLSTM, WinLSTM) they go further. The
-forward scan from a fresh state, over a relevance memory (any relevance
-rule, top or fifo eviction) or a window, is one call
+forward scan, from a fresh or a given state, over a relevance memory (any
+relevance and eviction rule) or a window, is one call
 (``rnn_forward``: per step the query, the attention, the scores, the mixing,
 the cell, the key and the store with its screening). Each block of the
 reverse pass's steps is one call (``rnn_block_reverse``: the pop of h_t's

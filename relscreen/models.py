@@ -189,8 +189,8 @@ def step(params: dict, config: ModelConfig, state, x_t: Array,
   where the enclosing function decides (``donate_argnums``, or a ``lax.scan``
   carry, which XLA updates in place anyway).
 
-  On the CPU, an RNN cell with tanh over a relevance memory with top or fifo
-  eviction or a window (RelRNN, WinRNN; k = 1, no probe, no diagnostics) takes the
+  On the CPU, an RNN cell with tanh over a relevance memory (any rules) or a
+  window (RelRNN, WinRNN; k = 1, no probe, no diagnostics) takes the
   whole step in one kernel call (``core.kernel_step``; ``config.cpu_kernel``);
   ``jax.grad`` and ``jax.jvp`` through it differentiate XLA's step.
 

@@ -32,9 +32,9 @@
 // RnnBlockReverse: a block of the reverse pass's steps of an RNN cell with
 // tanh or an LSTM cell, each step's cell, matrix products and mixing around
 // the reverse step above, in one call; RnnForward: the forward scan of the
-// same cells over a relevance memory (any relevance rule, top or fifo
-// eviction) or a window, the attention, the cell and the store with its
-// screening at every step (see their own comments).
+// same cells over a relevance memory (any relevance and eviction rule) or a
+// window, the attention, the cell and the store with its screening at every
+// step (see their own comments).
 
 #include <algorithm>
 #include <atomic>
@@ -61,23 +61,27 @@ namespace {
 
 // float tanh as a rational function of x (odd degree 13 over even degree 6),
 // clamped where float's tanh is +-1: within 5 ulp of tanh, as XLA's own, and
-// plain arithmetic the compiler vectorises.
-inline float Tanh(float x) {
-  const float c = 7.90531110763549805f;
-  x = std::min(std::max(x, -c), c);
-  const float x2 = x * x;
-  float p = -2.76076847742355e-16f;
-  p = p * x2 + 2.00018790482477e-13f;
+// plain arithmetic the compiler vectorises. TanhRational is the function on x
+// within the clamp, for a float or a vector of them (VTanh below).
+constexpr float kTanhClamp = 7.90531110763549805f;
+
+template <typename X>
+inline X TanhRational(X x) {
+  const X x2 = x * x;
+  X p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
   p = p * x2 + -8.60467152213735e-11f;
   p = p * x2 + 5.12229709037114e-08f;
   p = p * x2 + 1.48572235717979e-05f;
   p = p * x2 + 6.37261928875436e-04f;
   p = p * x2 + 4.89352455891786e-03f;
-  float q = 1.19825839466702e-06f;
-  q = q * x2 + 1.18534705686654e-04f;
+  X q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
   return p * x / q;
+}
+
+inline float Tanh(float x) {
+  return TanhRational(std::min(std::max(x, -kTanhClamp), kTanhClamp));
 }
 
 inline double Tanh(double x) { return std::tanh(x); }
@@ -134,7 +138,7 @@ inline V Rounded(V x) {
 // float64's std::tanh per lane.
 inline Vec<float>::type VTanh(Vec<float>::type x) {
   typedef Vec<float>::type V;
-  const float c = 7.90531110763549805f;
+  const float c = kTanhClamp;
   const V x0 = x;
 #ifdef __AVX512F__
   x = (V)_mm512_min_ps(_mm512_set1_ps(c), _mm512_max_ps(_mm512_set1_ps(-c), (__m512)x));
@@ -142,17 +146,7 @@ inline Vec<float>::type VTanh(Vec<float>::type x) {
   x = x < -c ? -c : x;
   x = x > c ? c : x;
 #endif
-  const V x2 = x * x;
-  V p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  V q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  V r = p * x / q;
+  V r = TanhRational(x);
 #ifdef __AVX512F__
   const __m512 z = (__m512)x0;
   r = (V)_mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, _mm512_set1_ps(c), _CMP_GT_OQ), (__m512)r,
