@@ -212,15 +212,17 @@ def kernel_weights(config: ModelConfig, params: dict) -> dict:
 
 
 def kernel_step(params, config, state, x_t, first):
-  """``later_step`` of a ``kernel_fits`` config with an RNN cell on the raw input ``x_t``
-  [b, i] with no probe, as one CPU kernel call (``kernels.rnn_forward`` over one
-  step; XLA's ``later_step`` on other devices, or where the kernels are off).
+  """``later_step`` of a ``kernel_fits`` config (an RNN cell with tanh or an LSTM
+  cell) on the raw input ``x_t`` [b, i] with no probe, as one CPU kernel call
+  (``kernels.rnn_forward`` over one step; XLA's ``later_step`` on other devices,
+  or where the kernels are off).
 
   Differentiable: the kernel has no derivative of its own, so ``jax.custom_jvp``
   gives it XLA's (``jax.jvp`` of ``later_step``): ``jax.grad`` or ``jax.jvp``
   through the step runs XLA's step, a plain call the kernel. Their float32
   results differ in the last bits (the kernels' tanh; docs/RESULTS.md)."""
   nu, attn = config.nu, context_weight(config)
+  lstm = config.cell is CellType.LSTM
 
   def xla(params, state, x_t, first):
     xp = project_input(params, config, x_t)
@@ -228,19 +230,22 @@ def kernel_step(params, config, state, x_t, first):
 
   def kernel(params, state, x_t, first):
     restart = jnp.broadcast_to(first, x_t.shape[:1])
-    # Row 0 of the kernel's sequence holds s before the step (its h, q and k
-    # rows are not read: the newest state comes from the memory); row 1 is the step's.
-    mem, (h, s, _, _), _, _ = kernels.rnn_forward(
-        tuple(state.memory), (state.s,) * 4, x_t[None], params, nu, attn, stamp=state.t,
-        restart=restart, **kernel_rules(config, state.memory.seen, 1))
-    return State(state.t + 1, s[1], None, rsm.RSMState(*mem)), {"h": h[1]}
+    # Row 0 of the kernel's sequence holds s (and an LSTM's c) before the step
+    # (its h, q and k rows are not read: the newest state comes from the
+    # memory); row 1 is the step's.
+    mem, seq, _, _ = kernels.rnn_forward(
+        tuple(state.memory), (state.s,) * 4 + ((state.c,) if lstm else ()), x_t[None],
+        kernel_weights(config, params), nu, attn, stamp=state.t, restart=restart,
+        **kernel_rules(config, state.memory.seen, 1))
+    c = seq[4][1] if lstm else None
+    return State(state.t + 1, seq[1][1], c, rsm.RSMState(*mem)), {"h": seq[0][1]}
 
   @jax.custom_jvp
   def step(params, state, x_t, first):
     return kernels.dispatch(True, kernel, xla, params, state, x_t, first)
 
   step.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
-  return step(kernel_weights(config, params), state, x_t, first)
+  return step(params, state, x_t, first)
 
 
 def pick_rows(rows: Array, new, old):

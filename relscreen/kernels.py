@@ -18,7 +18,7 @@ reverse pass's steps is one call (``rnn_block_reverse``: the pop of h_t's
 cotangent, the cell's reverse, the products with Ua^T and [V | Va]^T, the
 mixing's reverse and ``slots_reverse``'s step). Both run the batch's rows in
 fixed groups on XLA's threads for the whole scan or block, instead of about
-thirty XLA operations per step. The streaming step of such an RNN
+thirty XLA operations per step. The streaming step of such an RNN or LSTM
 (``rs.step``) is ``rnn_forward`` over one step (``core.kernel_step``; its
 derivatives are XLA's step's). docs/RESULTS.md ("The attention step as CPU
 kernels", "An RNN cell's scans as kernels", "The streaming step as one kernel
@@ -33,7 +33,7 @@ source, the compiler, jaxlib's version and the CPU's feature flags, so later
 processes load it at once and a different machine builds its own.
 
 They are used only where they can be: in the custom pass (``reverse``) of a
-relevance or window memory and in an RNN cell's streaming step, on the CPU
+relevance or window memory and in an RNN or LSTM cell's streaming step, on the CPU
 (``jax.lax.platform_dependent``: on a GPU or TPU the same program runs XLA's
 version), in float32 and float64. Where no compiler is found or the build
 fails, one warning says so and XLA's version runs. ``RELSCREEN_KERNELS=0``

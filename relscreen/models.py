@@ -189,9 +189,10 @@ def step(params: dict, config: ModelConfig, state, x_t: Array,
   where the enclosing function decides (``donate_argnums``, or a ``lax.scan``
   carry, which XLA updates in place anyway).
 
-  On the CPU, an RNN cell with tanh over a relevance memory (any rules) or a
-  window (RelRNN, WinRNN; k = 1, no probe, no diagnostics) takes the
-  whole step in one kernel call (``core.kernel_step``; ``config.cpu_kernel``);
+  On the CPU, an RNN cell with tanh or an LSTM cell over a relevance memory
+  (any rules) or a window (RelRNN, WinRNN, RelLSTM, WinLSTM; k = 1, no probe,
+  no diagnostics) takes the whole step in one kernel call
+  (``core.kernel_step``; ``config.cpu_kernel``);
   ``jax.grad`` and ``jax.jvp`` through it differentiate XLA's step.
 
   Returns the new state (same shapes as the old one) and the step's outputs:
@@ -230,7 +231,7 @@ def _unshared(state):
 def _layer_step(params, config, state, x_t, probe, reset):
   # None (no probe) is made zero here, in the program: a jnp.zeros per call
   # outside it is a device dispatch, about 20 us of a batch-1 step.
-  if probe is None and config.cell is CellType.RNN and core.kernel_fits(config, params):
+  if probe is None and core.kernel_fits(config, params):
     # The whole step in one CPU kernel call (differentiable: core.kernel_step).
     first = state.t == 0
     if reset is not None:

@@ -333,9 +333,10 @@ def _stream(cfg, params, xs, resets, dtype):
 @needs_compiler
 @pytest.mark.parametrize("name, rho, rules", [
     ("RelRNN", 2, {}), ("WinRNN", 0, {}), ("RelRNN", 2, {"relevance": "mean", "eviction": "fifo"}),
-    ("RelRNN", 2, {"eviction": "reservoir"})])
+    ("RelRNN", 2, {"eviction": "reservoir"}), ("RelLSTM", 2, {}),
+    ("WinLSTM", 0, {})])
 def test_the_streaming_step_as_one_kernel_call(name, rho, rules):
-  """An RNN cell's streaming step over a relevance memory or a window is one
+  """An RNN or LSTM cell's streaming step over a relevance memory or a window is one
   kernel call: float64, step by step over 16 steps with rows restarting, the
   state (slot times and the screening count exactly) and outputs of XLA's
   step; R fills and evicts (also under the mean and fifo rules, whose
