@@ -206,7 +206,7 @@ def kernel_weights(config: ModelConfig, params: dict) -> dict:
   parameters: an RNN's U, b, Va, V, Ua, v; an LSTM's input half W_x as U and
   state half W_s as V."""
   if config.cell is CellType.LSTM:
-    halves = cells.lstm_halves(params, config.hidden)
+    halves = params if "W_s" in params else cells.lstm_halves(params, config.hidden)
     params = {**params, "U": halves["W_x"], "V": halves["W_s"]}
   return {k: params[k] for k in ("U", "b", "Va", "V", "Ua", "v")}
 
