@@ -226,7 +226,8 @@ def slots_attend(query: Array, keys: Array, vals: Array, time: Array, v: Array):
 
 def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: Array,
                       h: Array, h_keys: Array, g: Array, q: Array, v: Array, ua_t: Array,
-                      both_t: Array, nu: int, attn: float, lstm=None, given=None):
+                      both_t: Array, nu: int, attn: float, lstm=None, given=None,
+                      restarts=None):
   """A block of the reverse pass's steps for an RNN cell with tanh, or an LSTM
   cell, from a fresh or a given state, in one call (see ``csrc/slots.cc``): per step, from
   the last, the pop of h_t's slot, the cell's reverse, the products with Ua^T
@@ -245,7 +246,13 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
   need them. From a given state (``given`` = (stored [n, b], (back, back_key,
   put_back, put_back_key) [n, b, h] each)): h_t is in the S slot ``stored``
   names, not t mod nu, and undoing each store puts back the states given
-  (gathered by time, ``_RelevanceReverse.block_inputs``). Returns ``(carry
+  (gathered by time, ``_RelevanceReverse.block_inputs``). With rows
+  restarting (from a given state: ``restarts`` = (resets [n, b] bool, before
+  [n, b, m] int32 the slots' times before each restart, the given memory's
+  vals, keys [b, m, h] and times [b, m], h_0's time t0)), a restarting row's
+  step runs on a zero s and c, its s_t and c_{t-1} get no cotangent, and the
+  row's memory is put back as it was before the restart (states looked up by
+  time) with zero cotangents. Returns ``(carry
   (+ dc_next), (dq, dpre, dk) [n, b, h] each, d_v [h])``. Call it only on the
   CPU."""
   _require()
@@ -255,8 +262,16 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
     stored, undo = jnp.zeros((0,), jnp.int32), jnp.zeros((0,), h.dtype)
   else:
     stored, undo = given[0].astype(jnp.int32), jnp.stack(given[1])
+  none = jnp.zeros((0,), jnp.int32)
+  if restarts is None:
+    restore = (none, none, jnp.zeros((0,), h.dtype), jnp.zeros((0,), h.dtype), none, none)
+  else:
+    resets, before, vals0, keys0, time0, t0 = restarts
+    restore = (resets.astype(jnp.int32), before.astype(jnp.int32), vals0, keys0,
+               time0.astype(jnp.int32), jnp.asarray(t0, jnp.int32))
   args = (*carry, jnp.asarray(first, jnp.int32), slot.astype(jnp.int32),
-          evicted.astype(jnp.int32), alpha, h, h_keys, g, q, v, ua_t, both_t, stored, undo)
+          evicted.astype(jnp.int32), alpha, h, h_keys, g, q, v, ua_t, both_t, stored, undo,
+          *restore)
   results = tuple(_shape(a) for a in carry) + (steps, gates, steps, _shape(v))
   aliases = {i: i for i in range(len(carry))}
   if lstm is not None:  # dc_next in (after the fixed arguments) and out (last)
@@ -269,7 +284,8 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
 
 def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=1,
                 restart: Array | None = None, lean: bool = False, relevance: int = 0,
-                decay: float = 0.9, fifo: bool = False, draws: Array | None = None):
+                decay: float = 0.9, fifo: bool = False, draws: Array | None = None,
+                resets: Array | None = None):
   """The forward scan of an RNN cell with tanh, or an LSTM cell, over a
   relevance memory (or a window, ``rho = 0``), steps
   1 .. L - 1 in one call (see ``csrc/slots.cc``): ``mem`` (vals, keys [b, m, h],
@@ -291,8 +307,12 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=
   h has every step. ``relevance`` 0 (sum, the paper's), 1 (mean), 2 (max) or
   3 (decay, with ``decay`` its gamma) and ``fifo`` (else top) are the memory's
   rules (``RELEVANCE``); ``draws`` [L - 1, b] int32 (``rsm.reservoir_draws``
-  from the memory's ``seen``) makes the eviction reservoir. Call it only on the
-  CPU."""
+  from the memory's ``seen``) makes the eviction reservoir. ``resets`` [L - 1, b]
+  bool (optional; not with reservoir draws): rows that restart from a fresh
+  state before each of steps 1 .. (an emptied memory, zero s and c, step 0's
+  rule, as ``core.step_with_reset``); the records then end with ``before``
+  [L - 1, b, m] int32, the slots' times before each step's restarts (not when
+  ``lean``). Call it only on the CPU."""
   _require()
   steps, batch = x.shape[:2]
   m = mem[0].shape[1]
@@ -301,14 +321,17 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=
   seq = jax.ShapeDtypeStruct((steps + 1,) + first[0].shape, x.dtype)
   kept = jax.ShapeDtypeStruct((2 if lean else steps + 1,) + first[0].shape, x.dtype)
   lstm = len(first) == 5  # c_0 in, every step's c out
+  before = (steps, batch, m) if resets is not None and not lean else (0,)
   out = jax.ffi.ffi_call(
       "relscreen_rnn_forward",
       tuple(_shape(a) for a in mem) + (seq,) + (kept,) * 3 + (rows,) * 4
-      + (jax.ShapeDtypeStruct((1 if lean else steps, batch, m), x.dtype),) + (kept,) * lstm,
+      + (jax.ShapeDtypeStruct((1 if lean else steps, batch, m), x.dtype),
+         jax.ShapeDtypeStruct(before, jnp.int32)) + (kept,) * lstm,
       input_output_aliases={i: i for i in range(5)}, vmap_method="sequential")(
       *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *first[:4], x,
       *(params[k] for k in ("U", "b", "Va", "V", "Ua", "v")), jnp.asarray(stamp, jnp.int32),
       restart, jnp.zeros((0,), jnp.int32) if draws is None else draws.astype(jnp.int32),
-      *first[4:], nu=int(nu), attn=float(attn), lean=int(lean),
+      jnp.zeros((0,), jnp.int32) if resets is None else resets.astype(jnp.int32), *first[4:], nu=int(nu), attn=float(attn), lean=int(lean),
       relevance=int(relevance), decay=float(decay), fifo=int(fifo))
-  return tuple(out[:5]), tuple(out[5:9]) + tuple(out[14:]), tuple(out[9:13]), out[13]
+  records = tuple(out[9:13]) + ((out[14],) if len(before) == 3 else ())
+  return tuple(out[:5]), tuple(out[5:9]) + tuple(out[15:]), records, out[13]

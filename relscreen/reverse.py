@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from relscreen import attention, cells, core, full_memory, kernels, memories, rsm
-from relscreen.config import CellType
+from relscreen.config import CellType, Eviction
 
 
 def full_segments(length: int) -> int:
@@ -225,7 +225,8 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
       return mem, s, c, filled, admitted
 
     lean = not records
-    if (resets is None and (store or lean) and length > 1
+    reservoir = config.eviction is Eviction.RESERVOIR and config.relevant_size > 0
+    if ((resets is None or not reservoir) and (store or lean) and length > 1
         and core.kernel_fits(config, params)):
       # The whole scan in one CPU kernel call (``kernels.rnn_forward``); s_t
       # (and an LSTM's c_t) is in its buffer.
@@ -233,12 +234,13 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
       row0 = (first["h"], state.s, jnp.zeros_like(first["h"]), first["h"] @ params["Ua"],
               *((state.c,) if lstm else ()))
 
-      def kernel(mem, row0, xs, weights):
+      def kernel(mem, row0, xs, weights, restarts):
         mem_out, filled, screened, alpha = kernels.rnn_forward(
             mem, row0, xs, weights, nu, core.context_weight(config), stamp=t0 + 1,
-            lean=lean, **core.kernel_rules(config, mem[4], length - 1))
+            lean=lean, resets=restarts, **core.kernel_rules(config, mem[4], length - 1))
         # From a given state S's order is its slots' times: also which slot each
-        # store wrote and the time of the state that left it (as ``body`` keeps).
+        # store wrote and the time of the state that left it (as ``body`` keeps),
+        # and with restarting rows the slots' times before each step's restarts.
         screened = screened if start is not None else screened[:2]
         h, s, q, k, *c = filled
         last = (length - 1) % 2 if lean else -1  # a lean forward's s and c: rings of 2
@@ -251,7 +253,8 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
         mem, s, c, filled, admitted = scanned(mem)
         return (mem, s, c, filled[:1]) if lean else (mem, s, c, filled, admitted)
       found = kernels.dispatch(True, kernel, fallback, state.memory, row0, x[1:],
-                               core.kernel_weights(config, params))
+                               core.kernel_weights(config, params),
+                               None if resets is None else resets[1:])
       mem, s, c, buffers, admitted = found if not lean else (*found, None)
     else:
       mem, s, c, buffers, admitted = scanned(state.memory)
@@ -490,7 +493,7 @@ class _RelevanceReverse:
     del records
     return carry
 
-  def rnn_block(self, carry, first, adm, g, q, v, ua_t, both_t, attn, lstm=None):
+  def rnn_block(self, carry, first, adm, g, q, v, ua_t, both_t, attn, reset, lstm=None):
     """A whole block of an RNN cell's (tanh) or an LSTM cell's reverse steps
     in one kernel call (``kernels.rnn_block_reverse``; the CPU only): what the
     scan of ``_attentive_scan_bwd``'s ``step`` gives, for ``carry`` = (memory
@@ -500,7 +503,9 @@ class _RelevanceReverse:
     keys are the book's); ``lstm`` = (the block's gate pre-activations [n, b,
     4h], the sequence's cell states [t, b, h]) for an LSTM. From a given state
     the block's S slots and the states its undoing puts back come from the
-    records (``block_inputs``, gathered by time here). Returns the carry and
+    records (``block_inputs``, gathered by time here); rows restarting in the
+    block (``reset`` [n, b], or None) get back the memory the records say they
+    had before (``restore``'s, in the kernel). Returns the carry and
     (dq, dpre, dk) [n, b, h] each (dpre [n, b, 4h] for an LSTM)."""
     mem, d_newest, dq_next, dc_next, d_small = carry
     given = None
@@ -508,9 +513,14 @@ class _RelevanceReverse:
       n = adm[-1].shape[0]
       back, back_key, put_back, put_back_key, j = self.block_inputs(first + jnp.arange(n), adm)
       given = (j, (back, back_key, put_back, put_back_key))
+    restarts = None
+    if reset is not None:
+      memory, t0 = self.start
+      restarts = (reset, adm[4], memory.vals, memory.keys, memory.time, t0)
     out, grads, d_v = kernels.rnn_block_reverse(
         (*mem, d_newest, dq_next), first, adm[0], adm[1], adm[-1], self.h, self.h_keys, g, q,
-        v, ua_t, both_t, self.nu, attn, None if lstm is None else (dc_next, *lstm), given)
+        v, ua_t, both_t, self.nu, attn, None if lstm is None else (dc_next, *lstm), given,
+        restarts)
     d_small = {**d_small, "v": d_small["v"] + d_v}
     dc_next = dc_next if lstm is None else out[6]
     return (tuple(out[:4]), out[4], out[5], dc_next, d_small), grads
@@ -646,10 +656,10 @@ def _attentive_scan_bwd(config, residuals, cotangents):
   else:
     book = _FullReverse(config, h, ua, memory)
   # An RNN cell with tanh or an LSTM cell over a relevance or window memory
-  # from a fresh state or a given one without restarting rows, the queries and
+  # from a fresh state or a given one (rows may restart), the queries and
   # keys kept: each block of steps can run as one kernel call on the CPU
   # (``_RelevanceReverse.rnn_block``).
-  fused = (config.cpu_kernel and config.screened and not act and resets is None
+  fused = (config.cpu_kernel and config.screened and not act
            and queries is not None and core.kernel_cell(config))
   # The kernel reads the outputs' cotangents batch-major, as they arrive: g_h
   # is the transpose of a [b, t, h] array, and XLA cancels the two transposes
@@ -725,7 +735,7 @@ def _attentive_scan_bwd(config, residuals, cotangents):
       gates = ((core.project_input(params, config, x_b) + s_b @ recurrent, c),) if lstm else ()
       carry, (dq, dpre, dk) = kernels.dispatch(
           True, lambda c, *g: book.rnn_block(c, t[0], adm, g_batch, queries, params["v"], ua_t,
-                                             both_t, core.context_weight(config), *g),
+                                             both_t, core.context_weight(config), reset, *g),
           lambda c, *_: scanned(c), carry, *gates)
     else:
       carry, (dq, dpre, dk) = scanned(carry)

@@ -160,7 +160,8 @@ FORWARD, BLOCK, STEP, ATTEND = ("relscreen_rnn_forward", "relscreen_rnn_block_re
                                                    ("RelLSTM", None, {FORWARD, BLOCK}),
                                                    ("RelRNN", "state", {FORWARD, BLOCK}),
                                                    ("RelLSTM", "state", {FORWARD, BLOCK}),
-                                                   ("RelLSTM", "resets", {STEP, ATTEND})])
+                                                   ("RelRNN", "resets", {FORWARD, BLOCK}),
+                                                   ("RelLSTM", "resets", {FORWARD, BLOCK})])
 def test_training_gradients_with_and_without_the_kernel(name, given, expected, float64,
                                                         monkeypatch):
   """The custom pass's gradients with the kernels and with XLA's version of the
@@ -184,9 +185,8 @@ def test_training_gradients_with_and_without_the_kernel(name, given, expected, f
     _, state = models.forward(params, cfg, before, state=float64(rs.init_state(cfg, 3)))
   if given == "resets":
     reset = jnp.zeros((3, 11), bool).at[0, 4].set(True).at[2, 9].set(True)
-  if given != "resets":  # at the default threshold a small bank gets XLA's forward attention
-    _, hlo_small = _grads(cfg, params, x, state, reset)
-    assert {t for t in kernels.TARGETS if t in hlo_small} == expected - {ATTEND}
+  _, hlo_small = _grads(cfg, params, x, state, reset)  # the default ATTEND_FROM
+  assert {t for t in kernels.TARGETS if t in hlo_small} == expected - {ATTEND}
   monkeypatch.setattr(kernels, "ATTEND_FROM", 0)
   jax.clear_caches()  # models.forward's programs are cached by config: trace them again
   on, hlo_on = _grads(cfg, params, x, state, reset)
@@ -316,6 +316,49 @@ def test_the_forward_kernel_with_other_rules(name, relevance, eviction, float64)
     assert int(finals[0].memory.seen.min()) > 6  # it had offered candidates before
     np.testing.assert_array_equal(finals[0].memory.time, finals[1].memory.time)
     chex.assert_trees_all_close(finals[0], finals[1], rtol=1e-12, atol=1e-13)
+
+
+@needs_compiler
+@pytest.mark.parametrize("name, eviction", [("RelRNN", "top"), ("RelLSTM", "fifo"),
+                                            ("WinRNN", "top"), ("RelLSTM", "reservoir")])
+def test_the_forward_kernel_with_restarting_rows(name, eviction, float64):
+    """Windows with rows restarting inside them (PPO's training windows) run
+    the forward kernel, which empties a restarting row's memory and steps it
+    from a zero s (and c) by step 0's rule: float64 outputs, final state (slot
+    times and screening count exactly; restarts at the last step, so its s is
+    the RNN cell's pre-activation) and gradients of XLA's scan, from a given
+    state whose R is full. Reservoir eviction with restarts stays on XLA's
+    scan (its draws are counted from the window's start)."""
+    kw = {"rho": 3, "eviction": eviction} if name.startswith("Rel") else {}
+    cfg = rs.model_config(name, 3, hidden=16, nu=3, **kw)
+    params = float64(jax.tree_util.tree_map(lambda a: 2 * a, rs.RecurrentCore(cfg).init(
+        jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"]))
+    x = float64(jax.random.normal(jax.random.PRNGKey(1), (5, 30, 3)))
+    reset = np.zeros((5, 18), bool)
+    reset[0, 4] = reset[0, 11] = reset[2, 17] = reset[3, 0] = reset[4, 1] = True
+
+    def run(c):
+        def loss(p, x, state):
+            out, final = models.forward(p, c, x, state=state, reset=jnp.asarray(reset))
+            return jnp.sum(jnp.sin(out["h"])), (out, final)
+        state = jax.jit(lambda p, x: models.forward(p, c, x)[1])(params, x[:, :12])
+        fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 2), has_aux=True, allow_int=True))
+        (_, (out, final)), grads = fn(params, x[:, 12:], state)
+        floats = [a for a in jax.tree_util.tree_leaves(grads)
+                  if jnp.issubdtype(a.dtype, jnp.inexact)]  # the state's times get none
+        return out, final, floats, fn.lower(params, x[:, 12:], state).compile().as_text()
+
+    out, final, grads, hlo = run(cfg)
+    out_ref, final_ref, grads_ref, _ = run(dataclasses.replace(cfg, cpu_kernel=False))
+    assert (FORWARD in hlo) == (eviction != "reservoir")
+    chex.assert_trees_all_close((out, final), (out_ref, final_ref), rtol=1e-12, atol=1e-13)
+    np.testing.assert_array_equal(final.memory.time, final_ref.memory.time)
+    np.testing.assert_array_equal(final.memory.seen, final_ref.memory.seen)
+    chex.assert_trees_all_close(grads, grads_ref, rtol=1e-10, atol=1e-13)
+    # Row 2 restarted at the last step: its memory holds that step's state alone.
+    assert sorted(np.asarray(final.memory.time[2]).tolist())[-2:] == [-1, 29]
+    if kw:  # the other rows had filled R before
+        assert int((np.asarray(final.memory.time[1]) >= 0).sum()) == 6
 
 
 def _stream(cfg, params, xs, resets, dtype):

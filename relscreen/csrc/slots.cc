@@ -457,7 +457,47 @@ struct BlockArgs {
   const int32_t* stored;          // from a given state: [n, b] the S slot each store wrote
   const T* undo;                  // and [4, n, b, h] the states (and keys) it puts back,
                                   // as block_inputs gathers them; null: a fresh state
+  const int32_t* resets;          // [n, b]: rows restarting before step first + i; null: none
+  const int32_t* before;          // [n, b, m]: their slots' times before the restart
+  const T *start_vals, *start_keys;  // the given memory [b, m, h], whose states have
+  const int32_t* start_time;         // times [b, m] before t0 (h_0's time)
+  int32_t t0;
 };
+
+// Puts back row b's memory as it was before a restart at step t of a block:
+// slot m gets the state of time before[m] (h_{time - t0} with its key, or the
+// given memory's state of that time before t0; an empty slot zeros). Its
+// slots' cotangents are 0 already (nothing after the restart read that
+// memory: undoing the later stores moved or zeroed theirs, and step t
+// attended to an empty memory).
+template <typename T>
+void RestoreRow(const BlockArgs<T>& a, int64_t b, const int32_t* before) {
+  const int64_t M = a.M, H = a.H, B = a.B;
+  for (int64_t m = 0; m < M; ++m) {
+    const int32_t time = before[m];
+    const T *val = nullptr, *key = nullptr;
+    if (time >= a.t0) {
+      val = a.h + ((time - a.t0) * B + b) * H;
+      key = a.h_keys + ((time - a.t0) * B + b) * H;
+    } else if (time >= 0) {
+      for (int64_t k = 0; k < M; ++k)
+        if (a.start_time[b * M + k] == time) {
+          val = a.start_vals + (b * M + k) * H;
+          key = a.start_keys + (b * M + k) * H;
+          break;
+        }
+    }
+    T* vo = a.vals + (b * M + m) * H;
+    T* ko = a.keys + (b * M + m) * H;
+    if (val) {
+      std::copy(val, val + H, vo);
+      std::copy(key, key + H, ko);
+    } else {
+      std::fill(vo, vo + H, T(0));
+      std::fill(ko, ko + H, T(0));
+    }
+  }
+}
 
 template <typename T>
 void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
@@ -467,9 +507,12 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
   T* x2 = dh + R * H;       // [R, G + H]: dpre, dq_next
   T* ds = x2 + R * W;       // [R, H]
   T* d_alpha = ds + R * H;  // [M]
+  const std::vector<T> zeros(H);  // a restarting row's c_{t-1}
   std::vector<const T*> in(R);
   std::vector<T*> out(R);
   for (int64_t i = a.n - 1; i >= 0; --i) {
+    // Rows restarting before step t ran it from a zero s and c, over an empty memory.
+    auto fresh = [&](int64_t b) { return a.resets && a.resets[i * B + b]; };
     // Step t = first + i: h_t is in S's slot t mod nu (a fresh state's ring),
     // or the one the records name (a given state's).
     const int64_t t = a.first + i, back_at = std::max<int64_t>(t - nu, 0);
@@ -508,7 +551,7 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
       const T* d = dh + r * H;
       if (a.c) {  // the LSTM's gating, from its gates and c_{t-1}
         const T* p = a.pre + (i * B + b) * G;
-        const T* cp = a.c + ((t - 1) * B + b) * H;
+        const T* cp = fresh(b) ? zeros.data() : a.c + ((t - 1) * B + b) * H;
         T* dcn = a.dc_next + b * H;
 #pragma omp simd
         for (int64_t c = 0; c < H; ++c) {
@@ -522,6 +565,7 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
           dp[3 * H + c] = dc * in_ * (T(1) - gg * gg);
           dcn[c] = dc * f;
         }
+        if (fresh(b)) std::fill(dcn, dcn + H, T(0));  // c_{t-1} was a fresh 0
       } else {
         const T* h = a.h + (t * B + b) * H;
 #pragma omp simd
@@ -537,6 +581,7 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
       const int64_t b = b0 + r, o = (i * B + b) * H, row = i * B + b;
       T* dn = a.d_newest + b * H;
       T* dc = ds + r * H;
+      if (fresh(b)) std::fill(dc, dc + H, T(0));  // s_t was not mixed from the memory
       for (int64_t c = 0; c < H; ++c) {
         dn[c] = T(0.5) * dc[c];
         dc[c] = a.attn * dn[c];
@@ -560,6 +605,7 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
                     back_key, put, put_key, a.q + (t * B + b) * H,
                     a.alpha + row * M, a.v, dc, a.dq + o, a.d_v_rows + b * H, d_alpha);
       std::copy(a.dq + o, a.dq + o + H, a.dq_next + b * H);
+      if (fresh(b)) RestoreRow(a, b, a.before + row * M);
     }
   }
 }
@@ -585,6 +631,12 @@ void RnnBlockRows(const BlockArgs<T>& a, int64_t b0, int64_t b1) {
 // stamp 1). Rows flagged in restart [b] take step 0's rule at step 1 (the
 // streaming step's rows at t = 0 or reset): the cell runs on s_0 itself and s
 // becomes its pre-activation (x U + b + s_0 V); the attention is as for any row.
+// Rows flagged in resets [L - 1, b] (row t - 1: before step t; a training
+// window's episode starts) restart from a fresh state before step t: their
+// memory is emptied (times -1, scores, count, values and keys 0; the times it
+// held go to before [L - 1, b, m], which the reverse pass restores), and the
+// step takes step 0's rule on a zero s (and c): the query is 0, the memory
+// empty, s the cell's pre-activation (an LSTM's: 0).
 // An LSTM cell (c given): U = W_x [i, 4h], V = W_s [h, 4h], b [4h], gates f, i,
 // o, g of pre = (x W_x + b) + s W_s: c_t = sig(f) c_{t-1} + sig(i) tanh(g),
 // h_t = sig(o) tanh(c_t), c_t to rows t of c [L, b, h]; a restarting row's s
@@ -621,6 +673,10 @@ struct ForwardArgs {
   const int32_t* draws;                     // [L - 1, b] reservoir draws: row b's for its
                                             // (seen_0 + k + 1)-th candidate in row k;
                                             // null: top or fifo
+  const int32_t* resets;                    // [L - 1, b]: rows restarting before step t
+                                            // (row t - 1); null: none
+  int32_t* before;                          // [L - 1, b, m]: the slots' times before step
+                                            // t's restarts (with resets, not lean); or null
 };
 
 enum Relevance { kSum = 0, kMean = 1, kMax = 2, kDecay = 3 };
@@ -638,6 +694,7 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
   std::vector<T> score(a.score + b0 * M, a.score + b1 * M);
   std::vector<int32_t> time(a.time + b0 * M, a.time + b1 * M), seen(a.seen + b0, a.seen + b1);
   const std::vector<int32_t> seen0(seen);  // the count the reservoir draws start from
+  const std::vector<T> zeros(H);            // a restarting row's s_{t-1} and c_{t-1}
   // [L - 1, R] each: R slots, replaced times, S slots written, times leaving S
   std::vector<int32_t> slots(4 * (a.L - 1) * R);
   std::vector<const T*> in(R);
@@ -647,9 +704,26 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
   auto rows = [&](T* base, int64_t t) {  // row pointers of [L, b, h] buffer rows t
     for (int64_t r = 0; r < R; ++r) out[r] = base + (at(t) * B + b0 + r) * H;
   };
+  // Rows restarting before step t start from a fresh state: an empty memory,
+  // zero s and c (step 0's rule below).
+  auto fresh = [&](int64_t t, int64_t b) { return a.resets && a.resets[(t - 1) * B + b]; };
   for (int64_t t = 1; t < a.L; ++t) {
-    // The query from s_{t-1}.
-    for (int64_t r = 0; r < R; ++r) in[r] = a.s + (at(t - 1) * B + b0 + r) * H;
+    if (a.resets) {
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t b = b0 + r;
+        int32_t* tm = time.data() + r * M;
+        if (a.before) std::copy(tm, tm + M, a.before + ((t - 1) * B + b) * M);
+        if (!fresh(t, b)) continue;
+        std::fill(a.vals + b * M * H, a.vals + (b + 1) * M * H, T(0));
+        std::fill(a.keys + b * M * H, a.keys + (b + 1) * M * H, T(0));
+        std::fill(score.data() + r * M, score.data() + (r + 1) * M, T(0));
+        std::fill(tm, tm + M, -1);
+        seen[r] = 0;
+      }
+    }
+    // The query from s_{t-1} (a restarting row's: zero).
+    for (int64_t r = 0; r < R; ++r)
+      in[r] = fresh(t, b0 + r) ? zeros.data() : a.s + (at(t - 1) * B + b0 + r) * H;
     rows(a.q, t);
     RowsTimes<T>(R, in.data(), a.Va, H, H, out.data(), false);
     for (int64_t r = 0; r < R; ++r) {
@@ -676,6 +750,10 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       const T* newest = a.vals + (b * M + latest) * H;
       T* st = a.s + (at(t) * B + b) * H;
       const T* c = ctx + r * H;
+      if (fresh(t, b)) {  // the cell runs on a zero s
+        std::fill(st, st + H, T(0));
+        continue;
+      }
       if (t == 1 && a.restart[b]) {  // the cell runs on s_0
         std::copy(a.s + b * H, a.s + (b + 1) * H, st);
         continue;
@@ -700,7 +778,7 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       if (a.c) {
 #pragma omp simd
         for (int64_t i = 0; i < G; ++i) x[i] = (x[i] + a.bias[i]) + y[i];
-        const T* cp = a.c + (at(t - 1) * B + b0 + r) * H;
+        const T* cp = fresh(t, b0 + r) ? zeros.data() : a.c + (at(t - 1) * B + b0 + r) * H;
         T* ct = a.c + (at(t) * B + b0 + r) * H;
 #pragma omp simd
         for (int64_t i = 0; i < H; ++i) {
@@ -712,7 +790,7 @@ void RnnForwardRows(const ForwardArgs<T>& a, int64_t b0, int64_t b1) {
       }
 #pragma omp simd
       for (int64_t i = 0; i < H; ++i) ht[i] = Tanh((x[i] + a.bias[i]) + y[i]);
-      if (t == 1 && a.restart[b0 + r]) {  // s_0 = the pre-activation
+      if ((t == 1 && a.restart[b0 + r]) || fresh(t, b0 + r)) {  // s = the pre-activation
         T* st = a.s + (at(t) * B + b0 + r) * H;
         for (int64_t i = 0; i < H; ++i) st[i] = (x[i] + a.bias[i]) + y[i];
       }
@@ -963,7 +1041,9 @@ ffi::Error RnnBlockReverseImpl(
     ffi::AnyBuffer first, ffi::AnyBuffer slot, ffi::AnyBuffer evicted, ffi::AnyBuffer alpha,
     ffi::AnyBuffer h, ffi::AnyBuffer h_keys, ffi::AnyBuffer g, ffi::AnyBuffer q,
     ffi::AnyBuffer v, ffi::AnyBuffer ua_t, ffi::AnyBuffer both_t, ffi::AnyBuffer stored,
-    ffi::AnyBuffer undo, std::optional<ffi::AnyBuffer> dc_next_in,
+    ffi::AnyBuffer undo, ffi::AnyBuffer resets, ffi::AnyBuffer before,
+    ffi::AnyBuffer start_vals, ffi::AnyBuffer start_keys, ffi::AnyBuffer start_time,
+    ffi::AnyBuffer t0, std::optional<ffi::AnyBuffer> dc_next_in,
     std::optional<ffi::AnyBuffer> pre,
     std::optional<ffi::AnyBuffer> c, int64_t nu, double attn,
     ffi::Result<ffi::AnyBuffer> vals, ffi::Result<ffi::AnyBuffer> keys,
@@ -1011,6 +1091,22 @@ ffi::Error RnnBlockReverseImpl(
         "stored must be int32 [n, b] and undo [4, n, b, h] (both empty from a fresh state)");
   if (given)
     if (auto e = SameType(keys_in.element_type(), {{"undo", &undo}}); e.failure()) return e;
+  // Rows restarting in the block (from a given state): what their memory was.
+  const bool restarts = resets.element_count() > 0;
+  if (resets.element_type() != ffi::S32 || before.element_type() != ffi::S32 ||
+      start_time.element_type() != ffi::S32 || t0.element_type() != ffi::S32 ||
+      (restarts && (!given || resets.element_count() != n * B ||
+                    before.element_count() != n * B * M || start_vals.element_count() != B * M * H ||
+                    start_keys.element_count() != B * M * H ||
+                    start_time.element_count() != B * M || t0.element_count() != 1)))
+    return ffi::Error::InvalidArgument(
+        "resets must be int32 [n, b], before int32 [n, b, m], the given memory's values and "
+        "keys [b, m, h], times int32 [b, m] and t0 int32 [] (from a given state; else empty)");
+  if (restarts)
+    if (auto e = SameType(keys_in.element_type(),
+                          {{"start_vals", &start_vals}, {"start_keys", &start_keys}});
+        e.failure())
+      return e;
   if (auto e = SameType(keys_in.element_type(),
                         {{"vals", &vals_in}, {"d_vals", &d_vals_in}, {"d_keys", &d_keys_in},
                          {"d_newest", &d_newest_in}, {"dq_next", &dq_next_in},
@@ -1035,7 +1131,13 @@ ffi::Error RnnBlockReverseImpl(
                    lstm ? pre->typed_data<T>() : nullptr, lstm ? c->typed_data<T>() : nullptr,
                    lstm ? (*dc_next)->typed_data<T>() : nullptr,
                    given ? stored.typed_data<int32_t>() : nullptr,
-                   given ? undo.typed_data<T>() : nullptr};
+                   given ? undo.typed_data<T>() : nullptr,
+                   restarts ? resets.typed_data<int32_t>() : nullptr,
+                   restarts ? before.typed_data<int32_t>() : nullptr,
+                   restarts ? start_vals.typed_data<T>() : nullptr,
+                   restarts ? start_keys.typed_data<T>() : nullptr,
+                   restarts ? start_time.typed_data<int32_t>() : nullptr,
+                   restarts ? t0.typed_data<int32_t>()[0] : 0};
     ForChunks(pool, B, true, [&a](int64_t, int64_t b0, int64_t b1) { RnnBlockRows<T>(a, b0, b1); },
               BlockRows(B));
     SumRows(d_v_rows.data(), B, H, d_v->typed_data<T>());
@@ -1049,7 +1151,7 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                           ffi::AnyBuffer bias, ffi::AnyBuffer Va, ffi::AnyBuffer V,
                           ffi::AnyBuffer Ua, ffi::AnyBuffer v, ffi::AnyBuffer stamp,
                           ffi::AnyBuffer restart, ffi::AnyBuffer draws,
-                          std::optional<ffi::AnyBuffer> c_in,
+                          ffi::AnyBuffer resets, std::optional<ffi::AnyBuffer> c_in,
                           int64_t nu, double attn, int64_t lean, int64_t relevance,
                           double decay, int64_t fifo,
                           ffi::Result<ffi::AnyBuffer> vals, ffi::Result<ffi::AnyBuffer> keys,
@@ -1059,7 +1161,7 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                           ffi::Result<ffi::AnyBuffer> k, ffi::Result<ffi::AnyBuffer> slot,
                           ffi::Result<ffi::AnyBuffer> replaced,
                           ffi::Result<ffi::AnyBuffer> stored, ffi::Result<ffi::AnyBuffer> left,
-                          ffi::Result<ffi::AnyBuffer> alpha,
+                          ffi::Result<ffi::AnyBuffer> alpha, ffi::Result<ffi::AnyBuffer> before,
                           std::optional<ffi::Result<ffi::AnyBuffer>> c) {
   const auto dims = keys_in.dimensions(), xs = x.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("the banks must be [b, m, h]");
@@ -1072,6 +1174,13 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
   if (draws.element_type() != ffi::S32 ||
       (reservoir && (fifo || draws.element_count() != (L - 1) * B)))
     return ffi::Error::InvalidArgument("draws must be int32 [L - 1, b] (reservoir; else empty)");
+  const bool restarts = resets.element_count() > 0, keep_before = restarts && !lean;
+  if (resets.element_type() != ffi::S32 || before->element_type() != ffi::S32 ||
+      (restarts && (reservoir || resets.element_count() != (L - 1) * B)) ||
+      before->element_count() != (keep_before ? (L - 1) * B * M : 0))
+    return ffi::Error::InvalidArgument(
+        "resets must be int32 [L - 1, b] (not with reservoir draws; else empty) and before "
+        "int32 [L - 1, b, m] (with resets, not lean; else empty)");
   if (relevance < kSum || relevance > kDecay)
     return ffi::Error::InvalidArgument("relevance must be 0 (sum), 1 (mean), 2 (max) or 3 (decay)");
   if (c_in.has_value() != c.has_value())
@@ -1116,7 +1225,9 @@ ffi::Error RnnForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer vals_in, ffi::Any
                      left->typed_data<int32_t>(), alpha->typed_data<T>(),
                      c ? (*c)->typed_data<T>() : nullptr, lean != 0,
                      static_cast<int>(relevance), static_cast<T>(decay), fifo != 0,
-                     reservoir ? draws.typed_data<int32_t>() : nullptr};
+                     reservoir ? draws.typed_data<int32_t>() : nullptr,
+                     restarts ? resets.typed_data<int32_t>() : nullptr,
+                     keep_before ? before->typed_data<int32_t>() : nullptr};
     ForChunks(pool, B, (L - 1) * B * M * H >= kParallel,
               [&a](int64_t, int64_t b0, int64_t b1) { RnnForwardRows<T>(a, b0, b1); },
               BlockRows(B));
@@ -1182,6 +1293,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnBlockReverse, RnnBlockReverseImpl,
                                   .Arg<ffi::AnyBuffer>()  // both_t [G + h, h]
                                   .Arg<ffi::AnyBuffer>()  // stored [n, b] int32 (given; else [0])
                                   .Arg<ffi::AnyBuffer>()  // undo [4, n, b, h] (given; else [0])
+                                  .Arg<ffi::AnyBuffer>()  // resets [n, b] int32 (or [0])
+                                  .Arg<ffi::AnyBuffer>()  // before [n, b, m] int32 (or [0])
+                                  .Arg<ffi::AnyBuffer>()  // given memory's vals (or [0])
+                                  .Arg<ffi::AnyBuffer>()  // its keys (or [0])
+                                  .Arg<ffi::AnyBuffer>()  // its times [b, m] int32 (or [0])
+                                  .Arg<ffi::AnyBuffer>()  // t0 [] int32 (or [0])
                                   .OptionalArg<ffi::AnyBuffer>()  // dc_next [b, h] (LSTM)
                                   .OptionalArg<ffi::AnyBuffer>()  // pre [n, b, 4h] (LSTM)
                                   .OptionalArg<ffi::AnyBuffer>()  // c [L, b, h] (LSTM)
@@ -1221,6 +1338,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Arg<ffi::AnyBuffer>()  // stamp [], int32
                                   .Arg<ffi::AnyBuffer>()  // restart [b], int32
                                   .Arg<ffi::AnyBuffer>()  // draws [L - 1, b] int32 (or [0])
+                                  .Arg<ffi::AnyBuffer>()  // resets [L - 1, b] int32 (or [0])
                                   .OptionalArg<ffi::AnyBuffer>()  // c_0 [b, h] (LSTM)
                                   .Attr<int64_t>("nu")
                                   .Attr<double>("attn")
@@ -1242,4 +1360,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RelscreenRnnForward, RnnForwardImpl,
                                   .Ret<ffi::AnyBuffer>()  // stored [L - 1, b], int32
                                   .Ret<ffi::AnyBuffer>()  // left [L - 1, b], int32
                                   .Ret<ffi::AnyBuffer>()  // alpha [L - 1, b, m]
+                                  .Ret<ffi::AnyBuffer>()  // before [L - 1, b, m] int32 (or [0])
                                   .OptionalRet<ffi::AnyBuffer>());  // c [L, b, h] (LSTM)
