@@ -113,10 +113,10 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
   memory's slot times just before each step's reset ([t - 1, b, slots]).
 
   On the CPU, an RNN cell with tanh or an LSTM cell, from a fresh or a given
-  state (no resets), over a relevance memory with any rules (or a window),
-  keeping the queries and keys (``core.kernel_fits``), runs
-  steps 1 .. t - 1 as one kernel call (``kernels.rnn_forward``) instead of
-  the scan, with the same records.
+  state (with resets too, but for reservoir eviction), over a relevance
+  memory with any rules (or a window), keeping the queries and keys
+  (``core.kernel_fits``), runs steps 1 .. t - 1 as one kernel call
+  (``kernels.rnn_forward``) instead of the scan, with the same records.
 
   ``records=False`` (a forward with no reverse pass to follow): only the final
   state and h are wanted, and the rest comes back as None; the kernel then
