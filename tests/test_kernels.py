@@ -327,8 +327,9 @@ def test_the_forward_kernel_with_restarting_rows(name, eviction, float64):
     from a zero s (and c) by step 0's rule: float64 outputs, final state (slot
     times and screening count exactly; restarts at the last step, so its s is
     the RNN cell's pre-activation) and gradients of XLA's scan, from a given
-    state whose R is full. Reservoir eviction with restarts stays on XLA's
-    scan (its draws are counted from the window's start)."""
+    state whose R is full; the same outputs from the lean forward (not
+    differentiated). Reservoir eviction with restarts stays on XLA's scan
+    (its draws are counted from the window's start)."""
     kw = {"rho": 3, "eviction": eviction} if name.startswith("Rel") else {}
     cfg = rs.model_config(name, 3, hidden=16, nu=3, **kw)
     params = float64(jax.tree_util.tree_map(lambda a: 2 * a, rs.RecurrentCore(cfg).init(
@@ -346,12 +347,16 @@ def test_the_forward_kernel_with_restarting_rows(name, eviction, float64):
         (_, (out, final)), grads = fn(params, x[:, 12:], state)
         floats = [a for a in jax.tree_util.tree_leaves(grads)
                   if jnp.issubdtype(a.dtype, jnp.inexact)]  # the state's times get none
-        return out, final, floats, fn.lower(params, x[:, 12:], state).compile().as_text()
+        # Not differentiated: the lean forward (only h kept for every step).
+        lean = jax.jit(lambda p, x, st: models.forward(p, c, x, state=st, reset=jnp.asarray(reset)))
+        return ((out, final), lean(params, x[:, 12:], state), floats,
+                fn.lower(params, x[:, 12:], state).compile().as_text())
 
-    out, final, grads, hlo = run(cfg)
-    out_ref, final_ref, grads_ref, _ = run(dataclasses.replace(cfg, cpu_kernel=False))
+    kept, lean, grads, hlo = run(cfg)
+    ref, _, grads_ref, _ = run(dataclasses.replace(cfg, cpu_kernel=False))
     assert (FORWARD in hlo) == (eviction != "reservoir")
-    chex.assert_trees_all_close((out, final), (out_ref, final_ref), rtol=1e-12, atol=1e-13)
+    chex.assert_trees_all_close((kept, lean), (ref, ref), rtol=1e-12, atol=1e-13)
+    (out, final), (out_ref, final_ref) = kept, ref
     np.testing.assert_array_equal(final.memory.time, final_ref.memory.time)
     np.testing.assert_array_equal(final.memory.seen, final_ref.memory.seen)
     chex.assert_trees_all_close(grads, grads_ref, rtol=1e-10, atol=1e-13)
