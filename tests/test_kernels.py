@@ -320,7 +320,7 @@ def test_the_forward_kernel_with_other_rules(name, relevance, eviction, float64)
 
 @needs_compiler
 @pytest.mark.parametrize("name, eviction", [("RelRNN", "top"), ("RelLSTM", "fifo"),
-                                            ("WinRNN", "top"), ("RelLSTM", "reservoir")])
+                                            ("RelLSTM", "reservoir")])
 def test_the_forward_kernel_with_restarting_rows(name, eviction, float64):
     """Windows with rows restarting inside them (PPO's training windows) run
     the forward kernel, which empties a restarting row's memory and steps it
@@ -330,8 +330,7 @@ def test_the_forward_kernel_with_restarting_rows(name, eviction, float64):
     state whose R is full; the same outputs from the lean forward (not
     differentiated). Reservoir eviction with restarts stays on XLA's scan
     (its draws are counted from the window's start)."""
-    kw = {"rho": 3, "eviction": eviction} if name.startswith("Rel") else {}
-    cfg = rs.model_config(name, 3, hidden=16, nu=3, **kw)
+    cfg = rs.model_config(name, 3, hidden=16, nu=3, rho=3, eviction=eviction)
     params = float64(jax.tree_util.tree_map(lambda a: 2 * a, rs.RecurrentCore(cfg).init(
         jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"]))
     x = float64(jax.random.normal(jax.random.PRNGKey(1), (5, 30, 3)))
@@ -362,8 +361,7 @@ def test_the_forward_kernel_with_restarting_rows(name, eviction, float64):
     chex.assert_trees_all_close(grads, grads_ref, rtol=1e-10, atol=1e-13)
     # Row 2 restarted at the last step: its memory holds that step's state alone.
     assert sorted(np.asarray(final.memory.time[2]).tolist())[-2:] == [-1, 29]
-    if kw:  # the other rows had filled R before
-        assert int((np.asarray(final.memory.time[1]) >= 0).sum()) == 6
+    assert int((np.asarray(final.memory.time[1]) >= 0).sum()) == 6  # R full before, still
 
 
 def _stream(cfg, params, xs, resets, dtype):
@@ -381,8 +379,7 @@ def _stream(cfg, params, xs, resets, dtype):
 @needs_compiler
 @pytest.mark.parametrize("name, rho, rules", [
     ("RelRNN", 2, {}), ("WinRNN", 0, {}), ("RelRNN", 2, {"relevance": "mean", "eviction": "fifo"}),
-    ("RelRNN", 2, {"eviction": "reservoir"}), ("RelLSTM", 2, {}),
-    ("WinLSTM", 0, {})])
+    ("RelRNN", 2, {"eviction": "reservoir"}), ("RelLSTM", 2, {})])
 def test_the_streaming_step_as_one_kernel_call(name, rho, rules):
   """An RNN or LSTM cell's streaming step over a relevance memory or a window is one
   kernel call: float64, step by step over 16 steps with rows restarting, the
