@@ -10,8 +10,9 @@ one over the values per batch row (``slots_attend``; used for large banks
 only, ``ATTEND_FROM``), and the reverse step in two passes per row, updating
 the four banks in place (``slots_reverse``). For an RNN cell with tanh
 (RelRNN, WinRNN) and an LSTM cell (RelLSTM, WinLSTM) they go further. The
-forward scan, from a fresh or a given state, over a relevance memory (any
-relevance and eviction rule) or a window, is one call
+forward scan, from a fresh or a given state (rows may restart inside it, as
+in PPO's training windows), over a relevance memory (any relevance and
+eviction rule; reservoir not with restarts) or a window, is one call
 (``rnn_forward``: per step the query, the attention, the scores, the mixing,
 the cell, the key and the store with its screening). Each block of the
 reverse pass's steps is one call (``rnn_block_reverse``: the pop of h_t's
@@ -22,7 +23,8 @@ thirty XLA operations per step. The streaming step of such an RNN or LSTM
 (``rs.step``) is ``rnn_forward`` over one step (``core.kernel_step``; its
 derivatives are XLA's step's). docs/RESULTS.md ("The attention step as CPU
 kernels", "An RNN cell's scans as kernels", "The streaming step as one kernel
-call", "An LSTM cell's scans as kernels") has what they save.
+call", "An LSTM cell's scans as kernels", "An LSTM's streaming step and
+PPO's training windows as kernels") has what they save.
 
 The kernels are compiled the first time a custom pass is traced, with the C++
 compiler ``$CXX`` (else ``c++``, ``g++`` or ``clang++`` on the ``PATH``) and
