@@ -136,12 +136,13 @@ class ModelConfig:
     cpu_kernel: the custom pass of a relevance or window memory runs each
       step's attention over the slots, forward and reverse, in hand-written
       kernels on the CPU, and with an RNN cell (tanh) or an LSTM cell (relevance
-      memories with any rules, windows; from a given state only without
-      restarting rows) the whole forward scan and each block of reverse steps
-      in one each, and the RNN's streaming step (``step``, without probes or
-      diagnostics, k = 1) in one call (``relscreen.kernels``; built on first
-      use, XLA's version where they cannot be built, on other devices, and
-      when off). A speed knob: the results are the same up to float rounding.
+      memories with any rules, windows; from a fresh or a given state, rows
+      restarting or not) the whole forward scan and each block of reverse
+      steps in one each, and the cell's streaming step (``step``, without
+      probes or diagnostics, k = 1) in one call (``relscreen.kernels``; built
+      on first use, XLA's version where they cannot be built, on other
+      devices, and when off). A speed knob: the results are the same up to
+      float rounding.
   """
 
   name: str
