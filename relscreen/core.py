@@ -190,15 +190,19 @@ def kernel_cell(config: ModelConfig) -> bool:
           or config.cell is CellType.LSTM)
 
 
+def evicts_by_reservoir(config: ModelConfig) -> bool:
+  """Whether R's eviction draws at random (reservoir, with an R to draw for)."""
+  return config.eviction is Eviction.RESERVOIR and config.relevant_size > 0
+
+
 def kernel_rules(config: ModelConfig, seen: Array, steps: int) -> dict:
   """A ``kernel_fits`` config's memory rules as ``kernels.rnn_forward`` takes them
   for ``steps`` steps from a memory that has offered ``seen`` [b] candidates to
   R: reservoir eviction's draws made here, by ``rsm.choose``'s generator."""
-  reservoir = config.eviction is Eviction.RESERVOIR and config.relevant_size > 0
   return {"relevance": kernels.RELEVANCE.index(config.relevance.value),
           "decay": config.decay, "fifo": config.eviction is Eviction.FIFO,
           "draws": (rsm.reservoir_draws(memories.rules_of(config), seen, steps)
-                    if reservoir else None)}
+                    if evicts_by_reservoir(config) else None)}
 
 
 def kernel_weights(config: ModelConfig, params: dict) -> dict:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from relscreen import attention, cells, core, full_memory, kernels, memories, rsm
-from relscreen.config import CellType, Eviction
+from relscreen.config import CellType
 
 
 def full_segments(length: int) -> int:
@@ -225,9 +225,8 @@ def attentive_forward(params, config, x, s_init, c_init, start=None, resets=None
       return mem, s, c, filled, admitted
 
     lean = not records
-    reservoir = config.eviction is Eviction.RESERVOIR and config.relevant_size > 0
-    if ((resets is None or not reservoir) and (store or lean) and length > 1
-        and core.kernel_fits(config, params)):
+    if ((resets is None or not core.evicts_by_reservoir(config)) and (store or lean)
+        and length > 1 and core.kernel_fits(config, params)):
       # The whole scan in one CPU kernel call (``kernels.rnn_forward``); s_t
       # (and an LSTM's c_t) is in its buffer.
       lstm = config.cell is CellType.LSTM
