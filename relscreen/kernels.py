@@ -193,6 +193,12 @@ def _shape(a) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(a.shape, a.dtype)
 
 
+def _or_empty(a, dtype):
+  """``a`` as ``dtype``, or an empty array of it where ``a`` is None: an FFI
+  argument a call may lack (the kernels take an empty one as absent)."""
+  return jnp.zeros((0,), dtype) if a is None else jnp.asarray(a, dtype)
+
+
 def _require():
   if not available():
     raise RuntimeError(f"relscreen's CPU kernels are off: {why_not()}")
@@ -260,20 +266,15 @@ def rnn_block_reverse(carry, first: Array, slot: Array, evicted: Array, alpha: A
   _require()
   steps = jax.ShapeDtypeStruct(alpha.shape[:2] + h.shape[2:], h.dtype)
   gates = steps if lstm is None else _shape(lstm[1])
-  if given is None:  # empty: a fresh state
-    stored, undo = jnp.zeros((0,), jnp.int32), jnp.zeros((0,), h.dtype)
-  else:
-    stored, undo = given[0].astype(jnp.int32), jnp.stack(given[1])
-  none = jnp.zeros((0,), jnp.int32)
-  if restarts is None:
-    restore = (none, none, jnp.zeros((0,), h.dtype), jnp.zeros((0,), h.dtype), none, none)
-  else:
-    resets, before, vals0, keys0, time0, t0 = restarts
-    restore = (resets.astype(jnp.int32), before.astype(jnp.int32), vals0, keys0,
-               time0.astype(jnp.int32), jnp.asarray(t0, jnp.int32))
+  stored, undo = (None, None) if given is None else (given[0], jnp.stack(given[1]))
+  resets, before, vals0, keys0, time0, t0 = (None,) * 6 if restarts is None else restarts
+  ints, floats = jnp.int32, h.dtype
+  # The arguments a block may lack (empty): a given state's, then restarting rows'.
+  optional = tuple(_or_empty(a, dtype) for a, dtype in (
+      (stored, ints), (undo, floats), (resets, ints), (before, ints), (vals0, floats),
+      (keys0, floats), (time0, ints), (t0, ints)))
   args = (*carry, jnp.asarray(first, jnp.int32), slot.astype(jnp.int32),
-          evicted.astype(jnp.int32), alpha, h, h_keys, g, q, v, ua_t, both_t, stored, undo,
-          *restore)
+          evicted.astype(jnp.int32), alpha, h, h_keys, g, q, v, ua_t, both_t, *optional)
   results = tuple(_shape(a) for a in carry) + (steps, gates, steps, _shape(v))
   aliases = {i: i for i in range(len(carry))}
   if lstm is not None:  # dc_next in (after the fixed arguments) and out (last)
@@ -332,8 +333,8 @@ def rnn_forward(mem, first, x: Array, params: dict, nu: int, attn: float, stamp=
       input_output_aliases={i: i for i in range(5)}, vmap_method="sequential")(
       *mem[:3], mem[3].astype(jnp.int32), mem[4].astype(jnp.int32), *first[:4], x,
       *(params[k] for k in ("U", "b", "Va", "V", "Ua", "v")), jnp.asarray(stamp, jnp.int32),
-      restart, jnp.zeros((0,), jnp.int32) if draws is None else draws.astype(jnp.int32),
-      jnp.zeros((0,), jnp.int32) if resets is None else resets.astype(jnp.int32), *first[4:], nu=int(nu), attn=float(attn), lean=int(lean),
+      restart, _or_empty(draws, jnp.int32), _or_empty(resets, jnp.int32), *first[4:],
+      nu=int(nu), attn=float(attn), lean=int(lean),
       relevance=int(relevance), decay=float(decay), fifo=int(fifo))
   records = tuple(out[9:13]) + ((out[14],) if len(before) == 3 else ())
   return tuple(out[:5]), tuple(out[5:9]) + tuple(out[15:]), records, out[13]
