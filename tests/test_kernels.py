@@ -145,9 +145,12 @@ def _grads(cfg, params, x, state, reset):
     out, _ = models.forward(p, cfg, x, state=st, reset=reset)
     return jnp.sum(jnp.sin(out["h"]) * jnp.arange(1, cfg.hidden + 1)[None, None, :])
   fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2), allow_int=True))
-  floats = [a for a in jax.tree_util.tree_leaves(fn(params, x, state))
-            if jnp.issubdtype(a.dtype, jnp.inexact)]  # the state's times get none
-  return floats, fn.lower(params, x, state).compile().as_text()
+  return _float_leaves(fn(params, x, state)), fn.lower(params, x, state).compile().as_text()
+
+
+def _float_leaves(grads):
+  """The gradients' float leaves (a state's times and counts get none)."""
+  return [a for a in jax.tree_util.tree_leaves(grads) if jnp.issubdtype(a.dtype, jnp.inexact)]
 
 
 FORWARD, BLOCK, STEP, ATTEND = ("relscreen_rnn_forward", "relscreen_rnn_block_reverse",
@@ -323,46 +326,44 @@ def test_the_forward_kernel_with_other_rules(name, relevance, eviction, float64)
 @pytest.mark.parametrize("name, eviction", [("RelRNN", "top"), ("RelLSTM", "fifo"),
                                             ("RelLSTM", "reservoir")])
 def test_the_forward_kernel_with_restarting_rows(name, eviction, float64):
-    """Windows with rows restarting inside them (PPO's training windows) run
-    the forward kernel, which empties a restarting row's memory and steps it
-    from a zero s (and c) by step 0's rule: float64 outputs, final state (slot
-    times and screening count exactly; restarts at the last step, so its s is
-    the RNN cell's pre-activation) and gradients of XLA's scan, from a given
-    state whose R is full; the same outputs from the lean forward (not
-    differentiated). Reservoir eviction with restarts stays on XLA's scan
-    (its draws are counted from the window's start)."""
-    cfg = rs.model_config(name, 3, hidden=16, nu=3, rho=3, eviction=eviction)
-    params = float64(jax.tree_util.tree_map(lambda a: 2 * a, rs.RecurrentCore(cfg).init(
-        jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"]))
-    x = float64(jax.random.normal(jax.random.PRNGKey(1), (5, 30, 3)))
-    reset = np.zeros((5, 18), bool)
-    reset[0, 4] = reset[0, 11] = reset[2, 17] = reset[3, 0] = reset[4, 1] = True
+  """Windows with rows restarting inside them (PPO's training windows) run
+  the forward kernel, which empties a restarting row's memory and steps it
+  from a zero s (and c) by step 0's rule: float64 outputs, final state (slot
+  times and screening count exactly; restarts at the last step, so its s is
+  the RNN cell's pre-activation) and gradients of XLA's scan, from a given
+  state whose R is full; the same outputs from the lean forward (not
+  differentiated). Reservoir eviction with restarts stays on XLA's scan
+  (its draws are counted from the window's start)."""
+  cfg = rs.model_config(name, 3, hidden=16, nu=3, rho=3, eviction=eviction)
+  params = float64(jax.tree_util.tree_map(lambda a: 2 * a, rs.RecurrentCore(cfg).init(
+    jax.random.PRNGKey(0), jnp.zeros((10, 4, 3)))["params"]))
+  x = float64(jax.random.normal(jax.random.PRNGKey(1), (5, 30, 3)))
+  reset = np.zeros((5, 18), bool)
+  reset[0, 4] = reset[0, 11] = reset[2, 17] = reset[3, 0] = reset[4, 1] = True
 
-    def run(c):
-        def loss(p, x, state):
-            out, final = models.forward(p, c, x, state=state, reset=jnp.asarray(reset))
-            return jnp.sum(jnp.sin(out["h"])), (out, final)
-        state = jax.jit(lambda p, x: models.forward(p, c, x)[1])(params, x[:, :12])
-        fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 2), has_aux=True, allow_int=True))
-        (_, (out, final)), grads = fn(params, x[:, 12:], state)
-        floats = [a for a in jax.tree_util.tree_leaves(grads)
-                  if jnp.issubdtype(a.dtype, jnp.inexact)]  # the state's times get none
-        # Not differentiated: the lean forward (only h kept for every step).
-        lean = jax.jit(lambda p, x, st: models.forward(p, c, x, state=st, reset=jnp.asarray(reset)))
-        return ((out, final), lean(params, x[:, 12:], state), floats,
-                fn.lower(params, x[:, 12:], state).compile().as_text())
+  def run(c):
+    def loss(p, x, state):
+      out, final = models.forward(p, c, x, state=state, reset=jnp.asarray(reset))
+      return jnp.sum(jnp.sin(out["h"])), (out, final)
+    state = jax.jit(lambda p, x: models.forward(p, c, x)[1])(params, x[:, :12])
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 2), has_aux=True, allow_int=True))
+    (_, (out, final)), grads = fn(params, x[:, 12:], state)
+    # Not differentiated: the lean forward (only h kept for every step).
+    lean = jax.jit(lambda p, x, st: models.forward(p, c, x, state=st, reset=jnp.asarray(reset)))
+    return ((out, final), lean(params, x[:, 12:], state), _float_leaves(grads),
+            fn.lower(params, x[:, 12:], state).compile().as_text())
 
-    kept, lean, grads, hlo = run(cfg)
-    ref, _, grads_ref, _ = run(dataclasses.replace(cfg, cpu_kernel=False))
-    assert (FORWARD in hlo) == (eviction != "reservoir")
-    chex.assert_trees_all_close((kept, lean), (ref, ref), rtol=1e-12, atol=1e-13)
-    final, final_ref = kept[1], ref[1]
-    np.testing.assert_array_equal(final.memory.time, final_ref.memory.time)
-    np.testing.assert_array_equal(final.memory.seen, final_ref.memory.seen)
-    chex.assert_trees_all_close(grads, grads_ref, rtol=1e-10, atol=1e-13)
-    # Row 2 restarted at the last step: its memory holds that step's state alone.
-    assert sorted(np.asarray(final.memory.time[2]).tolist())[-2:] == [-1, 29]
-    assert int((np.asarray(final.memory.time[1]) >= 0).sum()) == 6  # R full before, still
+  kept, lean, grads, hlo = run(cfg)
+  ref, _, grads_ref, _ = run(dataclasses.replace(cfg, cpu_kernel=False))
+  assert (FORWARD in hlo) == (eviction != "reservoir")
+  chex.assert_trees_all_close((kept, lean), (ref, ref), rtol=1e-12, atol=1e-13)
+  final, final_ref = kept[1], ref[1]
+  np.testing.assert_array_equal(final.memory.time, final_ref.memory.time)
+  np.testing.assert_array_equal(final.memory.seen, final_ref.memory.seen)
+  chex.assert_trees_all_close(grads, grads_ref, rtol=1e-10, atol=1e-13)
+  # Row 2 restarted at the last step: its memory holds that step's state alone.
+  assert sorted(np.asarray(final.memory.time[2]).tolist())[-2:] == [-1, 29]
+  assert int((np.asarray(final.memory.time[1]) >= 0).sum()) == 6  # R full before, still
 
 
 def _stream(cfg, params, xs, resets, dtype):
