@@ -25,11 +25,11 @@ and ``compile_s`` (XLA's compiler), with the ``XLA_FLAGS`` in force in ``meta``.
 Command (the issue-5 measurement, see docs/RESULTS.md):
   relscreen-benchmark --models=RNN,RelRNN,RelRNN@autodiff,LSTM,RelLSTM,RelLSTM@autodiff,MemRNN \
       --lengths=1020 --repeats=11 --streaming_batches=1,256 --workdir=runs/bench_L1020
-Expect, at batch 10 on a 2-core AVX-512 CPU, RelRNN at 1.2-1.6x the RNN's step
-with the CPU kernels (2.2-2.5x as RelRNN@xla; lower with ``--nohuge_pages``,
-where the RNN's autodiff step pays for page faults; a window over the same 25
-slots, WinRNN ``--nu=25``, takes the same kernels) and RelLSTM at 0.70-0.99x
-the LSTM's (docs/RESULTS.md, "An RNN cell's scans as kernels").
+Expect, at batch 10 on a 2-core AVX-512 CPU, RelRNN at 1.1-1.7x the RNN's step
+with the CPU kernels, depending on the machine (2.2-2.5x as RelRNN@xla; lower
+with ``--nohuge_pages``, where the RNN's autodiff step pays for page faults; a
+window over the same 25 slots, WinRNN ``--nu=25``, takes the same kernels) and
+RelLSTM at 0.5-0.85x the LSTM's (docs/RESULTS.md, "Issue 14 at a glance").
 ``--streaming_batches`` also times the jitted streaming ``step``
 (median latency per step, and stream-steps per second over the batch), with the
 state passed as it is and donated (``rs.step(..., donate=True)``).
